@@ -1,0 +1,107 @@
+"""Blocks: a field plus a solver plus a time grid, as ``nn.Module`` layers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor, nn
+
+from ._checks import check_positive
+from .fields.base import NodeField
+from .integrate import Solution, Stats, fixed_step_plan, integrate, run_fixed_steps
+from .solvers import FixedStepSolver, Solver, get_solver
+
+
+class HamiltonianBlock(nn.Module):
+    """The discrete mode: ``n_steps`` fixed steps of size ``h`` on piecewise-constant weights.
+
+    Step j uses node j of the field, so a field with ``n_nodes = n_steps`` and ``dt = h`` is
+    exactly the report's "n_blocks successive Hamiltonians" in one module, e.g. with J1/J2 and
+    forward Euler ``y_{j+1} = y_j + h J K_j^T sigma(K_j y_j + b_j)`` (report eq. 2.21) and with
+    the two-layer field and symplectic Euler ``y_{j+1} = y_j + h K1_j^T sigma(K1_j z_j + b1_j)``,
+    ``z_{j+1} = z_j - h K2_j^T sigma(K2_j y_{j+1} + b2_j)`` (Chang et al.).
+
+    Args:
+        field: a :class:`~contham.fields.NodeField` with ``time_mode`` "piecewise" (or
+            "constant": one step).
+        solver: a fixed-step solver name or object; default the field's ``default_solver``
+            (euler for J1/J2/antisymmetric, symplectic_euler for split fields).
+
+    ``last_stats`` holds the :class:`~contham.integrate.Stats` of the latest forward.
+    """
+
+    def __init__(self, field: NodeField, solver: str | FixedStepSolver | None = None):
+        super().__init__()
+        if not isinstance(field, NodeField) or field.nodes.mode == "linear":
+            raise ValueError(
+                "field must be a NodeField with time_mode 'piecewise' or 'constant' (one weight node per step); "
+                f"got {type(field).__name__}" + (" with time_mode='linear'" if isinstance(field, NodeField) else "")
+            )
+        self.field = field
+        self.solver = get_solver(field.default_solver if solver is None else solver)
+        if not isinstance(self.solver, FixedStepSolver):
+            raise ValueError(f"solver must be a fixed-step solver for a HamiltonianBlock; got {self.solver.name!r}")
+        self.solver.check_field(field)
+        self.n_steps, self.h = field.nodes.n, field.nodes.dt
+        self._plan, _ = fixed_step_plan([0.0, self.n_steps * self.h], field.nodes.jumps, None, field.nodes)
+        self.last_stats: Stats | None = None
+
+    def forward(self, y: Tensor) -> Tensor:
+        return self._run(y, [self.n_steps])[-1]
+
+    def trajectory(self, y: Tensor) -> Tensor:
+        """The states ``y_0, ..., y_{n_steps}``, stacked on a new leading axis."""
+        return torch.stack([y] + self._run(y, range(1, self.n_steps + 1)))
+
+    def _run(self, y: Tensor, outputs: Iterable[int]) -> list[Tensor]:
+        self.field.check_input(y)
+        self.last_stats = Stats(self.solver.name, steps_accepted=self.n_steps, steps_rejected=0)
+        return run_fixed_steps(self.field, self.solver, y, self._plan, list(outputs), self.last_stats)
+
+    def extra_repr(self) -> str:
+        return f"n_steps={self.n_steps}, h={self.h:g}, solver={self.solver.name}"
+
+
+class ODEBlock(nn.Module):
+    """Any field integrated over ``[0, T]`` by any solver; returns the state at T.
+
+    Args:
+        field: an ``nn.Module`` with ``forward(t, y)``.
+        T: the end time.
+        solver, step_size, rtol, atol, adjoint, max_nfe: as in :func:`~contham.integrate`.
+
+    ``last_stats`` holds the :class:`~contham.integrate.Stats` of the latest forward (its
+    ``nfe_backward`` fills in during ``backward()``).
+    """
+
+    def __init__(
+        self,
+        field: nn.Module,
+        T: float = 1.0,
+        solver: str | Solver = "dopri5",
+        *,
+        step_size: float | None = None,
+        rtol: float | None = None,
+        atol: float | None = None,
+        adjoint: bool = False,
+        max_nfe: int = 100_000,
+    ):
+        super().__init__()
+        self.field = field
+        self.solver = get_solver(solver, rtol, atol)
+        self.solver.check_field(field)
+        self.t = [0.0, check_positive("T", T)]
+        self.options = dict(step_size=step_size, adjoint=adjoint, max_nfe=max_nfe)
+        self.last_stats: Stats | None = None
+
+    def solve(self, y0: Tensor) -> Solution:
+        solution = integrate(self.field, y0, self.t, self.solver, **self.options)
+        self.last_stats = solution.stats
+        return solution
+
+    def forward(self, y0: Tensor) -> Tensor:
+        return self.solve(y0).y
+
+    def extra_repr(self) -> str:
+        return f"T={self.t[1]:g}, solver={self.solver.name}, adjoint={self.options['adjoint']}"

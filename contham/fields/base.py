@@ -1,0 +1,207 @@
+"""Base classes for vector fields whose weights live on a node axis (see :mod:`.time`)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .._checks import check_even, check_int
+from .time import TimeNodes
+
+Params = tuple[Tensor, ...]
+
+
+def linear_op(K: Tensor, x: Tensor, b: Tensor | None = None) -> Tensor:
+    """``K x + b`` for a dense ``K`` of shape ``(out, in)`` or a conv ``K`` of shape
+    ``(out, in, k, k)`` (stride 1, same padding, odd k)."""
+    if K.dim() == 2:
+        return F.linear(x, K, b)
+    return F.conv2d(x, K, b, padding=K.shape[-1] // 2)
+
+
+def linear_op_t(K: Tensor, x: Tensor) -> Tensor:
+    """``K^T x``: the adjoint of :func:`linear_op` (``conv_transpose2d`` with the same weight)."""
+    if K.dim() == 2:
+        return x @ K
+    return F.conv_transpose2d(x, K, padding=K.shape[-1] // 2)
+
+
+class NodeField(nn.Module):
+    """A vector field ``f(t, y)`` with time-dependent weights stored on a node axis.
+
+    ``y`` is ``(batch, features)`` for dense fields (``kernel_size=None``) and
+    ``(batch, channels, H, W)`` for convolutional ones. Subclasses name their node-axis
+    parameters in ``node_names`` and implement ``_f(params, y)``; the weights at time t are
+    found by :meth:`params_at` and passed in, so a solver can also pin a step to one node
+    with :meth:`at_node`.
+
+    Args:
+        features: state width n (features of a dense state, channels of a conv state).
+        kernel_size: None for dense weights, an odd int for convolutions.
+        n_nodes, dt, time_mode: the node layout, see :class:`~contham.fields.TimeNodes`
+            (``time_mode`` defaults to "constant" for one node, "piecewise" otherwise).
+    """
+
+    node_names: tuple[str, ...] = ()
+    is_split = False
+    default_solver = "euler"
+
+    def __init__(
+        self,
+        features: int,
+        kernel_size: int | None = None,
+        n_nodes: int = 1,
+        dt: float = 1.0,
+        time_mode: str | None = None,
+    ):
+        super().__init__()
+        self.features = check_int("features", features)
+        if kernel_size is not None:
+            check_int("kernel_size", kernel_size)
+            if kernel_size % 2 == 0:
+                raise ValueError(f"kernel_size must be odd (same padding); got {kernel_size}")
+        self.kernel_size = kernel_size
+        check_int("n_nodes", n_nodes)
+        self.nodes = TimeNodes(n_nodes, dt, time_mode or ("constant" if n_nodes == 1 else "piecewise"))
+
+    @property
+    def conv(self) -> bool:
+        return self.kernel_size is not None
+
+    def _weight(self, out: int, inp: int) -> nn.Parameter:
+        """A node-axis weight ``(n, out, in[, k, k])`` with N(0, 1/fan_in) entries."""
+        k = () if self.kernel_size is None else (self.kernel_size, self.kernel_size)
+        fan_in = inp * math.prod(k)
+        return nn.Parameter(torch.randn(self.nodes.n, out, inp, *k) / math.sqrt(fan_in))
+
+    def _bias(self, out: int) -> nn.Parameter:
+        return nn.Parameter(torch.zeros(self.nodes.n, out))
+
+    def node(self, j: int) -> Params:
+        """The weights of node ``j``, in the order of ``node_names``."""
+        return tuple(getattr(self, name)[j] for name in self.node_names)
+
+    def params_at(self, t: float | Tensor) -> Params:
+        """The weights at time ``t`` according to the node layout."""
+        if self.nodes.mode == "constant":
+            return self.node(0)
+        j, w = self.nodes.locate(float(t.detach()) if isinstance(t, Tensor) else float(t))
+        if w == 0.0:
+            return self.node(j)
+        return tuple(torch.lerp(a, b, w) for a, b in zip(self.node(j), self.node(j + 1)))
+
+    def at_node(self, j: int) -> FrozenField:
+        """This field with its weights pinned to node ``j`` (used by fixed-step solvers)."""
+        return FrozenField(self, self.node(j))
+
+    def forward(self, t: float | Tensor, y: Tensor, params: Params | None = None) -> Tensor:
+        return self._f(self.params_at(t) if params is None else params, y)
+
+    def _f(self, params: Params, y: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def check_input(self, y: Tensor) -> None:
+        """Raise ``ValueError`` if ``y`` is not a finite state of this field's shape and dtype."""
+        check_state(y, self.features, 4 if self.conv else 2, self.node_names and getattr(self, self.node_names[0]))
+
+    def extra_repr(self) -> str:
+        kind = f"conv {self.kernel_size}x{self.kernel_size}" if self.conv else "dense"
+        return f"features={self.features}, {kind}, n_nodes={self.nodes.n}, dt={self.nodes.dt:g}, time_mode={self.nodes.mode!r}"
+
+
+def check_state(y: Tensor, features: int, ndim: int, like: Tensor | None = None) -> None:
+    """Shared input check: ``y`` of shape ``(batch, features)`` (ndim 2) or
+    ``(batch, features, H, W)`` (ndim 4), floating, matching ``like``'s dtype and device, finite."""
+    if not isinstance(y, Tensor):
+        raise ValueError(f"y must be a torch.Tensor; got {type(y).__name__}")
+    layout = "(batch, features)" if ndim == 2 else "(batch, channels, H, W)"
+    if y.dim() != ndim or y.shape[1] != features:
+        raise ValueError(f"y must have shape {layout} with {features} features; got {tuple(y.shape)}")
+    if not y.is_floating_point():
+        raise ValueError(f"y must be a floating tensor; got dtype {y.dtype}")
+    if like is not None and (y.dtype != like.dtype or y.device != like.device):
+        raise ValueError(
+            f"y must have the field's dtype and device ({like.dtype}, {like.device}); got ({y.dtype}, {y.device})"
+        )
+    if not bool(torch.isfinite(y).all()):
+        raise ValueError("y must be finite; it contains NaN or inf")
+
+
+class SplitField(NodeField):
+    """A field on a state split channel-wise in halves ``(y, z)`` whose halves drive each other:
+    ``y' = f_y(t, z)``, ``z' = f_z(t, y)``. Split solvers (symplectic Euler, Verlet) update one
+    half from the other; ``first`` says which half they update first by default."""
+
+    is_split = True
+    default_solver = "symplectic_euler"
+    first = "y"
+
+    def __init__(self, features: int, *args, **kwargs):
+        check_int("features", features)
+        check_even("features", features, "the state is split in two halves (y, z)")
+        super().__init__(features, *args, **kwargs)
+        self.half = features // 2
+
+    @staticmethod
+    def split(x: Tensor) -> tuple[Tensor, Tensor]:
+        y, z = x.chunk(2, dim=1)
+        return y, z
+
+    @staticmethod
+    def merge(y: Tensor, z: Tensor) -> Tensor:
+        return torch.cat((y, z), dim=1)
+
+    def dy(self, t: float | Tensor, z: Tensor, params: Params | None = None) -> Tensor:
+        """``y' = f_y(t, z)``."""
+        return self._dy(self.params_at(t) if params is None else params, z)
+
+    def dz(self, t: float | Tensor, y: Tensor, params: Params | None = None) -> Tensor:
+        """``z' = f_z(t, y)``."""
+        return self._dz(self.params_at(t) if params is None else params, y)
+
+    def _f(self, params: Params, x: Tensor) -> Tensor:
+        y, z = self.split(x)
+        return self.merge(self._dy(params, z), self._dz(params, y))
+
+    def _dy(self, params: Params, z: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _dz(self, params: Params, y: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+class FrozenField:
+    """A :class:`NodeField` with fixed weights, callable like the field (``f(t, y)``, and
+    ``dy``/``dz``/``split``/``merge`` for split fields)."""
+
+    __slots__ = ("field", "params")
+
+    def __init__(self, field: NodeField, params: Params):
+        self.field = field
+        self.params = params
+
+    def __call__(self, t: float | Tensor, y: Tensor) -> Tensor:
+        return self.field._f(self.params, y)
+
+    def dy(self, t: float | Tensor, z: Tensor) -> Tensor:
+        return self.field._dy(self.params, z)
+
+    def dz(self, t: float | Tensor, y: Tensor) -> Tensor:
+        return self.field._dz(self.params, y)
+
+    @property
+    def is_split(self) -> bool:
+        return self.field.is_split
+
+    @property
+    def first(self) -> str:
+        return self.field.first
+
+    def split(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self.field.split(x)
+
+    def merge(self, y: Tensor, z: Tensor) -> Tensor:
+        return self.field.merge(y, z)

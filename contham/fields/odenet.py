@@ -1,0 +1,55 @@
+"""The ODENet field of the ResNet-vs-ODENet thesis (section 4.1.4), after Chen et al. 2018.
+
+``f(t, y) = GN(conv_t(ReLU(GN(conv_t(ReLU(GN(y)))))))`` where ``conv_t`` is a 3x3 convolution
+(stride 1, padding 1, with bias) whose input is ``y`` with the time ``t`` concatenated as an
+extra constant channel, and ``GN`` is GroupNorm with ``min(32, C)`` groups.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .._checks import check_int
+from .base import check_state
+
+
+class ConcatConv2d(nn.Module):
+    """A convolution whose input gets the time t as one extra constant channel (in front)."""
+
+    def __init__(self, channels_in: int, channels_out: int, kernel_size: int = 3, padding: int = 1):
+        super().__init__()
+        self.conv = nn.Conv2d(channels_in + 1, channels_out, kernel_size, padding=padding)
+
+    def forward(self, t: float | Tensor, x: Tensor) -> Tensor:
+        tt = torch.ones_like(x[:, :1]) * t
+        return self.conv(torch.cat((tt, x), dim=1))
+
+
+class ODENetField(nn.Module):
+    """The thesis's ODE-block field on ``(batch, channels, H, W)`` states (64 channels there).
+
+    Parameters: two :class:`ConcatConv2d` (``(C+1) * C * 9 + C`` each) and three GroupNorms.
+    """
+
+    def __init__(self, channels: int = 64, groups: int | None = None):
+        super().__init__()
+        self.features = check_int("channels", channels)
+        groups = min(32, channels) if groups is None else check_int("groups", groups)
+        if channels % groups:
+            raise ValueError(f"groups must divide channels ({channels}); got {groups}")
+        self.norm1 = nn.GroupNorm(groups, channels)
+        self.conv1 = ConcatConv2d(channels, channels)
+        self.norm2 = nn.GroupNorm(groups, channels)
+        self.conv2 = ConcatConv2d(channels, channels)
+        self.norm3 = nn.GroupNorm(groups, channels)
+        self.relu = nn.ReLU()
+
+    def forward(self, t: float | Tensor, y: Tensor) -> Tensor:
+        out = self.conv1(t, self.relu(self.norm1(y)))
+        out = self.conv2(t, self.relu(self.norm2(out)))
+        return self.norm3(out)
+
+    def check_input(self, y: Tensor) -> None:
+        """Raise ``ValueError`` unless ``y`` is a finite ``(batch, channels, H, W)`` state."""
+        check_state(y, self.features, 4, self.conv1.conv.weight)

@@ -1,0 +1,182 @@
+"""Structured Hamiltonian fields of the literature, in the notation of :mod:`.hamiltonian`.
+
+With the state split channel-wise in halves ``x = (y, z)``:
+
+* :class:`TwoLayerField` (Chang et al. 2018, the report's "TwoLayersHam"):
+  ``K = [[0, K1], [K2, 0]]``, ``J = J1``, i.e. ``y' = K1^T sigma(K1 z + b1)``,
+  ``z' = -K2^T sigma(K2 y + b2)``.
+* :class:`SeparableField` ("H2", Galimberti et al.): ``K = blockdiag(Kp, Kq)``, ``J = J1``, i.e.
+  ``y' = Kq^T sigma(Kq z + bq)``, ``z' = -Kp^T sigma(Kp y + bp)``.
+* :class:`SymmetricField` ("MS1", Haber & Ruthotto 2017): ``K = [[0, K0], [-K0^T, 0]]`` with
+  ``J K^T = I``, i.e. ``f = sigma(K x + b)``: ``y' = sigma(K0 z + b_y)``,
+  ``z' = sigma(-K0^T y + b_z)``. Not a canonical Hamiltonian field: no energy.
+* :class:`AntisymmetricField` ("MS2", Haber & Ruthotto 2017):
+  ``f = sigma((W - W^T - gamma I) y + b)``.
+
+A free K with J1 or J2 ("H1") is :class:`~contham.fields.HamiltonianField`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import Tensor
+
+from .activations import resolve_activation
+from .base import NodeField, Params, SplitField, linear_op, linear_op_t
+from .hamiltonian import EnergyMixin
+from .skew import SkewMatrix
+
+
+class _SplitHamiltonian(EnergyMixin, SplitField):
+    """Shared code of the canonical split Hamiltonians: one operator reads z and drives y, the
+    other reads y and drives z; ``_on_z``/``_on_y`` index their (K, b) in ``node_names``."""
+
+    _on_z: tuple[int, int]
+    _on_y: tuple[int, int]
+
+    def __init__(
+        self,
+        features: int,
+        sigma: str | Callable[[Tensor], Tensor] = "tanh",
+        *,
+        width: int | None = None,
+        kernel_size: int | None = None,
+        n_nodes: int = 1,
+        dt: float = 1.0,
+        time_mode: str | None = None,
+        sigma_antiderivative: Callable[[Tensor], Tensor] | None = None,
+    ):
+        super().__init__(features, kernel_size, n_nodes, dt, time_mode)
+        self._init_sigma(sigma, sigma_antiderivative)
+        self.width = self.half if width is None else width
+        self.J = SkewMatrix("J1", features)
+        for name in self.node_names:
+            setattr(self, name, self._weight(self.width, self.half) if name.startswith("K") else self._bias(self.width))
+
+    def _dy(self, params: Params, z: Tensor) -> Tensor:
+        K, b = (params[i] for i in self._on_z)
+        return linear_op_t(K, self.sigma(linear_op(K, z, b)))
+
+    def _dz(self, params: Params, y: Tensor) -> Tensor:
+        K, b = (params[i] for i in self._on_y)
+        return -linear_op_t(K, self.sigma(linear_op(K, y, b)))
+
+    def _energy(self, params: Params, x: Tensor) -> Tensor:
+        y, z = self.split(x)
+        Kz, bz = (params[i] for i in self._on_z)
+        Ky, by = (params[i] for i in self._on_y)
+        return self._sum(linear_op(Kz, z, bz)) + self._sum(linear_op(Ky, y, by))
+
+    def extra_repr(self) -> str:
+        return f"sigma={self.sigma_name}, width={self.width}, " + super().extra_repr()
+
+
+class TwoLayerField(_SplitHamiltonian):
+    """Two-layer Hamiltonian of Chang et al. 2018: ``y' = K1^T sigma(K1 z + b1)``,
+    ``z' = -K2^T sigma(K2 y + b2)``.
+
+    Node-axis parameters ``K1``, ``K2``: ``(n_nodes, m, n/2[, k, k])``; ``b1``, ``b2``:
+    ``(n_nodes, m)``; m = ``width`` (default n/2). Split solvers update y first (Chang et al.).
+    Arguments as :class:`~contham.fields.HamiltonianField` without ``J`` (always J1).
+    """
+
+    node_names = ("K1", "b1", "K2", "b2")
+    _on_z = (0, 1)
+    _on_y = (2, 3)
+    first = "y"
+
+
+class SeparableField(_SplitHamiltonian):
+    """Separable Hamiltonian "H2" (Galimberti et al.): ``K = blockdiag(Kp, Kq)``, ``J = J1``;
+    ``y' = Kq^T sigma(Kq z + bq)``, ``z' = -Kp^T sigma(Kp y + bp)``.
+
+    Node-axis parameters ``Kp``, ``Kq``: ``(n_nodes, m, n/2[, k, k])``; ``bp``, ``bq``:
+    ``(n_nodes, m)``. Split solvers update z first (the semi-implicit Euler of H2-DNN).
+    """
+
+    node_names = ("Kp", "bp", "Kq", "bq")
+    _on_z = (2, 3)
+    _on_y = (0, 1)
+    first = "z"
+
+
+class SymmetricField(SplitField):
+    """"MS1" of Haber & Ruthotto 2017: ``y' = sigma(K0 z + b_y)``, ``z' = sigma(-K0^T y + b_z)``.
+
+    Node-axis parameters ``K0``: ``(n_nodes, n/2, n/2[, k, k])``, ``b``: ``(n_nodes, n)``
+    (``b_y`` its first half). Split solvers update z first (their Verlet network).
+    """
+
+    node_names = ("K0", "b")
+    first = "z"
+
+    def __init__(
+        self,
+        features: int,
+        sigma: str | Callable[[Tensor], Tensor] = "tanh",
+        *,
+        kernel_size: int | None = None,
+        n_nodes: int = 1,
+        dt: float = 1.0,
+        time_mode: str | None = None,
+    ):
+        super().__init__(features, kernel_size, n_nodes, dt, time_mode)
+        self.sigma, _, self.sigma_name = resolve_activation(sigma)
+        self.K0 = self._weight(self.half, self.half)
+        self.b = self._bias(features)
+
+    def _dy(self, params: Params, z: Tensor) -> Tensor:
+        K0, b = params
+        return self.sigma(linear_op(K0, z, b[: self.half]))
+
+    def _dz(self, params: Params, y: Tensor) -> Tensor:
+        K0, b = params
+        return self.sigma(_add_bias(-linear_op_t(K0, y), b[self.half :]))
+
+    def extra_repr(self) -> str:
+        return f"sigma={self.sigma_name}, " + super().extra_repr()
+
+
+class AntisymmetricField(NodeField):
+    """"MS2" of Haber & Ruthotto 2017: ``f(t, y) = sigma((W - W^T - gamma I) y + b)``.
+
+    ``K = W - W^T`` is antisymmetric (for a conv, ``W - W^T`` is the convolution minus its
+    adjoint); ``gamma >= 0`` adds their optional damping. Node-axis parameters ``W``:
+    ``(n_nodes, n, n[, k, k])``, ``b``: ``(n_nodes, n)``.
+    """
+
+    node_names = ("W", "b")
+
+    def __init__(
+        self,
+        features: int,
+        sigma: str | Callable[[Tensor], Tensor] = "tanh",
+        *,
+        gamma: float = 0.0,
+        kernel_size: int | None = None,
+        n_nodes: int = 1,
+        dt: float = 1.0,
+        time_mode: str | None = None,
+    ):
+        super().__init__(features, kernel_size, n_nodes, dt, time_mode)
+        if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not gamma >= 0:
+            raise ValueError(f"gamma must be a number >= 0; got {gamma!r}")
+        self.gamma = float(gamma)
+        self.sigma, _, self.sigma_name = resolve_activation(sigma)
+        self.W = self._weight(features, features)
+        self.b = self._bias(features)
+
+    def _f(self, params: Params, y: Tensor) -> Tensor:
+        W, b = params
+        Ky = linear_op(W, y, b) - linear_op_t(W, y)
+        if self.gamma:
+            Ky = Ky - self.gamma * y
+        return self.sigma(Ky)
+
+    def extra_repr(self) -> str:
+        return f"sigma={self.sigma_name}, gamma={self.gamma:g}, " + super().extra_repr()
+
+
+def _add_bias(x: Tensor, b: Tensor) -> Tensor:
+    return x + (b if x.dim() == 2 else b[:, None, None])

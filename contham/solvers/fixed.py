@@ -1,0 +1,146 @@
+"""Fixed-step one-step methods.
+
+Each solver is one class with its ``order`` and one ``step(f, t, h, y)``. ``f`` is a field (or a
+field pinned to a node, :meth:`~contham.fields.NodeField.at_node`) called as ``f(t, y)``;
+split solvers instead update the halves ``(y, z)`` of a :class:`~contham.fields.SplitField`
+through ``f.dy(t, z)`` and ``f.dz(t, y)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from torch import Tensor
+
+from .._checks import check_choice
+
+
+class FixedStepSolver:
+    """Base class: a one-step method of constant step size h."""
+
+    name: ClassVar[str]
+    order: ClassVar[int]
+    #: calls of the field (or of one half of it, for split solvers) per step
+    evals_per_step: ClassVar[int]
+    needs_split: ClassVar[bool] = False
+
+    def check_field(self, field: Any) -> None:
+        """Raise ``ValueError`` if this solver cannot integrate ``field``."""
+        if self.needs_split and not getattr(field, "is_split", False):
+            raise ValueError(
+                f"solver={self.name!r} updates the halves (y, z) of a split state and needs a split field "
+                f"(TwoLayerField, SeparableField, SymmetricField); got {type(field).__name__}. "
+                "Use 'euler', 'midpoint', 'rk4' or an adaptive method for this field."
+            )
+
+    def step(self, f: Any, t: float, h: float, y: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class Euler(FixedStepSolver):
+    """Explicit (forward) Euler, ``y + h f(t, y)``. Order 1. Any field."""
+
+    name = "euler"
+    order = 1
+    evals_per_step = 1
+
+    def step(self, f: Any, t: float, h: float, y: Tensor) -> Tensor:
+        return y + h * f(t, y)
+
+
+class Midpoint(FixedStepSolver):
+    """Explicit midpoint rule. Order 2. Any field."""
+
+    name = "midpoint"
+    order = 2
+    evals_per_step = 2
+
+    def step(self, f: Any, t: float, h: float, y: Tensor) -> Tensor:
+        return y + h * f(t + h / 2, y + (h / 2) * f(t, y))
+
+
+class RK4(FixedStepSolver):
+    """Classical fourth-order Runge-Kutta. Order 4. Any field."""
+
+    name = "rk4"
+    order = 4
+    evals_per_step = 4
+
+    def step(self, f: Any, t: float, h: float, y: Tensor) -> Tensor:
+        k1 = f(t, y)
+        k2 = f(t + h / 2, y + (h / 2) * k1)
+        k3 = f(t + h / 2, y + (h / 2) * k2)
+        k4 = f(t + h, y + h * k3)
+        return y + (h / 6) * (k1 + 2 * k2 + 2 * k3 + k4)
+
+
+class _SplitSolver(FixedStepSolver):
+    needs_split = True
+
+    def __init__(self, first: str | None = None):
+        self.first = None if first is None else check_choice("first", first, ("y", "z"))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(first={self.first!r})"
+
+
+class SymplecticEuler(_SplitSolver):
+    """Symplectic (semi-implicit) Euler on a split state. Order 1. Split fields only.
+
+    With ``first="y"``: ``y+ = y + h f_y(t, z)``, then ``z+ = z + h f_z(t, y+)`` (from the *new*
+    y); ``first="z"`` swaps the roles. ``first=None`` takes the field's own ``first``. On the
+    two-layer field this is Chang et al.'s leapfrog/Verlet network (reading z_j as the
+    staggered z_{j-1/2}). Symplectic for canonical Hamiltonian split fields.
+    """
+
+    name = "symplectic_euler"
+    order = 1
+    evals_per_step = 2
+
+    def step(self, f: Any, t: float, h: float, x: Tensor) -> Tensor:
+        y, z = f.split(x)
+        if (self.first or f.first) == "y":
+            y = y + h * f.dy(t, z)
+            z = z + h * f.dz(t, y)
+        else:
+            z = z + h * f.dz(t, y)
+            y = y + h * f.dy(t, z)
+        return f.merge(y, z)
+
+
+class Verlet(_SplitSolver):
+    """Stormer-Verlet / leapfrog on a split state. Order 2. Split fields only.
+
+    With ``first="y"``: half step of y from z, full step of z from the new y, half step of y
+    from the new z (``first="z"`` swaps the roles). Symmetric, symplectic for canonical
+    Hamiltonian split fields.
+    """
+
+    name = "verlet"
+    order = 2
+    evals_per_step = 3
+
+    def step(self, f: Any, t: float, h: float, x: Tensor) -> Tensor:
+        y, z = f.split(x)
+        if (self.first or f.first) == "y":
+            y = y + (h / 2) * f.dy(t, z)
+            z = z + h * f.dz(t + h / 2, y)
+            y = y + (h / 2) * f.dy(t + h, z)
+        else:
+            z = z + (h / 2) * f.dz(t, y)
+            y = y + h * f.dy(t + h / 2, z)
+            z = z + (h / 2) * f.dz(t + h, y)
+        return f.merge(y, z)
+
+
+FIXED_SOLVERS: dict[str, type[FixedStepSolver]] = {
+    "euler": Euler,
+    "midpoint": Midpoint,
+    "rk4": RK4,
+    "symplectic_euler": SymplecticEuler,
+    "verlet": Verlet,
+    "leapfrog": Verlet,
+}
