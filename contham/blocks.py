@@ -44,7 +44,7 @@ class HamiltonianBlock(nn.Module):
             raise ValueError(f"solver must be a fixed-step solver for a HamiltonianBlock; got {self.solver.name!r}")
         self.solver.check_field(field)
         self.n_steps, self.h = field.nodes.n, field.nodes.dt
-        self._plan, _ = fixed_step_plan([0.0, self.n_steps * self.h], field.nodes.jumps, None, field.nodes)
+        self._plan, _ = fixed_step_plan([0.0, self.n_steps * self.h], field.nodes.breaks, None, field.nodes)
         self.last_stats: Stats | None = None
 
     def forward(self, y: Tensor) -> Tensor:

@@ -80,8 +80,9 @@ def integrate(
             field's parameters as ``adjoint_params``): memory constant in the number of steps.
         max_nfe: field calls allowed per pass; more raises :class:`IntegrationError`.
 
-    Weight jumps of piecewise fields (``field.nodes.jumps``) become step boundaries: no step
-    of a fixed-step or adaptive solver straddles a change of weights.
+    The node times of piecewise and linear fields (``field.nodes.breaks``) become step
+    boundaries: no step of a fixed-step or adaptive solver straddles a jump of the weights
+    (torchdiffeq's ``jump_t``) or a kink of their interpolation (``step_t``).
     """
     solver = get_solver(solver, rtol, atol)
     times = _check_times(t)
@@ -93,7 +94,7 @@ def integrate(
         check(y0)
     solver.check_field(field)
     nodes = getattr(field, "nodes", None)
-    jumps = [s for s in (nodes.jumps if nodes is not None else ()) if times[0] < s < times[-1]]
+    breaks = [s for s in (nodes.breaks if nodes is not None else ()) if times[0] < s < times[-1]]
     ts = torch.tensor(times, dtype=torch.float64, device=y0.device)
     if isinstance(solver, FixedStepSolver):
         if adjoint:
@@ -101,7 +102,7 @@ def integrate(
                 "adjoint=True needs a torchdiffeq method (e.g. solver='dopri5' or TorchDiffEq('rk4', options=...)); "
                 f"got the fixed-step solver={solver.name!r}"
             )
-        plan, outputs = fixed_step_plan(times, jumps, step_size, nodes)
+        plan, outputs = fixed_step_plan(times, breaks, step_size, nodes)
         if len(plan) * solver.evals_per_step > max_nfe:
             raise IntegrationError(f"{len(plan)} steps of {solver.name} exceed max_nfe={max_nfe}")
         stats = Stats(solver.name, steps_accepted=len(plan), steps_rejected=0)
@@ -109,7 +110,8 @@ def integrate(
         return Solution(ts, ys, stats)
     if step_size is not None:
         raise ValueError(f"step_size applies to fixed-step solvers; for solver={solver.name!r} use options")
-    return _integrate_torchdiffeq(field, y0, ts, solver, jumps, adjoint, max_nfe)
+    jumps = nodes is not None and nodes.mode == "piecewise"
+    return _integrate_torchdiffeq(field, y0, ts, solver, breaks, jumps, adjoint, max_nfe)
 
 
 def _check_times(t: Sequence[float] | Tensor) -> list[float]:
@@ -130,15 +132,15 @@ Plan = list[tuple[float, float, int | None]]
 
 
 def fixed_step_plan(
-    times: Sequence[float], jumps: Sequence[float], step_size: float | None, nodes: Any = None
+    times: Sequence[float], breaks: Sequence[float], step_size: float | None, nodes: Any = None
 ) -> tuple[Plan, list[int]]:
-    """Steps ``(t, h, node)`` covering ``times`` with the ``jumps`` as step boundaries.
+    """Steps ``(t, h, node)`` covering ``times`` with the ``breaks`` as step boundaries.
 
     ``node`` is the node whose weights a piecewise/constant field uses for the whole step (found
     at the step's midpoint), None for fields read at each stage time. ``outputs[i]`` is the
     number of steps done when ``times[i + 1]`` is reached.
     """
-    points = sorted(set(times) | set(jumps))
+    points = sorted(set(times) | set(breaks))
     per_node = nodes is not None and nodes.mode in ("piecewise", "constant")
     plan: Plan = []
     outputs = []
@@ -196,7 +198,7 @@ class _Counted(nn.Module):
         if n >= self.max_nfe:
             where = "backward (adjoint)" if self.backward_pass else "forward"
             raise IntegrationError(
-                f"the {where} solve with {s.solver} reached max_nfe={self.max_nfe} field calls at t={float(t):.6g}; "
+                f"the {where} solve with {s.solver} reached max_nfe={self.max_nfe} field calls at t={float(t.detach()):.6g}; "
                 "the dynamics may be stiff or the tolerances too tight: loosen rtol/atol or raise max_nfe"
             )
         if self.backward_pass:
@@ -219,7 +221,14 @@ class _Counted(nn.Module):
 
 
 def _integrate_torchdiffeq(
-    field: nn.Module, y0: Tensor, ts: Tensor, solver: TorchDiffEq, jumps: list[float], adjoint: bool, max_nfe: int
+    field: nn.Module,
+    y0: Tensor,
+    ts: Tensor,
+    solver: TorchDiffEq,
+    breaks: list[float],
+    jumps: bool,
+    adjoint: bool,
+    max_nfe: int,
 ) -> Solution:
     stats = Stats(solver.name)
     if solver.adaptive:
@@ -227,8 +236,9 @@ def _integrate_torchdiffeq(
         if adjoint:
             stats.steps_accepted_backward, stats.steps_rejected_backward = 0, 0
     options = dict(solver.options)
-    if jumps:
-        options["jump_t"] = torch.tensor(jumps, dtype=torch.float64, device=y0.device)
+    if breaks and solver.adaptive:
+        # jump_t: the weights are discontinuous there (evaluated from each side); step_t: a kink
+        options["jump_t" if jumps else "step_t"] = torch.tensor(breaks, dtype=torch.float64, device=y0.device)
     func = _Counted(field, stats, max_nfe)
     kwargs = dict(rtol=solver.rtol, atol=solver.atol, method=solver.method, options=options)
     try:

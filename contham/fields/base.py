@@ -91,6 +91,8 @@ class NodeField(nn.Module):
         j, w = self.nodes.locate(float(t.detach()) if isinstance(t, Tensor) else float(t))
         if w == 0.0:
             return self.node(j)
+        if isinstance(t, Tensor):  # keep df/dt in the graph: solvers may differentiate through t
+            w = ((t - j * self.nodes.dt) / self.nodes.dt).to(self.node(j)[0].dtype)
         return tuple(torch.lerp(a, b, w) for a, b in zip(self.node(j), self.node(j + 1)))
 
     def at_node(self, j: int) -> FrozenField:

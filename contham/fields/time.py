@@ -50,11 +50,15 @@ class TimeNodes:
             raise ValueError(f"time_mode='linear' needs n_nodes >= 2; got n_nodes={self.n}")
 
     @property
-    def jumps(self) -> tuple[float, ...]:
-        """Times where the weights are discontinuous (interior piecewise boundaries)."""
-        if self.mode != "piecewise":
-            return ()
+    def breaks(self) -> tuple[float, ...]:
+        """Interior node times ``t_1, ..., t_{n-1}``: where piecewise weights jump and linear
+        weights have a kink. Solvers put step boundaries there."""
         return tuple(j * self.dt for j in range(1, self.n))
+
+    @property
+    def jumps(self) -> tuple[float, ...]:
+        """Times where the weights are discontinuous (piecewise mode only)."""
+        return self.breaks if self.mode == "piecewise" else ()
 
     @property
     def times(self) -> tuple[float, ...]:
