@@ -198,7 +198,8 @@ class _Counted(nn.Module):
         if n >= self.max_nfe:
             where = "backward (adjoint)" if self.backward_pass else "forward"
             raise IntegrationError(
-                f"the {where} solve with {s.solver} reached max_nfe={self.max_nfe} field calls at t={float(t.detach()):.6g}; "
+                f"the {where} solve with {s.solver} reached max_nfe={self.max_nfe} field calls "
+                f"at t={float(t.detach()):.6g}; "
                 "the dynamics may be stiff or the tolerances too tight: loosen rtol/atol or raise max_nfe"
             )
         if self.backward_pass:

@@ -48,9 +48,7 @@ def resolve_activation(
     """
     if isinstance(sigma, str):
         if sigma not in ACTIVATIONS:
-            raise ValueError(
-                f"sigma must be one of {', '.join(map(repr, ACTIVATIONS))} or a callable; got {sigma!r}"
-            )
+            raise ValueError(f"sigma must be one of {', '.join(map(repr, ACTIVATIONS))} or a callable; got {sigma!r}")
         fn, integral = ACTIVATIONS[sigma]
         return fn, integral, sigma
     if callable(sigma):

@@ -111,7 +111,8 @@ class NodeField(nn.Module):
 
     def extra_repr(self) -> str:
         kind = f"conv {self.kernel_size}x{self.kernel_size}" if self.conv else "dense"
-        return f"features={self.features}, {kind}, n_nodes={self.nodes.n}, dt={self.nodes.dt:g}, time_mode={self.nodes.mode!r}"
+        nodes = self.nodes
+        return f"features={self.features}, {kind}, n_nodes={nodes.n}, dt={nodes.dt:g}, time_mode={nodes.mode!r}"
 
 
 def check_state(y: Tensor, features: int, ndim: int, like: Tensor | None = None) -> None:

@@ -37,7 +37,9 @@ class SkewMatrix(nn.Module):
         super().__init__()
         if isinstance(J, str):
             if J not in J_NAMES:
-                raise ValueError(f"J must be one of {', '.join(map(repr, J_NAMES))} or a skew-symmetric matrix; got {J!r}")
+                raise ValueError(
+                    f"J must be one of {', '.join(map(repr, J_NAMES))} or a skew-symmetric matrix; got {J!r}"
+                )
             matrix = j1_matrix(n) if J == "J1" else j2_matrix(n)
             self.kind = J
         else:

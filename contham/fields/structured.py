@@ -102,7 +102,7 @@ class SeparableField(_SplitHamiltonian):
 
 
 class SymmetricField(SplitField):
-    """"MS1" of Haber & Ruthotto 2017: ``y' = sigma(K0 z + b_y)``, ``z' = sigma(-K0^T y + b_z)``.
+    """ "MS1" of Haber & Ruthotto 2017: ``y' = sigma(K0 z + b_y)``, ``z' = sigma(-K0^T y + b_z)``.
 
     Node-axis parameters ``K0``: ``(n_nodes, n/2, n/2[, k, k])``, ``b``: ``(n_nodes, n)``
     (``b_y`` its first half). Split solvers update z first (their Verlet network).
@@ -139,7 +139,7 @@ class SymmetricField(SplitField):
 
 
 class AntisymmetricField(NodeField):
-    """"MS2" of Haber & Ruthotto 2017: ``f(t, y) = sigma((W - W^T - gamma I) y + b)``.
+    """ "MS2" of Haber & Ruthotto 2017: ``f(t, y) = sigma((W - W^T - gamma I) y + b)``.
 
     ``K = W - W^T`` is antisymmetric (for a conv, ``W - W^T`` is the convolution minus its
     adjoint); ``gamma >= 0`` adds their optional damping. Node-axis parameters ``W``:

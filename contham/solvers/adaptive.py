@@ -12,6 +12,22 @@ ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
 #: torchdiffeq methods on a fixed grid (``options={"step_size": h}``).
 FIXED_GRID_METHODS = ("euler", "midpoint", "rk4", "heun2", "heun3", "explicit_adams", "implicit_adams", "fixed_adams")
 TORCHDIFFEQ_METHODS = ADAPTIVE_METHODS + FIXED_GRID_METHODS + ("scipy_solver",)
+#: order of accuracy of each method's solution (the Adams methods: their maximum order)
+ORDERS = {
+    "dopri5": 5,
+    "dopri8": 8,
+    "bosh3": 3,
+    "fehlberg2": 2,
+    "adaptive_heun": 2,
+    "euler": 1,
+    "midpoint": 2,
+    "rk4": 4,
+    "heun2": 2,
+    "heun3": 3,
+    "explicit_adams": 4,
+    "implicit_adams": 4,
+    "fixed_adams": 4,
+}
 
 
 @dataclass
@@ -38,6 +54,11 @@ class TorchDiffEq:
     @property
     def name(self) -> str:
         return self.method
+
+    @property
+    def order(self) -> int | None:
+        """Order of the method (None for ``scipy_solver``, which depends on its options)."""
+        return ORDERS.get(self.method)
 
     @property
     def adaptive(self) -> bool:
