@@ -61,6 +61,14 @@ def test_fixed_steps_align_with_jumps_and_outputs():
     assert sol.ys.shape == (3, 2, 4) and torch.equal(sol.ys[0], y0)
 
 
+def test_node_times_within_rounding_of_output_times_add_no_steps():
+    f = HamiltonianField(4, "J1", n_nodes=6, dt=0.1).double()
+    y0 = torch.randn(2, 4, dtype=D)
+    sol = integrate(f, y0, [0.0, 0.3, 0.6], "euler")  # 3 * 0.1 == 0.30000000000000004
+    assert sol.stats.steps_accepted == 6
+    assert torch.allclose(sol.y, contham.HamiltonianBlock(f)(y0), atol=1e-14)
+
+
 def params_grad(field, y0, **kw):
     field.zero_grad()
     y0 = y0.clone().requires_grad_(True)

@@ -13,7 +13,6 @@ from torch import Tensor, nn
 from .._checks import check_choice, check_int
 from .base import check_state
 
-
 ACTIVATIONS = {"relu": nn.ReLU, "softplus": nn.Softplus, "tanh": nn.Tanh}
 
 
