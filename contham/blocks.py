@@ -48,6 +48,7 @@ class HamiltonianBlock(nn.Module):
         self.last_stats: Stats | None = None
 
     def forward(self, y: Tensor) -> Tensor:
+        """``y_{n_steps}`` from ``y_0 = y``."""
         return self._run(y, [self.n_steps])[-1]
 
     def trajectory(self, y: Tensor) -> Tensor:
@@ -96,11 +97,13 @@ class ODEBlock(nn.Module):
         self.last_stats: Stats | None = None
 
     def solve(self, y0: Tensor) -> Solution:
+        """The whole :class:`~contham.integrate.Solution` on ``[0, T]``."""
         solution = integrate(self.field, y0, self.t, self.solver, **self.options)
         self.last_stats = solution.stats
         return solution
 
     def forward(self, y0: Tensor) -> Tensor:
+        """The state at ``T``."""
         return self.solve(y0).y
 
     def extra_repr(self) -> str:

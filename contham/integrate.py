@@ -50,6 +50,7 @@ class Solution:
 
     @property
     def y(self) -> Tensor:
+        """The state at the last output time."""
         return self.ys[-1]
 
 

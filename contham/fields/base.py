@@ -69,6 +69,7 @@ class NodeField(nn.Module):
 
     @property
     def conv(self) -> bool:
+        """True for convolutional weights."""
         return self.kernel_size is not None
 
     def _weight(self, out: int, inp: int) -> nn.Parameter:
@@ -100,6 +101,7 @@ class NodeField(nn.Module):
         return FrozenField(self, self.node(j))
 
     def forward(self, t: float | Tensor, y: Tensor, params: Params | None = None) -> Tensor:
+        """``f(t, y)``, with the weights at ``t`` unless ``params`` gives them."""
         return self._f(self.params_at(t) if params is None else params, y)
 
     def _f(self, params: Params, y: Tensor) -> Tensor:

@@ -24,6 +24,7 @@ class ConcatConv2d(nn.Module):
         self.conv = nn.Conv2d(channels_in + 1, channels_out, kernel_size, padding=padding)
 
     def forward(self, t: float | Tensor, x: Tensor) -> Tensor:
+        """The convolution of ``[t, x]``."""
         tt = torch.ones_like(x[:, :1]) * t
         return self.conv(torch.cat((tt, x), dim=1))
 
@@ -53,6 +54,7 @@ class ODENetField(nn.Module):
         self.act = ACTIVATIONS[activation]()
 
     def forward(self, t: float | Tensor, y: Tensor) -> Tensor:
+        """``f(t, y)``."""
         out = self.conv1(t, self.act(self.norm1(y)))
         out = self.conv2(t, self.act(self.norm2(out)))
         return self.norm3(out)

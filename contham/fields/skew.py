@@ -53,6 +53,7 @@ class SkewMatrix(nn.Module):
         self.register_buffer("J", matrix.detach().clone())
 
     def forward(self, x: Tensor) -> Tensor:
+        """``J x`` along dim 1."""
         if self.kind == "J1":
             first, second = x.chunk(2, dim=1)
             return torch.cat((second, -first), dim=1)

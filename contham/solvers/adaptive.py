@@ -53,6 +53,7 @@ class TorchDiffEq:
 
     @property
     def name(self) -> str:
+        """The torchdiffeq method name."""
         return self.method
 
     @property
@@ -62,6 +63,7 @@ class TorchDiffEq:
 
     @property
     def adaptive(self) -> bool:
+        """True for methods with error control (they honour weight jumps)."""
         return self.method in ADAPTIVE_METHODS
 
     def check_field(self, f: Any) -> None:

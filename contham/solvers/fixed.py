@@ -34,6 +34,7 @@ class FixedStepSolver:
             )
 
     def step(self, f: Any, t: float, h: float, y: Tensor) -> Tensor:
+        """One step of size ``h`` from ``(t, y)``."""
         raise NotImplementedError
 
     def __repr__(self) -> str:
