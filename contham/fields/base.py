@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +30,7 @@ def linear_op_t(K: Tensor, x: Tensor) -> Tensor:
     return F.conv_transpose2d(x, K, padding=K.shape[-1] // 2)
 
 
-class NodeField(nn.Module):
+class NodeField(nn.Module, ABC):
     """A vector field ``f(t, y)`` with time-dependent weights stored on a node axis.
 
     ``y`` is ``(batch, features)`` for dense fields (``kernel_size=None``) and
@@ -104,8 +105,9 @@ class NodeField(nn.Module):
         """``f(t, y)``, with the weights at ``t`` unless ``params`` gives them."""
         return self._f(self.params_at(t) if params is None else params, y)
 
+    @abstractmethod
     def _f(self, params: Params, y: Tensor) -> Tensor:
-        raise NotImplementedError
+        """``f`` with the given weights."""
 
     def check_input(self, y: Tensor) -> None:
         """Raise ``ValueError`` if ``y`` is not a finite state of this field's shape and dtype."""
@@ -171,11 +173,13 @@ class SplitField(NodeField):
         y, z = self.split(x)
         return self.merge(self._dy(params, z), self._dz(params, y))
 
+    @abstractmethod
     def _dy(self, params: Params, z: Tensor) -> Tensor:
-        raise NotImplementedError
+        """``f_y`` with the given weights."""
 
+    @abstractmethod
     def _dz(self, params: Params, y: Tensor) -> Tensor:
-        raise NotImplementedError
+        """``f_z`` with the given weights."""
 
 
 class FrozenField:

@@ -8,6 +8,7 @@ through ``f.dy(t, z)`` and ``f.dz(t, y)``.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 from torch import Tensor
@@ -15,7 +16,7 @@ from torch import Tensor
 from .._checks import check_choice
 
 
-class FixedStepSolver:
+class FixedStepSolver(ABC):
     """Base class: a one-step method of constant step size h."""
 
     name: ClassVar[str]
@@ -33,9 +34,9 @@ class FixedStepSolver:
                 "Use 'euler', 'midpoint', 'rk4' or an adaptive method for this field."
             )
 
+    @abstractmethod
     def step(self, f: Any, t: float, h: float, y: Tensor) -> Tensor:
         """One step of size ``h`` from ``(t, y)``."""
-        raise NotImplementedError
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
