@@ -30,3 +30,31 @@ def check_even(name: str, value: int, why: str) -> int:
     if value % 2:
         raise ValueError(f"{name} must be even ({why}); got {value}")
     return value
+
+
+def check_name(name: str, value: Any, allowed: Iterable[str]) -> str:
+    """Like :func:`check_choice` but case-insensitive; returns the allowed spelling."""
+    allowed = tuple(allowed)
+    if isinstance(value, str):
+        for option in allowed:
+            if value.lower() == option.lower():
+                return option
+    raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))} (any case); got {value!r}")
+
+
+def check_probability(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise ValueError(f"{name} must be a number in [0, 1); got {value!r}")
+    return float(value)
+
+
+def check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False; got {value!r}")
+    return value
+
+
+def check_nonnegative(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0; got {value!r}")
+    return float(value)

@@ -108,3 +108,14 @@ class ODEBlock(nn.Module):
 
     def extra_repr(self) -> str:
         return f"T={self.t[1]:g}, solver={self.solver.name}, adjoint={self.options['adjoint']}"
+
+
+def collect_stats(model: nn.Module) -> list[Stats]:
+    """The ``last_stats`` of every :class:`HamiltonianBlock` and :class:`ODEBlock` in ``model``
+    (in module order) that has run: field evaluations and steps of the latest forward, and for
+    ODE blocks of the latest backward."""
+    return [
+        m.last_stats
+        for m in model.modules()
+        if isinstance(m, (HamiltonianBlock, ODEBlock)) and m.last_stats is not None
+    ]

@@ -82,6 +82,11 @@ class NodeField(nn.Module, ABC):
     def _bias(self, out: int) -> nn.Parameter:
         return nn.Parameter(torch.zeros(self.nodes.n, out))
 
+    @property
+    def bias_names(self) -> tuple[str, ...]:
+        """The node-axis biases (b): the entries of ``node_names`` of shape ``(n_nodes, width)``."""
+        return tuple(name for name in self.node_names if getattr(self, name).dim() == 2)
+
     def node(self, j: int) -> Params:
         """The weights of node ``j``, in the order of ``node_names``."""
         return tuple(getattr(self, name)[j] for name in self.node_names)

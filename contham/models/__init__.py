@@ -1,0 +1,31 @@
+"""Networks: the report's Hamiltonian classifiers, He et al.'s CIFAR ResNets, the thesis's
+ResNet-k / ODENet and a Hamiltonian network of the same shape; all by name in :func:`build`."""
+
+from .hamiltonian_net import ChannelPad, HamiltonianNet, init_field, init_layer, make_block, make_field
+from .presets import PRESETS, preset
+from .registry import available, build, count_parameters, describe
+from .resnet import BasicBlock, CifarResNet, ShortcutA
+from .thesis import PreActBlock, ThesisNet, thesis_hamiltonian, thesis_odenet, thesis_resnet
+
+__all__ = [
+    "PRESETS",
+    "BasicBlock",
+    "ChannelPad",
+    "CifarResNet",
+    "HamiltonianNet",
+    "PreActBlock",
+    "ShortcutA",
+    "ThesisNet",
+    "available",
+    "build",
+    "count_parameters",
+    "describe",
+    "init_field",
+    "init_layer",
+    "make_block",
+    "make_field",
+    "preset",
+    "thesis_hamiltonian",
+    "thesis_odenet",
+    "thesis_resnet",
+]

@@ -1,0 +1,154 @@
+"""Every network by name: :func:`build`, :func:`available`, :func:`count_parameters`.
+
+Families:
+
+* ``report``: the report's Hamiltonian classifiers (:mod:`.presets`), :class:`HamiltonianNet`.
+* ``cifar_resnet``: He et al.'s ``resnet20`` ... ``resnet1202`` (:class:`CifarResNet`).
+* ``thesis``: the thesis's ``thesis_resnet2/4/8``, ``thesis_odenet``, and the same segments around
+  a Hamiltonian layer, ``thesis_hamiltonian`` (discrete) and ``thesis_hamiltonian_ode``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from ..config import HamiltonianParameters, NetworkParameters
+from .hamiltonian_net import HamiltonianNet
+from .presets import PRESETS, preset
+from .resnet import CifarResNet
+from .thesis import thesis_hamiltonian, thesis_odenet, thesis_resnet
+
+_HAM_FIELDS = tuple(f.name for f in dataclasses.fields(HamiltonianParameters))
+_NET_FIELDS = tuple(f.name for f in dataclasses.fields(NetworkParameters) if f.name != "ham_params")
+_ODE_OPTIONS = ("solver", "rtol", "atol", "adjoint", "step_size")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Entry:
+    family: str
+    description: str
+    options: tuple[str, ...]
+    make: Callable[..., nn.Module]
+
+
+def _report(name: str, in_channels: int, num_classes: int, image_size: int, **overrides: Any) -> nn.Module:
+    network = preset(name).network
+    ham = {k: v for k, v in overrides.items() if k in _HAM_FIELDS and k != "init"}
+    net = {k: v for k, v in overrides.items() if k in _NET_FIELDS}
+    if "init" in overrides:  # as in the report's "init" experiments: conv, FC, K and b alike
+        ham["init"] = overrides["init"]
+    features = list(net.pop("nb_features", network.nb_features))
+    features[0] = in_channels
+    network = dataclasses.replace(
+        network, ham_params=dataclasses.replace(network.ham_params, **ham), nb_features=features, **net
+    )
+    return HamiltonianNet(network, num_classes, image_size)
+
+
+def _thesis_ham(continuous: bool) -> Callable[..., nn.Module]:
+    def make(in_channels: int, num_classes: int, image_size: int, **overrides: Any) -> nn.Module:
+        ode = {k: overrides.pop(k) for k in _ODE_OPTIONS if continuous and k in overrides}
+        defaults = dict(n_blocks=8, h=0.125, act="Tanh" if continuous else "ReLU")
+        ham = HamiltonianParameters(**{**defaults, **overrides})
+        return thesis_hamiltonian(in_channels, num_classes, ham, continuous=continuous, **ode)
+
+    return make
+
+
+def _ignore_size(make: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    return lambda in_channels, num_classes, image_size, **overrides: make(
+        in_channels=in_channels, num_classes=num_classes, **overrides
+    )
+
+
+_REGISTRY: dict[str, _Entry] = {}
+for _name in PRESETS:
+    _REGISTRY[_name] = _Entry(
+        "report",
+        f"report preset {_name!r} (HamiltonianNet)",
+        (*_NET_FIELDS, *(f for f in _HAM_FIELDS if f not in _NET_FIELDS)),
+        lambda *args, _n=_name, **kw: _report(_n, *args, **kw),
+    )
+for _depth in (20, 32, 44, 56, 110, 1202):
+    _REGISTRY[f"resnet{_depth}"] = _Entry(
+        "cifar_resnet",
+        f"He et al.'s CIFAR ResNet-{_depth}, option-A shortcuts",
+        (),
+        _ignore_size(lambda _d=_depth, **kw: CifarResNet(_d, **kw)),
+    )
+for _k in (2, 4, 8):
+    _REGISTRY[f"thesis_resnet{_k}"] = _Entry(
+        "thesis",
+        f"the thesis's ResNet-{_k}: {_k} pre-activation residual blocks",
+        ("k",),
+        _ignore_size(lambda _k=_k, **kw: thesis_resnet(**{"k": _k, **kw})),
+    )
+_REGISTRY["thesis_odenet"] = _Entry(
+    "thesis",
+    "the thesis's ODENet: ODE block(s) of the ODENet field, dopri5 rtol=atol=1e-3",
+    ("n_ode_blocks", "activation", *_ODE_OPTIONS),
+    _ignore_size(thesis_odenet),
+)
+_REGISTRY["thesis_hamiltonian"] = _Entry(
+    "thesis",
+    "thesis segments around a discrete two-layer Hamiltonian layer (8 blocks, h=0.125: ResNet-2's size)",
+    _HAM_FIELDS,
+    _thesis_ham(False),
+)
+_REGISTRY["thesis_hamiltonian_ode"] = _Entry(
+    "thesis",
+    "thesis segments around an ODE block of a two-layer Hamiltonian field (tanh, weights linear in t)",
+    (*(f for f in _HAM_FIELDS if f != "solver"), *_ODE_OPTIONS),
+    _thesis_ham(True),
+)
+
+
+def available(family: str | None = None) -> list[str]:
+    """Names :func:`build` accepts, optionally of one family ("report", "cifar_resnet", "thesis")."""
+    families = sorted({e.family for e in _REGISTRY.values()})
+    if family is not None and family not in families:
+        raise ValueError(f"family must be one of {', '.join(map(repr, families))}; got {family!r}")
+    return [name for name, e in _REGISTRY.items() if family in (None, e.family)]
+
+
+def describe(name: str) -> str:
+    """One line on network ``name`` and the overrides it accepts."""
+    entry = _entry(name)
+    options = ", ".join(entry.options) or "none"
+    return f"{name} [{entry.family}]: {entry.description}. Overrides: {options}"
+
+
+def build(
+    name: str, *, in_channels: int = 3, num_classes: int = 10, image_size: int = 32, **overrides: Any
+) -> nn.Module:
+    """The network ``name`` (see :func:`available`) for ``in_channels``-channel square images of
+    side ``image_size`` (only the report's networks depend on it) and ``num_classes`` classes.
+
+    ``overrides`` change the network's own options (see :func:`describe`), e.g.
+    ``build("nominal", ks=5)``, ``build("thesis_odenet", adjoint=True, rtol=1e-4)``. For the
+    report's networks they are fields of :class:`NetworkParameters` or
+    :class:`HamiltonianParameters`; ``init`` sets both the conv/FC and the K/b initialisation.
+    """
+    entry = _entry(name)
+    unknown = sorted(set(overrides) - set(entry.options))
+    if unknown:
+        raise ValueError(
+            f"unknown override(s) {', '.join(map(repr, unknown))} for {name!r}; "
+            f"allowed: {', '.join(entry.options) or 'none'}"
+        )
+    return entry.make(in_channels, num_classes, image_size, **overrides)
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
+    """Number of (trainable) parameters of ``model``."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def _entry(name: str) -> _Entry:
+    if name not in _REGISTRY:
+        raise ValueError(f"name must be one of {', '.join(map(repr, _REGISTRY))}; got {name!r}")
+    return _REGISTRY[name]

@@ -1,0 +1,42 @@
+"""Weight smoothness regularisation of time-dependent weights (report eq. A.1-A.3).
+
+For every :class:`~contham.fields.NodeField` in a model, with nodes ``j = 0..N-1`` ``h = dt`` apart:
+
+    R(K) = h~ sum_j ||K_j - K_{j-1}||_F^2,   R(b) = h~ sum_j ||b_j - b_{j-1}||^2,
+
+summed over the field's weights (K1 and K2 of a two-layer field, as in Chang et al.'s eq. 2.17)
+and over all fields (the report's units), with ``h~ = 1/h`` (``h_div``: Haber & Ruthotto, Chang et
+al.) or ``h~ = h`` (Galimberti et al.). The penalty is ``alpha (R(K) + R(b))`` with ``b_in_reg``,
+else ``alpha R(K)``. Differences are taken along the node axis in one operation per tensor.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ._checks import check_bool, check_nonnegative
+from .fields.base import NodeField
+
+
+def smoothness(model: nn.Module, alpha: float = 1.0, *, b_in_reg: bool = True, h_div: bool = False) -> Tensor:
+    """``alpha (R(K) + [b_in_reg] R(b))`` over every node-axis weight in ``model`` (a scalar
+    tensor on the model's device; zero if it has no field with two or more nodes)."""
+    check_nonnegative("alpha", alpha)
+    check_bool("b_in_reg", b_in_reg)
+    check_bool("h_div", h_div)
+    terms = []
+    for field in model.modules():
+        if not isinstance(field, NodeField) or field.nodes.n < 2:
+            continue
+        h = field.nodes.dt
+        scale = 1.0 / h if h_div else h
+        for name in field.node_names:
+            if name in field.bias_names and not b_in_reg:
+                continue
+            weight = getattr(field, name)
+            terms.append(scale * torch.diff(weight, dim=0).square().sum())
+    if not terms:
+        reference = next(model.parameters(), None)
+        return torch.zeros((), device=None if reference is None else reference.device)
+    return alpha * torch.stack(terms).sum()
