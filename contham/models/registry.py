@@ -122,6 +122,11 @@ def describe(name: str) -> str:
     return f"{name} [{entry.family}]: {entry.description}. Overrides: {options}"
 
 
+def options(name: str) -> tuple[str, ...]:
+    """The override names :func:`build` accepts for network ``name``."""
+    return _entry(name).options
+
+
 def build(
     name: str, *, in_channels: int = 3, num_classes: int = 10, image_size: int = 32, **overrides: Any
 ) -> nn.Module:

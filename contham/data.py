@@ -1,0 +1,211 @@
+"""Datasets: torchvision's image sets with the seeds' preprocessing, offline sets, subsets.
+
+Image sets (``root`` is a torchvision root; ``download=True`` fetches what is missing):
+``mnist``, ``qmnist``, ``fashion_mnist``, ``cifar10``, ``cifar100``, ``stl10``, and ``digits``
+(scikit-learn's bundled 8x8 digits, always offline; the first 1,500 images train, the other 297
+test). A root holding only torchvision's ``raw/*.gz`` files of MNIST-like sets (such as a copy of
+``../shared/data``) is extracted on first use without network.
+
+Preprocessing (``preprocessing=``):
+
+* ``"report"`` (the report, after Chang et al.): training images are zero-padded by 4 (12 for
+  STL-10), randomly cropped back to size and randomly flipped horizontally (with ``augment``);
+  every image is standardised per channel.
+* ``"thesis"``: training images are upscaled to 32 and randomly cropped to 28 (with
+  ``augment``), test images resized to 28; standardised.
+* ``"plain"``: standardisation only.
+
+2-D point sets of the Hamiltonian-network papers: :func:`points` (``swiss_roll``,
+``double_circles``, ``double_moons``). Reduced data: :func:`balanced_subset`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+from torch import Tensor
+from torch.utils.data import Dataset, Subset, TensorDataset
+from torchvision.transforms import v2
+
+from ._checks import check_choice, check_int, check_positive
+
+PREPROCESSINGS = ("report", "thesis", "plain")
+POINT_SETS = ("swiss_roll", "double_circles", "double_moons")
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """Shape, classes and per-channel statistics (for standardisation) of an image set."""
+
+    channels: int
+    image_size: int
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    crop_padding: int = 4
+
+
+DATASETS: dict[str, DatasetInfo] = {
+    "mnist": DatasetInfo(1, 28, 10, (0.1307,), (0.3081,)),
+    "qmnist": DatasetInfo(1, 28, 10, (0.1307,), (0.3081,)),
+    "fashion_mnist": DatasetInfo(1, 28, 10, (0.2860,), (0.3530,)),
+    "cifar10": DatasetInfo(3, 32, 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": DatasetInfo(3, 32, 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "stl10": DatasetInfo(3, 96, 10, (0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713), crop_padding=12),
+    "digits": DatasetInfo(1, 8, 10, (0.3052,), (0.3749,)),
+}
+"""Every image set :func:`load_dataset` knows."""
+
+_DIGITS_TRAIN = 1500
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    """The :class:`DatasetInfo` of image set ``name``."""
+    return DATASETS[check_choice("dataset", name, DATASETS)]
+
+
+def transform(name: str, train: bool, preprocessing: str = "report", augment: bool = True) -> v2.Compose:
+    """The preprocessing of image set ``name`` (see the module docstring)."""
+    info = dataset_info(name)
+    check_choice("preprocessing", preprocessing, PREPROCESSINGS)
+    steps: list = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
+    if preprocessing == "report" and train and augment:
+        steps += [v2.RandomCrop(info.image_size, padding=info.crop_padding), v2.RandomHorizontalFlip()]
+    elif preprocessing == "thesis":
+        steps += [v2.Resize(32), v2.RandomCrop(28)] if train and augment else [v2.Resize(28)]
+    steps.append(v2.Normalize(info.mean, info.std))
+    return v2.Compose(steps)
+
+
+def load_dataset(
+    name: str,
+    root: str | Path | None = None,
+    *,
+    train: bool = True,
+    download: bool = False,
+    preprocessing: str = "report",
+    augment: bool = True,
+) -> Dataset:
+    """Image set ``name``, its training or test split, preprocessed (see the module docstring).
+
+    Raises ``ValueError`` naming the root when the files are not there (and ``download`` is off).
+    """
+    tf = transform(name, train, preprocessing, augment)
+    if name == "digits":
+        return _digits(train, tf)
+    if root is None:
+        raise ValueError(f"root is required for dataset={name!r} (a torchvision data folder)")
+    root = Path(root)
+    if name == "stl10":
+        make = lambda dl: torchvision.datasets.STL10(root, "train" if train else "test", transform=tf, download=dl)  # noqa: E731
+    elif name == "qmnist":
+        make = lambda dl: torchvision.datasets.QMNIST(
+            root, "train" if train else "test", train=train, transform=tf, download=dl
+        )  # noqa: E731
+    else:
+        cls = {
+            "mnist": torchvision.datasets.MNIST,
+            "fashion_mnist": torchvision.datasets.FashionMNIST,
+            "cifar10": torchvision.datasets.CIFAR10,
+            "cifar100": torchvision.datasets.CIFAR100,
+        }[name]
+        make = lambda dl: cls(root, train=train, transform=tf, download=dl)  # noqa: E731
+    try:
+        return make(download or _has_local_archives(root, name))
+    except RuntimeError as error:
+        raise ValueError(
+            f"dataset={name!r} not found under root={str(root)!r} ({error}). Pass download=True (CLI: --download) "
+            "where a network exists, or point root at a writable copy of a folder holding it."
+        ) from None
+
+
+def _has_local_archives(root: Path, name: str) -> bool:
+    """True when an MNIST-like root holds torchvision's .gz files (extracting them needs no network)."""
+    folder = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}.get(name)
+    return folder is not None and len(list((root / folder / "raw").glob("*-ubyte.gz"))) == 4
+
+
+class _ImageTensors(Dataset):
+    """uint8 images ``(N, C, H, W)`` and labels, with a transform."""
+
+    def __init__(self, images: Tensor, labels: Tensor, transform: v2.Compose):
+        self.images, self.targets, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        return self.transform(self.images[i]), int(self.targets[i])
+
+
+def _digits(train: bool, tf: v2.Compose) -> Dataset:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = torch.from_numpy(np.round(digits.images * (255 / 16)).astype(np.uint8))[:, None]
+    labels = torch.from_numpy(digits.target)
+    part = slice(None, _DIGITS_TRAIN) if train else slice(_DIGITS_TRAIN, None)
+    return _ImageTensors(images[part], labels[part], tf)
+
+
+def labels_of(dataset: Dataset) -> Tensor:
+    """The class label of every item of ``dataset`` as a 1-D tensor (without loading images)."""
+    if isinstance(dataset, Subset):
+        return labels_of(dataset.dataset)[torch.as_tensor(dataset.indices)]
+    if isinstance(dataset, TensorDataset):
+        return dataset.tensors[1]
+    for attribute in ("targets", "labels"):
+        if hasattr(dataset, attribute):
+            labels = torch.as_tensor(np.asarray(getattr(dataset, attribute)))
+            return labels[:, 0] if labels.dim() == 2 else labels  # QMNIST keeps 8 columns
+    raise ValueError(f"dataset of type {type(dataset).__name__} has no targets/labels to balance")
+
+
+def balanced_subset(dataset: Dataset, fraction: float, seed: int = 0) -> Dataset:
+    """A class-balanced random ``fraction`` of ``dataset``: from each class, ``round(fraction * n_c)``
+    items (at least one), drawn with ``seed``. ``fraction=1`` returns ``dataset`` itself."""
+    check_positive("fraction", fraction)
+    if fraction > 1:
+        raise ValueError(f"fraction must be in (0, 1]; got {fraction!r}")
+    if fraction == 1:
+        return dataset
+    labels = labels_of(dataset)
+    generator = torch.Generator().manual_seed(seed)
+    chosen = []
+    for c in labels.unique():
+        members = torch.nonzero(labels == c).flatten()
+        keep = max(1, round(fraction * len(members)))
+        chosen.append(members[torch.randperm(len(members), generator=generator)[:keep]])
+    return Subset(dataset, torch.cat(chosen).sort().values.tolist())
+
+
+def points(name: str, n: int = 1000, *, noise: float = 0.05, seed: int = 0) -> TensorDataset:
+    """A 2-D two-class point set: ``(x of shape (n, 2), labels)``, labels 0/1 in equal numbers.
+
+    ``swiss_roll``: two interleaved spirals of two turns (Haber & Ruthotto 2017);
+    ``double_circles``: two concentric circles (radii 1 and 0.5); ``double_moons``: two
+    interleaving half circles. Gaussian ``noise`` is added to the coordinates.
+    """
+    check_choice("name", name, POINT_SETS)
+    check_int("n", n, 2)
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 2
+    s = torch.rand(n, generator=generator, dtype=torch.float64)
+    if name == "swiss_roll":
+        radius, angle = 0.2 + s, 4 * math.pi * s + math.pi * labels
+        x = torch.stack((radius * torch.cos(angle), radius * torch.sin(angle)), 1)
+    elif name == "double_circles":
+        radius, angle = 1.0 - 0.5 * labels, 2 * math.pi * s
+        x = torch.stack((radius * torch.cos(angle), radius * torch.sin(angle)), 1)
+    else:
+        angle = math.pi * s
+        upper = torch.stack((torch.cos(angle), torch.sin(angle)), 1)
+        lower = torch.stack((1 - torch.cos(angle), 0.5 - torch.sin(angle)), 1)
+        x = torch.where(labels[:, None] == 0, upper, lower)
+    x = x + noise * torch.randn(n, 2, generator=generator, dtype=torch.float64)
+    return TensorDataset(x.float(), labels)
