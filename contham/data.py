@@ -101,12 +101,11 @@ def load_dataset(
     if root is None:
         raise ValueError(f"root is required for dataset={name!r} (a torchvision data folder)")
     root = Path(root)
+    split = "train" if train else "test"
     if name == "stl10":
-        make = lambda dl: torchvision.datasets.STL10(root, "train" if train else "test", transform=tf, download=dl)  # noqa: E731
+        cls, kwargs = torchvision.datasets.STL10, dict(split=split)
     elif name == "qmnist":
-        make = lambda dl: torchvision.datasets.QMNIST(
-            root, "train" if train else "test", train=train, transform=tf, download=dl
-        )  # noqa: E731
+        cls, kwargs = torchvision.datasets.QMNIST, dict(what=split, train=train)
     else:
         cls = {
             "mnist": torchvision.datasets.MNIST,
@@ -114,9 +113,9 @@ def load_dataset(
             "cifar10": torchvision.datasets.CIFAR10,
             "cifar100": torchvision.datasets.CIFAR100,
         }[name]
-        make = lambda dl: cls(root, train=train, transform=tf, download=dl)  # noqa: E731
+        kwargs = dict(train=train)
     try:
-        return make(download or _has_local_archives(root, name))
+        return cls(root, transform=tf, download=download or _has_local_archives(root, name), **kwargs)
     except RuntimeError as error:
         raise ValueError(
             f"dataset={name!r} not found under root={str(root)!r} ({error}). Pass download=True (CLI: --download) "
