@@ -194,7 +194,8 @@ def fit(
     if metrics_path.exists() and read_json(metrics_path)["status"] in ("finished", "diverged"):
         return read_json(metrics_path)
     history: list[dict[str, Any]] = []
-    start = 0
+    start, confusion = 0, None
+    classes = num_classes or _output_width(model, test_set, dev)
     if checkpoint_path.exists():
         state = torch.load(checkpoint_path, map_location=dev, weights_only=False)
         if state["config"] != config:
@@ -202,7 +203,7 @@ def fit(
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        history, start = state["history"], state["epoch"]
+        history, start, confusion = state["history"], state["epoch"], state["confusion"]
         _set_rng(state["rng"])
     else:
         seed_everything(seed)
@@ -216,8 +217,9 @@ def fit(
                 metrics.update(status="diverged", diverged_epoch=epoch, diverged_loss=entry["train_loss"])
                 break
             scheduler.step()
-            test = evaluate(model, test_set, dev, eval_batch_size)
+            test = evaluate(model, test_set, dev, eval_batch_size, classes)
             entry.update(test_loss=test["loss"], test_accuracy=test["accuracy"])
+            confusion = test["confusion"]
             history.append(entry)
             torch.save(
                 dict(
@@ -228,6 +230,7 @@ def fit(
                     epoch=epoch,
                     config=config,
                     rng=_get_rng(),
+                    confusion=confusion,
                 ),
                 checkpoint_path.with_name("checkpoint.pt.tmp"),
             )
@@ -242,9 +245,7 @@ def fit(
     write_json(run_dir / "history.json", history)
     metrics.update(_summary(history))
     if metrics["status"] == "finished":
-        classes = num_classes or _output_width(model, test_set, dev)
-        final = evaluate(model, test_set, dev, eval_batch_size, classes)
-        metrics["confusion"] = final["confusion"]
+        metrics["confusion"] = confusion
     metrics["epochs_done"] = len(history)
     write_json(metrics_path, metrics)
     return metrics
@@ -372,7 +373,8 @@ class RunConfig(_Parameters):
         dataset: a :data:`contham.data.DATASETS` name; root, download: for torchvision.
         preprocessing: "report", "thesis", "plain"; None: "thesis" for the thesis's networks,
             else "report".
-        fraction: class-balanced fraction of the training set (report figure 4.13).
+        fraction: class-balanced fraction of the training set (report figure 4.13);
+            test_fraction: of the test set (short runs).
         epochs: None: from ``learning`` (report algorithm 1); max_batches: per epoch.
         learning: the protocol; None: the report preset's, or :data:`THESIS_LEARNING`.
         seed, device ("auto", "cpu", "cuda[:i]"), deterministic.
@@ -387,6 +389,7 @@ class RunConfig(_Parameters):
     download: bool = False
     preprocessing: str | None = None
     fraction: float = 1.0
+    test_fraction: float = 1.0
     epochs: int | None = None
     max_batches: int | None = None
     learning: LearningParameters = None  # type: ignore[assignment]
@@ -411,9 +414,11 @@ class RunConfig(_Parameters):
         if self.preprocessing is None:
             self.preprocessing = "thesis" if self.model in available("thesis") else "report"
         check_choice("preprocessing", self.preprocessing, PREPROCESSINGS)
-        self.fraction = check_positive("fraction", self.fraction)
-        if self.fraction > 1:
-            raise ValueError(f"fraction must be in (0, 1]; got {self.fraction}")
+        for name in ("fraction", "test_fraction"):
+            value = check_positive(name, getattr(self, name))
+            if value > 1:
+                raise ValueError(f"{name} must be in (0, 1]; got {value}")
+            setattr(self, name, value)
         for name in ("epochs", "max_batches"):
             if getattr(self, name) is not None:
                 check_int(name, getattr(self, name))
@@ -450,6 +455,7 @@ def run(config: RunConfig, run_dir: str | Path, *, progress: bool = True) -> dic
     train_set = load_dataset(config.dataset, train=True, augment=config.learning.crop_and_flip, **load)
     test_set = load_dataset(config.dataset, train=False, **load)
     train_set = balanced_subset(train_set, config.fraction, config.seed)
+    test_set = balanced_subset(test_set, config.test_fraction, config.seed)
     image_size = 28 if config.preprocessing == "thesis" else info.image_size
     seed_everything(config.seed, config.deterministic)
     model = build(

@@ -1,0 +1,242 @@
+"""The ``contham`` command: ``train``, ``compare``, ``grid``, ``plot`` and ``list``.
+
+Bad input (unknown network or key, a value of the wrong type, missing data) prints one clear line
+and exits with status 2. Ctrl-C exits with 130 after the last finished epoch is saved; the same
+command resumes from there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from .data import DATASETS
+from .experiments import compare, format_table, grid, parse_model, parse_value
+from .training import RunConfig, read_json
+
+DEFAULT_MODELS = ("thesis_resnet2", "thesis_odenet", "thesis_hamiltonian")
+
+
+class UsageError(Exception):
+    """Bad command-line input: reported in one line, exit status 2."""
+
+
+def _key_values(items: list[str]) -> list[tuple[str, Any]]:
+    pairs = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"expected key=value; got {item!r}")
+        pairs.append((key, parse_value(value)))
+    return pairs
+
+
+def _base_config(target: str) -> RunConfig:
+    """A network name, or a YAML/JSON file of a :class:`RunConfig`."""
+    path = Path(target)
+    if path.suffix.lower() in (".yaml", ".yml", ".json"):
+        if not path.is_file():
+            raise UsageError(f"config file {target!r} does not exist")
+        return RunConfig.load(path)
+    return RunConfig(model=target)
+
+
+def _apply(config: RunConfig, pairs: list[tuple[str, Any]]) -> RunConfig:
+    for key, value in pairs:
+        config.set(key, value)
+    return config
+
+
+def _folder_name(target: str, pairs: list[tuple[str, Any]]) -> str:
+    text = Path(target).stem + "".join(f",{k}={v}" for k, v in pairs)
+    return "".join(c if c.isalnum() or c in "._=,-" else "_" for c in text)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from .training import run
+
+    pairs = _key_values(args.overrides)
+    config = _apply(_base_config(args.target), pairs)
+    out = Path(args.out) if args.out else Path("runs") / "train" / _folder_name(args.target, pairs)
+    metrics = run(config, out, progress=not args.quiet)
+    _print_run(out, metrics)
+
+
+def _print_run(out: Path, metrics: dict[str, Any]) -> None:
+    status = metrics["status"]
+    line = f"{status} after {metrics.get('epochs_done', 0)} epoch(s): {out}"
+    if metrics.get("test_accuracy") is not None:
+        line += (
+            f"\ntest accuracy {100 * metrics['test_accuracy']:.2f}% (best {100 * metrics['best_test_accuracy']:.2f}%)"
+        )
+    if status == "diverged":
+        line += f"\ndiverged in epoch {metrics['diverged_epoch']} (loss {metrics['diverged_loss']})"
+    print(line)
+
+
+def _compare_base(args: argparse.Namespace) -> RunConfig:
+    dataset = args.dataset or ("mnist" if args.root else "digits")
+    first = parse_model(args.models[0])[0]  # its family sets the preprocessing shared by all
+    config = RunConfig(model=first, dataset=dataset, root=args.root, download=args.download)
+    settings = [
+        ("epochs", args.epochs),
+        ("max_batches", args.max_batches),
+        ("fraction", args.fraction),
+        ("learning.batch_size", args.batch_size),
+        ("learning.lr", args.lr),
+        ("device", args.device),
+    ]
+    return _apply(config, [(k, v) for k, v in settings if v is not None] + _key_values(args.overrides))
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    base = _compare_base(args)
+    out = Path(args.out)
+    print(f"comparing {', '.join(args.models)} on {base.dataset}, {base.epochs} epochs, seeds {args.seeds} -> {out}")
+    rows = compare(args.models, base, args.seeds, out, progress=not args.quiet)
+    print(format_table(rows))
+    print(f"written: {out / 'compare.csv'}, {out / 'compare.md'}, {out / 'compare.png'}")
+
+
+def cmd_grid(args: argparse.Namespace) -> None:
+    base = _apply(_base_config(args.target), _key_values(args.overrides))
+    axes = []
+    for spec in args.param:
+        key, sep, values = spec.partition("=")
+        if not sep or not values:
+            raise UsageError(f"--param expects key=v1,v2,...; got {spec!r}")
+        axes.append((key, [parse_value(v) for v in values.split(",")]))
+    out = (
+        Path(args.out)
+        if args.out
+        else Path("runs") / "grid" / _folder_name(args.target, [(k, "grid") for k, _ in axes])
+    )
+    rows = grid(base, axes, args.seeds, out, progress=not args.quiet)
+    failed = [r for r in rows if r["status"] not in ("finished",)]
+    print(f"{len(rows) - len(failed)} of {len(rows)} runs finished; written: {out / 'grid.csv'}, {out / 'grid.png'}")
+    for r in failed:
+        print(
+            f"  {r['status']}: " + ", ".join(f"{k}={r[k]}" for k, _ in axes) + f" seed {r['seed']} {r['error'] or ''}"
+        )
+
+
+def cmd_plot(args: argparse.Namespace) -> None:
+    from .plots import plot_confusion, plot_curves, plot_grid
+
+    for folder in map(Path, args.dirs):
+        if not folder.is_dir():
+            raise UsageError(f"{str(folder)!r} is not a folder")
+        written = []
+        if (folder / "grid.json").exists():
+            data = read_json(folder / "grid.json")
+            written.append(plot_grid(data["rows"], data["keys"], folder / "grid.png"))
+        if (folder / "history.json").exists():
+            written.append(plot_curves({folder.name: [read_json(folder / "history.json")]}, folder / "curves.png"))
+            metrics = read_json(folder / "metrics.json")
+            if "confusion" in metrics:
+                written.append(plot_confusion(metrics["confusion"], folder / "confusion.png"))
+            written += _feature_maps(folder)
+        if not written:
+            raise UsageError(f"{str(folder)!r} holds no run (history.json) or grid (grid.json)")
+        print("\n".join(map(str, written)))
+
+
+def _feature_maps(folder: Path) -> list[Path]:
+    """Report figures 5.2-5.3 for a finished HamiltonianNet run: one test image through the units."""
+    import torch
+
+    from .data import dataset_info, load_dataset
+    from .models import HamiltonianNet, build
+    from .plots import plot_feature_maps
+
+    config = RunConfig.from_dict(read_json(folder / "config.json"))
+    info = dataset_info(config.dataset)
+    image_size = 28 if config.preprocessing == "thesis" else info.image_size
+    model = build(config.model, in_channels=info.channels, num_classes=info.num_classes, image_size=image_size)
+    if not isinstance(model, HamiltonianNet) or not (folder / "checkpoint.pt").exists():
+        return []
+    model.load_state_dict(torch.load(folder / "checkpoint.pt", map_location="cpu", weights_only=False)["model"])
+    test = load_dataset(config.dataset, config.root, train=False, preprocessing=config.preprocessing)
+    return [plot_feature_maps(model, test[0][0], folder / "feature_maps.png")]
+
+
+def cmd_list(args: argparse.Namespace) -> None:
+    from .models import available, describe
+
+    for name in available():
+        print(describe(name))
+    print("datasets: " + ", ".join(DATASETS))
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="contham", description="Train and compare Hamiltonian, ODE and residual networks.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train one network: a name from 'contham list' or a YAML/JSON run config")
+    train.add_argument("target", help="network name or run config file")
+    train.add_argument("overrides", nargs="*", help="key=value: run fields, learning.<field>, network options")
+    train.add_argument("--out", help="results folder (default runs/train/<target,overrides>)")
+    train.set_defaults(run=cmd_train)
+
+    comp = sub.add_parser("compare", help="train several networks on the same data and budget over seeds")
+    comp.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), help="specs name[:key=value,...]")
+    comp.add_argument("--dataset", choices=list(DATASETS), help="default: mnist with --root, else digits")
+    comp.add_argument("--root", help="torchvision data folder (writable)")
+    comp.add_argument("--download", action="store_true", help="let torchvision download missing data")
+    comp.add_argument("--epochs", type=int, default=5)
+    comp.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    comp.add_argument("--max-batches", type=int, help="batches per epoch (short runs)")
+    comp.add_argument("--fraction", type=float, help="class-balanced fraction of the training set")
+    comp.add_argument("--batch-size", type=int, default=32)
+    comp.add_argument("--lr", type=float, default=0.05)
+    comp.add_argument("--device", help="auto, cpu, cuda[:i]")
+    comp.add_argument("--out", default="runs/compare")
+    comp.add_argument("overrides", nargs="*", help="key=value for every run (e.g. learning.wd=1e-4)")
+    comp.set_defaults(run=cmd_compare)
+
+    gr = sub.add_parser("grid", help="1-D or 2-D grid over any run field, resumable")
+    gr.add_argument("target", help="network name or run config file")
+    gr.add_argument("--param", action="append", required=True, help="key=v1,v2,... (once or twice)")
+    gr.add_argument("--seeds", type=int, nargs="+", default=[0])
+    gr.add_argument("--out", help="results folder (default runs/grid/<target,keys>)")
+    gr.add_argument("overrides", nargs="*", help="key=value for every point")
+    gr.set_defaults(run=cmd_grid)
+
+    pl = sub.add_parser("plot", help="plot run, compare or grid folders")
+    pl.add_argument("dirs", nargs="+")
+    pl.set_defaults(run=cmd_plot)
+
+    ls = sub.add_parser("list", help="networks and datasets")
+    ls.set_defaults(run=cmd_list)
+    for command in (train, comp, gr):
+        command.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``contham`` command; returns the exit status."""
+    p = parser()
+    args, extra = p.parse_known_args(argv)
+    if extra and (not hasattr(args, "overrides") or any(e.startswith("-") for e in extra)):
+        p.error(f"unrecognized arguments: {' '.join(extra)}")
+    if hasattr(args, "overrides"):  # key=value items may come before or after the options
+        if hasattr(args, "models"):  # "--models a b key=value": the last item is an override
+            args.extra = [m for m in args.models if "=" in m.split(":")[0]]
+            args.models = [m for m in args.models if m not in args.extra]
+            extra = args.extra + extra
+        args.overrides = [*args.overrides, *extra]
+    try:
+        args.run(args)
+    except (UsageError, ValueError) as error:
+        print(f"contham {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted; the last finished epoch is saved, run the same command to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

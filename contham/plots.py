@@ -1,0 +1,151 @@
+"""Figures of runs, comparisons and grids (matplotlib, written as PNG files).
+
+* :func:`plot_curves`: accuracy and loss per epoch, the mean over seeds with a +/- std band (train
+  dashed, test solid), one colour per model: the report's figure 4.3.
+* :func:`plot_grid`: test accuracy against a parameter (1-D, error bars over seeds) or a heat map
+  (2-D): figures 4.4-4.10.
+* :func:`plot_confusion`: the confusion matrix of a run.
+* :func:`plot_feature_maps`: one image after the first conv and after each unit of a
+  :class:`~contham.models.HamiltonianNet`: figures 5.2-5.3.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch import Tensor  # noqa: E402
+
+
+def _band(ax: Any, runs: list[list[float]], label: str, color: Any, style: str) -> None:
+    length = min(len(r) for r in runs)
+    values = np.array([r[:length] for r in runs])
+    epochs = np.arange(1, length + 1)
+    mean, std = values.mean(0), values.std(0)
+    ax.plot(epochs, mean, style, color=color, label=label)
+    if len(runs) > 1:
+        ax.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.2)
+
+
+def plot_curves(histories: dict[str, list[list[dict[str, Any]]]], path: str | Path) -> Path:
+    """``histories[label]`` holds one per-epoch history per seed; writes accuracy and loss panels."""
+    fig, (acc, loss) = plt.subplots(1, 2, figsize=(11, 4))
+    for i, (label, runs) in enumerate(histories.items()):
+        runs = [r for r in runs if r]
+        if not runs:
+            continue
+        color = f"C{i % 10}"
+        for key, ax in (("accuracy", acc), ("loss", loss)):
+            _band(ax, [[h[f"test_{key}"] for h in r] for r in runs], f"{label} test", color, "-")
+            _band(ax, [[h[f"train_{key}"] for h in r] for r in runs], f"{label} train", color, "--")
+    for ax, name in ((acc, "accuracy"), (loss, "loss")):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+    acc.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_grid(rows: list[dict[str, Any]], keys: Sequence[str], path: str | Path) -> Path:
+    """Test accuracy of grid ``rows`` (each with the grid keys, ``seed`` and ``test_accuracy``)."""
+    finished = [r for r in rows if r.get("test_accuracy") is not None]
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    if len(keys) == 1:
+        (key,) = keys
+        values = sorted({r[key] for r in rows}, key=_sort_key)
+        acc = [[r["test_accuracy"] for r in finished if r[key] == v] for v in values]
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        x = values if numeric else list(range(len(values)))
+        means = [np.mean(a) if a else np.nan for a in acc]
+        stds = [np.std(a) if a else np.nan for a in acc]
+        ax.errorbar(x, means, yerr=stds, marker="o", capsize=3)
+        if numeric and min(values) > 0 and max(values) / min(values) >= 100:
+            ax.set_xscale("log")
+        if not numeric:
+            ax.set_xticks(x, [str(v) for v in values])
+        ax.set_xlabel(key)
+        ax.set_ylabel("test accuracy")
+        ax.grid(alpha=0.3)
+    else:
+        kx, ky = keys
+        xs = sorted({r[kx] for r in rows}, key=_sort_key)
+        ys = sorted({r[ky] for r in rows}, key=_sort_key)
+        grid = np.full((len(ys), len(xs)), np.nan)
+        for j, yv in enumerate(ys):
+            for i, xv in enumerate(xs):
+                acc = [r["test_accuracy"] for r in finished if r[kx] == xv and r[ky] == yv]
+                if acc:
+                    grid[j, i] = np.mean(acc)
+        image = ax.imshow(grid, origin="lower", cmap="viridis", aspect="auto")
+        for (j, i), value in np.ndenumerate(grid):
+            ax.text(i, j, "failed" if np.isnan(value) else f"{value:.3f}", ha="center", va="center", fontsize=8)
+        ax.set_xticks(range(len(xs)), [str(v) for v in xs])
+        ax.set_yticks(range(len(ys)), [str(v) for v in ys])
+        ax.set_xlabel(kx)
+        ax.set_ylabel(ky)
+        fig.colorbar(image, label="test accuracy")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_confusion(confusion: list[list[int]], path: str | Path, classes: Sequence[str] | None = None) -> Path:
+    """The confusion matrix (rows: true class, columns: predicted), counts in the cells."""
+    matrix = np.array(confusion)
+    fig, ax = plt.subplots(figsize=(1 + 0.5 * len(matrix), 0.8 + 0.5 * len(matrix)))
+    ax.imshow(matrix, cmap="Blues")
+    if len(matrix) <= 20:
+        for (i, j), value in np.ndenumerate(matrix):
+            ax.text(j, i, str(value), ha="center", va="center", fontsize=7)
+    labels = classes or [str(i) for i in range(len(matrix))]
+    if len(matrix) <= 20:
+        ax.set_xticks(range(len(matrix)), labels)
+        ax.set_yticks(range(len(matrix)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_feature_maps(model: torch.nn.Module, image: Tensor, path: str | Path, channels: int = 4) -> Path:
+    """``image`` (C, H, W) through a :class:`~contham.models.HamiltonianNet`: the input, then
+    ``channels`` channels after the first conv and after each unit (rows)."""
+    model.eval()
+    stages: list[tuple[str, Tensor]] = []
+    with torch.no_grad():
+        x = model.dropout_in(model.batchnorm(model.conv(image[None])))
+        stages.append(("after conv", x[0]))
+        for i, unit in enumerate(model.units):
+            x = unit(x)
+            stages.append((f"after unit {i + 1}", x[0]))
+    fig, axes = plt.subplots(len(stages) + 1, channels, figsize=(1.8 * channels, 1.8 * (len(stages) + 1)))
+    shown = image.permute(1, 2, 0).numpy() if image.shape[0] == 3 else image[0].numpy()
+    for ax in axes.flat:
+        ax.axis("off")
+    axes[0, 0].imshow((shown - shown.min()) / (np.ptp(shown) or 1), cmap="gray")
+    axes[0, 0].set_title("input", fontsize=8)
+    for row, (name, maps) in enumerate(stages, start=1):
+        energy = maps.flatten(1).abs().mean(1)  # show the most active channels
+        for col, c in enumerate(energy.argsort(descending=True)[:channels].tolist()):
+            axes[row, col].imshow(maps[c].numpy(), cmap="magma")
+            axes[row, col].set_title(f"{name}, ch {c}", fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _sort_key(value: Any) -> tuple[int, Any]:
+    return (0, value) if isinstance(value, (int, float)) and not isinstance(value, bool) else (1, str(value))
+
+
+def _save(fig: Any, path: str | Path) -> Path:
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,102 @@
+"""Datasets: transforms of the report and the thesis, the torchvision loaders on files in
+torchvision's format, balanced seeded subsets, the 2-D point sets."""
+
+import struct
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+from torchvision.transforms import v2
+
+from contham.data import DATASETS, balanced_subset, labels_of, load_dataset, points, transform
+
+
+def test_plain_test_transform_is_standardisation():
+    test = load_dataset("digits", train=False)
+    raw = test.images[0].float() / 255
+    info = DATASETS["digits"]
+    torch.testing.assert_close(test[0][0], (raw - info.mean[0]) / info.std[0])
+
+
+def test_report_training_transform_pads_crops_and_flips():
+    steps = transform("stl10", train=True).transforms
+    crop = next(s for s in steps if isinstance(s, v2.RandomCrop))
+    assert crop.size == (96, 96) and crop.padding == [12, 12, 12, 12]
+    assert any(isinstance(s, v2.RandomHorizontalFlip) for s in steps)
+    assert (
+        next(s for s in transform("cifar10", train=True).transforms if isinstance(s, v2.RandomCrop)).padding == [4] * 4
+    )
+    assert not any(isinstance(s, v2.RandomCrop) for s in transform("cifar10", train=True, augment=False).transforms)
+    train = load_dataset("digits", train=True)
+    torch.manual_seed(0)
+    views = torch.stack([train[3][0] for _ in range(20)])
+    assert views.shape == (20, 1, 8, 8) and len({v.sum().item() for v in views}) > 1  # random views
+
+
+def test_thesis_transform_upscales_and_crops_to_28():
+    train = load_dataset("digits", train=True, preprocessing="thesis")
+    test = load_dataset("digits", train=False, preprocessing="thesis")
+    assert train[0][0].shape == (1, 28, 28) and test[0][0].shape == (1, 28, 28)
+    steps = transform("mnist", train=True, preprocessing="thesis").transforms
+    assert [type(s) for s in steps[2:4]] == [v2.Resize, v2.RandomCrop]
+
+
+def write_idx(path, array):
+    dims = array.shape
+    header = struct.pack(">I", (0x08 << 8) | len(dims)) + struct.pack(f">{len(dims)}I", *dims)
+    with open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_mnist_loader_reads_torchvision_files(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 30), ("t10k", 20)):
+        write_idx(raw / f"{split}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
+        write_idx(raw / f"{split}-labels-idx1-ubyte", np.arange(n) % 10)
+    train = load_dataset("mnist", tmp_path, train=True)
+    test = load_dataset("mnist", tmp_path, train=False, preprocessing="thesis")
+    assert len(train) == 30 and len(test) == 20 and train[0][0].shape == (1, 28, 28) and test[5][1] == 5
+    assert labels_of(balanced_subset(train, 0.5, seed=1)).bincount().tolist() == [2] * 10
+
+
+def test_missing_data_and_bad_names_raise(tmp_path):
+    with pytest.raises(ValueError, match=r"dataset='cifar10' not found under root=.*download=True"):
+        load_dataset("cifar10", tmp_path)
+    with pytest.raises(ValueError, match="root is required for dataset='mnist'"):
+        load_dataset("mnist")
+    with pytest.raises(ValueError, match="dataset must be one of 'mnist'"):
+        load_dataset("imagenet", tmp_path)
+    with pytest.raises(ValueError, match="preprocessing must be one of 'report', 'thesis', 'plain'"):
+        load_dataset("digits", preprocessing="chang")
+
+
+def test_balanced_subsets_are_balanced_and_seeded():
+    data = TensorDataset(torch.zeros(1000, 2), torch.arange(1000) % 4)
+    a, b, c = (balanced_subset(data, 0.1, seed=s) for s in (0, 0, 1))
+    assert labels_of(a).bincount().tolist() == [25, 25, 25, 25]
+    assert a.indices == b.indices and a.indices != c.indices
+    assert balanced_subset(data, 1.0) is data
+    assert len(balanced_subset(data, 0.001)) == 4  # at least one per class
+    for bad in (0, 1.5, -0.1):
+        with pytest.raises(ValueError, match="fraction"):
+            balanced_subset(data, bad)
+
+
+@pytest.mark.parametrize("name", ["swiss_roll", "double_circles", "double_moons"])
+def test_point_sets(name):
+    data = points(name, 200, seed=3)
+    x, y = data.tensors
+    assert x.shape == (200, 2) and y.bincount().tolist() == [100, 100]
+    torch.testing.assert_close(points(name, 200, seed=3).tensors[0], x)
+    assert not torch.equal(points(name, 200, seed=4).tensors[0], x)
+    means = torch.stack([x[y == c].mean(0) for c in (0, 1)])
+    if name == "double_moons":  # the moons sit apart; circles and spirals share a centre
+        assert (means[0] - means[1]).norm() > 0.5
+    clean = points(name, 200, noise=0.0).tensors[0]
+    radius = clean.norm(dim=1)
+    if name == "double_circles":
+        assert radius.max() == pytest.approx(1.0, abs=1e-6)
+        assert radius.min() == pytest.approx(0.5, abs=1e-6)

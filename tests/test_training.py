@@ -1,0 +1,113 @@
+"""Trainer: learns, resumes to the same numbers, survives divergence, writes its results."""
+
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import contham.training as training
+from contham import HamiltonianBlock, HamiltonianField
+from contham.config import LearningParameters
+from contham.data import points
+from contham.training import RunConfig, fit, run
+
+
+def hamiltonian_classifier():
+    field = HamiltonianField(8, "J1", "tanh", n_nodes=8, dt=0.2)
+    return nn.Sequential(nn.Linear(2, 8), HamiltonianBlock(field), nn.Dropout(0.1), nn.Linear(8, 2))
+
+
+LEARN = LearningParameters(
+    training_steps_max=1, batch_size=50, lr=0.1, lr_decay_at=[8], alpha=1e-3, b_in_reg=True, h_div=False
+)
+
+
+def test_trainer_learns_double_moons(tmp_path):
+    torch.manual_seed(0)
+    metrics = fit(hamiltonian_classifier(), points("double_moons", 400), points("double_moons", 200, seed=1),
+                  LEARN, tmp_path, epochs=12, progress=False)  # fmt: skip
+    assert metrics["status"] == "finished" and metrics["epochs_done"] == 12
+    assert metrics["train_loss"] < 0.3 and metrics["test_accuracy"] > 0.85
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert [h["lr"] for h in history[7:9]] == pytest.approx([0.1, 0.01])  # decay after epoch 8
+    assert sum(map(sum, metrics["confusion"])) == 200
+    assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
+
+
+def test_resumed_run_reaches_the_same_numbers(tmp_path, monkeypatch):
+    data, test = points("swiss_roll", 300), points("swiss_roll", 100, seed=1)
+    torch.manual_seed(0)
+    straight = fit(hamiltonian_classifier(), data, test, LEARN, tmp_path / "a", epochs=4, progress=False)
+
+    calls = {"n": 0}
+    real_evaluate = training.evaluate
+
+    def interrupt_in_epoch_3(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(training, "evaluate", interrupt_in_epoch_3)
+    torch.manual_seed(0)
+    with pytest.raises(KeyboardInterrupt):
+        fit(hamiltonian_classifier(), data, test, LEARN, tmp_path / "b", epochs=4, progress=False)
+    interrupted = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert interrupted["status"] == "interrupted" and interrupted["epochs_done"] == 2
+    monkeypatch.setattr(training, "evaluate", real_evaluate)
+    torch.manual_seed(123)  # the resumed run restores every random state from the checkpoint
+    resumed = fit(hamiltonian_classifier(), data, test, LEARN, tmp_path / "b", epochs=4, progress=False)
+    for key in ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "confusion"):
+        assert resumed[key] == straight[key], key
+    weights_a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)["model"]
+    weights_b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["model"]
+    assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+
+
+def test_divergence_ends_the_run_cleanly(tmp_path):
+    torch.manual_seed(0)
+    learning = LearningParameters(training_steps_max=1, batch_size=50, lr=1e12, lr_decay_at=[], alpha=0.0)
+    metrics = fit(hamiltonian_classifier(), points("double_moons", 200), points("double_moons", 100, seed=1),
+                  learning, tmp_path, epochs=5, progress=False)  # fmt: skip
+    assert metrics["status"] == "diverged" and metrics["diverged_epoch"] in (1, 2)
+    loss = metrics["diverged_loss"]
+    assert metrics["epochs_done"] == metrics["diverged_epoch"] - 1 and (not math.isfinite(loss) or loss > 1e15)
+    assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "diverged"
+
+
+def test_run_writes_results_and_does_not_rerun(tmp_path, monkeypatch):
+    config = RunConfig(model="thesis_odenet", epochs=1, max_batches=2, model_options={"adjoint": True})
+    config.set("learning.batch_size", 16)
+    metrics = run(config, tmp_path, progress=False)
+    assert metrics["status"] == "finished" and metrics["parameters"] == 208_266
+    assert metrics["nfe_forward"] > 0 and metrics["nfe_backward"] > 0
+    assert json.loads((tmp_path / "config.json").read_text()) == config.to_dict()
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert history[0]["batches"] == 2 and history[0]["saved_tensors_mb"] > 0
+    monkeypatch.setattr(training, "_train_epoch", lambda *a, **k: pytest.fail("a finished run was rerun"))
+    assert run(config, tmp_path, progress=False) == metrics
+    other = RunConfig(model="thesis_resnet2", epochs=1, max_batches=2)
+    (tmp_path / "metrics.json").unlink()
+    with pytest.raises(ValueError, match="holds a different run"):
+        run(other, tmp_path, progress=False)
+
+
+def test_run_config_keys_and_defaults():
+    config = RunConfig(model="nominal")
+    assert config.learning == LearningParameters(lr_decay_at=[80, 120, 150], b_in_reg=True, h_div=False)
+    assert config.preprocessing == "report" and RunConfig().preprocessing == "thesis"
+    config.set("learning.lr", 0.05)
+    config.set("h", 0.1)
+    config.set("model.ks", 5)
+    config.set("fraction", 0.1)
+    assert config.learning.lr == 0.05 and config.model_options == {"h": 0.1, "ks": 5} and config.fraction == 0.1
+    with pytest.raises(ValueError, match="unknown key 'epoch': not a run field .*not learning.<field>"):
+        config.set("epoch", 3)
+    with pytest.raises(ValueError, match="lr must be a finite number > 0"):
+        config.set("learning.lr", "fast")
+    with pytest.raises(ValueError, match="fraction must be in"):
+        config.set("fraction", 2.0)
+    with pytest.raises(ValueError, match="device must be 'auto', 'cpu' or 'cuda"):
+        training.select_device("tpu")
