@@ -132,6 +132,11 @@ def cmd_plot(args: argparse.Namespace) -> None:
         if (folder / "grid.json").exists():
             data = read_json(folder / "grid.json")
             written.append(plot_grid(data["rows"], data["keys"], folder / "grid.png"))
+        if (folder / "compare.csv").exists():
+            histories: dict[str, list] = {}
+            for history in sorted(folder.glob("*/seed*/history.json")):
+                histories.setdefault(history.parent.parent.name, []).append(read_json(history))
+            written.append(plot_curves(histories, folder / "compare.png"))
         if (folder / "history.json").exists():
             written.append(plot_curves({folder.name: [read_json(folder / "history.json")]}, folder / "curves.png"))
             metrics = read_json(folder / "metrics.json")
@@ -139,7 +144,9 @@ def cmd_plot(args: argparse.Namespace) -> None:
                 written.append(plot_confusion(metrics["confusion"], folder / "confusion.png"))
             written += _feature_maps(folder)
         if not written:
-            raise UsageError(f"{str(folder)!r} holds no run (history.json) or grid (grid.json)")
+            raise UsageError(
+                f"{str(folder)!r} holds no run (history.json), comparison (compare.csv) or grid (grid.json)"
+            )
         print("\n".join(map(str, written)))
 
 

@@ -70,6 +70,13 @@ def _run_safely(config: RunConfig, run_dir: Path, progress: bool) -> dict[str, A
         return result
 
 
+def _run_line(label: str, result: dict[str, Any]) -> str:
+    line = f"{label}: {result.get('status')}"
+    if result.get("test_accuracy") is not None:
+        line += f", test accuracy {100 * result['test_accuracy']:.2f}%, {result['seconds_per_epoch']:.1f} s/epoch"
+    return line + (f" ({result['error']})" if result.get("error") else "")
+
+
 def _history(run_dir: Path) -> list[dict[str, Any]]:
     path = run_dir / "history.json"
     return read_json(path) if path.exists() else []
@@ -118,6 +125,8 @@ def compare(
             run_dir = out_dir / _folder(spec) / f"seed{seed}"
             results.append(_run_safely(copy.deepcopy(config), run_dir, progress))
             histories[spec].append(_history(run_dir))
+            if progress:
+                print(_run_line(f"{spec} seed {seed}", results[-1]), flush=True)
         rows.append(_aggregate(spec, results))
     _write_table(rows, out_dir / "compare.csv", out_dir / "compare.md")
     plot_curves(histories, out_dir / "compare.png")
@@ -152,6 +161,8 @@ def grid(
         for seed in seeds:
             config.seed = seed
             result = _run_safely(copy.deepcopy(config), out_dir / _folder(name) / f"seed{seed}", progress)
+            if progress:
+                print(_run_line(f"{name} seed {seed}", result), flush=True)
             row = {**dict(zip(keys, values)), "seed": seed, "status": result.get("status")}
             row.update({k: result.get(k) for k in ("test_accuracy", "best_test_accuracy", "train_accuracy")})
             row["error"] = result.get("error")

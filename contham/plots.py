@@ -1,4 +1,5 @@
-"""Figures of runs, comparisons and grids (matplotlib, written as PNG files).
+"""Figures of runs, comparisons and grids, written as PNG files (matplotlib's object API: no
+pyplot, so the user's backend is left alone).
 
 * :func:`plot_curves`: accuracy and loss per epoch, the mean over seeds with a +/- std band (train
   dashed, test solid), one colour per model: the report's figure 4.3.
@@ -15,13 +16,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch import Tensor  # noqa: E402
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from torch import Tensor
 
 
 def _band(ax: Any, runs: list[list[float]], label: str, color: Any, style: str) -> None:
@@ -36,7 +35,8 @@ def _band(ax: Any, runs: list[list[float]], label: str, color: Any, style: str) 
 
 def plot_curves(histories: dict[str, list[list[dict[str, Any]]]], path: str | Path) -> Path:
     """``histories[label]`` holds one per-epoch history per seed; writes accuracy and loss panels."""
-    fig, (acc, loss) = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))
+    acc, loss = fig.subplots(1, 2)
     for i, (label, runs) in enumerate(histories.items()):
         runs = [r for r in runs if r]
         if not runs:
@@ -46,6 +46,7 @@ def plot_curves(histories: dict[str, list[list[dict[str, Any]]]], path: str | Pa
             _band(ax, [[h[f"test_{key}"] for h in r] for r in runs], f"{label} test", color, "-")
             _band(ax, [[h[f"train_{key}"] for h in r] for r in runs], f"{label} train", color, "--")
     for ax, name in ((acc, "accuracy"), (loss, "loss")):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
@@ -57,7 +58,8 @@ def plot_curves(histories: dict[str, list[list[dict[str, Any]]]], path: str | Pa
 def plot_grid(rows: list[dict[str, Any]], keys: Sequence[str], path: str | Path) -> Path:
     """Test accuracy of grid ``rows`` (each with the grid keys, ``seed`` and ``test_accuracy``)."""
     finished = [r for r in rows if r.get("test_accuracy") is not None]
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+    fig = Figure(figsize=(6, 4.5))
+    ax = fig.subplots()
     if len(keys) == 1:
         (key,) = keys
         values = sorted({r[key] for r in rows}, key=_sort_key)
@@ -99,7 +101,8 @@ def plot_grid(rows: list[dict[str, Any]], keys: Sequence[str], path: str | Path)
 def plot_confusion(confusion: list[list[int]], path: str | Path, classes: Sequence[str] | None = None) -> Path:
     """The confusion matrix (rows: true class, columns: predicted), counts in the cells."""
     matrix = np.array(confusion)
-    fig, ax = plt.subplots(figsize=(1 + 0.5 * len(matrix), 0.8 + 0.5 * len(matrix)))
+    fig = Figure(figsize=(1 + 0.5 * len(matrix), 0.8 + 0.5 * len(matrix)))
+    ax = fig.subplots()
     ax.imshow(matrix, cmap="Blues")
     if len(matrix) <= 20:
         for (i, j), value in np.ndenumerate(matrix):
@@ -125,7 +128,8 @@ def plot_feature_maps(model: torch.nn.Module, image: Tensor, path: str | Path, c
         for i, unit in enumerate(model.units):
             x = unit(x)
             stages.append((f"after unit {i + 1}", x[0]))
-    fig, axes = plt.subplots(len(stages) + 1, channels, figsize=(1.8 * channels, 1.8 * (len(stages) + 1)))
+    fig = Figure(figsize=(1.8 * channels, 1.8 * (len(stages) + 1)))
+    axes = fig.subplots(len(stages) + 1, channels, squeeze=False)
     shown = image.permute(1, 2, 0).numpy() if image.shape[0] == 3 else image[0].numpy()
     for ax in axes.flat:
         ax.axis("off")
@@ -147,5 +151,4 @@ def _sort_key(value: Any) -> tuple[int, Any]:
 def _save(fig: Any, path: str | Path) -> Path:
     path = Path(path)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path

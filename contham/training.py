@@ -18,6 +18,7 @@ of an uninterrupted run (same seed, same device). A finished run is not rerun.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -274,9 +275,7 @@ def _train_epoch(
     nfe_sums, nfe_batches, saved = [0, 0], 0, None
     begin = time.perf_counter()
     bar = tqdm(total=n_batches, desc=f"epoch {epoch}/{epochs}", disable=not progress, leave=False)
-    for i, (x, y) in enumerate(loader):
-        if i == n_batches:
-            break
+    for i, (x, y) in enumerate(itertools.islice(loader, n_batches)):
         x, y = x.to(device), y.to(device)
         memory = _SavedMemory() if i == 0 else None
         if memory is not None:

@@ -45,6 +45,8 @@ def test_compare(tmp_path, capsys):
     assert float(rows[1]["nfe_backward"]) > 0 and rows[0]["nfe_forward"] == ""
     assert (tmp_path / "compare.md").exists() and (tmp_path / "compare.png").stat().st_size > 10_000
     assert len(json.loads((tmp_path / "thesis_resnet2" / "seed1" / "history.json").read_text())) == 2
+    (tmp_path / "compare.png").unlink()
+    assert main(["plot", str(tmp_path)]) == 0 and (tmp_path / "compare.png").exists()
 
 
 def test_grid_is_resumable_and_survives_a_failing_point(tmp_path, monkeypatch, capsys):
