@@ -12,9 +12,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .data import DATASETS
-from .experiments import compare, format_table, grid, parse_model, parse_value
-from .training import RunConfig, read_json
+import torch
+
+from .data import DATASETS, dataset_info, load_dataset
+from .experiments import compare, format_table, grid, parse_model, parse_value, safe_name
+from .models import HamiltonianNet, available, build, describe
+from .plots import plot_confusion, plot_curves, plot_feature_maps, plot_grid
+from .training import RunConfig, read_json, run
 
 DEFAULT_MODELS = ("thesis_resnet2", "thesis_odenet", "thesis_hamiltonian")
 
@@ -50,13 +54,10 @@ def _apply(config: RunConfig, pairs: list[tuple[str, Any]]) -> RunConfig:
 
 
 def _folder_name(target: str, pairs: list[tuple[str, Any]]) -> str:
-    text = Path(target).stem + "".join(f",{k}={v}" for k, v in pairs)
-    return "".join(c if c.isalnum() or c in "._=,-" else "_" for c in text)
+    return safe_name(Path(target).stem + "".join(f",{k}={v}" for k, v in pairs))
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from .training import run
-
     pairs = _key_values(args.overrides)
     config = _apply(_base_config(args.target), pairs)
     out = Path(args.out) if args.out else Path("runs") / "train" / _folder_name(args.target, pairs)
@@ -123,8 +124,6 @@ def cmd_grid(args: argparse.Namespace) -> None:
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
-    from .plots import plot_confusion, plot_curves, plot_grid
-
     for folder in map(Path, args.dirs):
         if not folder.is_dir():
             raise UsageError(f"{str(folder)!r} is not a folder")
@@ -152,12 +151,6 @@ def cmd_plot(args: argparse.Namespace) -> None:
 
 def _feature_maps(folder: Path) -> list[Path]:
     """Report figures 5.2-5.3 for a finished HamiltonianNet run: one test image through the units."""
-    import torch
-
-    from .data import dataset_info, load_dataset
-    from .models import HamiltonianNet, build
-    from .plots import plot_feature_maps
-
     config = RunConfig.from_dict(read_json(folder / "config.json"))
     info = dataset_info(config.dataset)
     image_size = 28 if config.preprocessing == "thesis" else info.image_size
@@ -170,8 +163,6 @@ def _feature_maps(folder: Path) -> list[Path]:
 
 
 def cmd_list(args: argparse.Namespace) -> None:
-    from .models import available, describe
-
     for name in available():
         print(describe(name))
     print("datasets: " + ", ".join(DATASETS))
@@ -229,10 +220,10 @@ def main(argv: list[str] | None = None) -> int:
     if extra and (not hasattr(args, "overrides") or any(e.startswith("-") for e in extra)):
         p.error(f"unrecognized arguments: {' '.join(extra)}")
     if hasattr(args, "overrides"):  # key=value items may come before or after the options
-        if hasattr(args, "models"):  # "--models a b key=value": the last item is an override
-            args.extra = [m for m in args.models if "=" in m.split(":")[0]]
-            args.models = [m for m in args.models if m not in args.extra]
-            extra = args.extra + extra
+        if hasattr(args, "models"):  # "--models a b key=value": items with "=" before any ":" are overrides
+            moved = [m for m in args.models if "=" in m.split(":")[0]]
+            args.models = [m for m in args.models if m not in moved]
+            extra = moved + extra
         args.overrides = [*args.overrides, *extra]
     try:
         args.run(args)

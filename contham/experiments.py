@@ -54,8 +54,9 @@ def parse_model(spec: str) -> tuple[str, dict[str, Any]]:
     return name.strip(), overrides
 
 
-def _folder(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "._=-" else "_" for c in text)
+def safe_name(text: str) -> str:
+    """``text`` as a folder name: letters, digits and ``._=,-`` kept, anything else ``_``."""
+    return "".join(c if c.isalnum() or c in "._=,-" else "_" for c in text)
 
 
 def _run_safely(config: RunConfig, run_dir: Path, progress: bool) -> dict[str, Any]:
@@ -122,7 +123,7 @@ def compare(
         results, histories[spec] = [], []
         for seed in seeds:
             config.seed = seed
-            run_dir = out_dir / _folder(spec) / f"seed{seed}"
+            run_dir = out_dir / safe_name(spec) / f"seed{seed}"
             results.append(_run_safely(copy.deepcopy(config), run_dir, progress))
             histories[spec].append(_history(run_dir))
             if progress:
@@ -160,7 +161,7 @@ def grid(
         name = ",".join(f"{k}={v}" for k, v in zip(keys, values))
         for seed in seeds:
             config.seed = seed
-            result = _run_safely(copy.deepcopy(config), out_dir / _folder(name) / f"seed{seed}", progress)
+            result = _run_safely(copy.deepcopy(config), out_dir / safe_name(name) / f"seed{seed}", progress)
             if progress:
                 print(_run_line(f"{name} seed {seed}", result), flush=True)
             row = {**dict(zip(keys, values)), "seed": seed, "status": result.get("status")}
