@@ -7,10 +7,14 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
-from ._checks import check_positive
+from ._checks import check_choice, check_positive
 from .fields.base import NodeField
 from .integrate import Solution, Stats, fixed_step_plan, integrate, run_fixed_steps
+from .reversible import reversible_steps
 from .solvers import FixedStepSolver, Solver, get_solver
+from .solvers.fixed import _SplitSolver
+
+MEMORY_MODES = ("backprop", "reversible")
 
 
 class HamiltonianBlock(nn.Module):
@@ -27,11 +31,15 @@ class HamiltonianBlock(nn.Module):
             "constant": one step).
         solver: a fixed-step solver name or object; default the field's ``default_solver``
             (euler for J1/J2/antisymmetric, symplectic_euler for split fields).
+        memory: ``"backprop"`` (autograd stores every step's activations) or ``"reversible"``
+            (split solvers only: store nothing and rebuild the states backwards during backprop,
+            exact gradients with activation memory independent of depth; see
+            :mod:`contham.reversible`).
 
     ``last_stats`` holds the :class:`~contham.integrate.Stats` of the latest forward.
     """
 
-    def __init__(self, field: NodeField, solver: str | FixedStepSolver | None = None):
+    def __init__(self, field: NodeField, solver: str | FixedStepSolver | None = None, *, memory: str = "backprop"):
         super().__init__()
         if not isinstance(field, NodeField) or field.nodes.mode == "linear":
             raise ValueError(
@@ -43,12 +51,25 @@ class HamiltonianBlock(nn.Module):
         if not isinstance(self.solver, FixedStepSolver):
             raise ValueError(f"solver must be a fixed-step solver for a HamiltonianBlock; got {self.solver.name!r}")
         self.solver.check_field(field)
+        self.memory = check_choice("memory", memory, MEMORY_MODES)
+        if memory == "reversible":
+            if not isinstance(self.solver, _SplitSolver):
+                raise ValueError(
+                    f"memory='reversible' needs a split solver ('symplectic_euler', 'verlet'); got {self.solver.name!r}"
+                )
+            node_params = {id(getattr(field, name)) for name in field.node_names}
+            if any(id(p) not in node_params for p in field.parameters()):
+                raise ValueError("memory='reversible' needs a field whose parameters all lie on the node axis")
         self.n_steps, self.h = field.nodes.n, field.nodes.dt
         self._plan, _ = fixed_step_plan([0.0, self.n_steps * self.h], field.nodes.breaks, None, field.nodes)
         self.last_stats: Stats | None = None
 
     def forward(self, y: Tensor) -> Tensor:
         """``y_{n_steps}`` from ``y_0 = y``."""
+        if self.memory == "reversible" and torch.is_grad_enabled():
+            self.field.check_input(y)
+            self.last_stats = Stats(self.solver.name, self.n_steps * self.solver.evals_per_step, 0, self.n_steps, 0)
+            return reversible_steps(self.field, self.solver, y, self._plan, self.last_stats)
         return self._run(y, [self.n_steps])[-1]
 
     def trajectory(self, y: Tensor) -> Tensor:
@@ -61,7 +82,7 @@ class HamiltonianBlock(nn.Module):
         return run_fixed_steps(self.field, self.solver, y, self._plan, list(outputs), self.last_stats)
 
     def extra_repr(self) -> str:
-        return f"n_steps={self.n_steps}, h={self.h:g}, solver={self.solver.name}"
+        return f"n_steps={self.n_steps}, h={self.h:g}, solver={self.solver.name}, memory={self.memory}"
 
 
 class ODEBlock(nn.Module):

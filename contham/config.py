@@ -168,6 +168,8 @@ class HamiltonianParameters(_Parameters):
         solver: a fixed-step solver name (contham's addition); None takes the report's scheme:
             forward Euler for J1/J2/antisymmetric, the symplectic Euler (Verlet) of Chang et al.
             for the split Hamiltonians.
+        memory: "backprop" or "reversible" (contham's addition; split solvers only): backprop
+            without stored activations, see :class:`~contham.HamiltonianBlock`.
     """
 
     function: str = "TwoLayersHam"
@@ -177,6 +179,7 @@ class HamiltonianParameters(_Parameters):
     act: str = "ReLU"
     init: str = "Xavier"
     solver: str | None = None
+    memory: str = "backprop"
 
     def validate(self) -> None:
         self.function = check_name("function", self.function, HAMILTONIANS)
@@ -194,6 +197,14 @@ class HamiltonianParameters(_Parameters):
                     f"solver={self.solver!r} needs a split Hamiltonian ({', '.join(SPLIT_HAMILTONIANS)}); "
                     f"got function={self.function!r}"
                 )
+        check_choice("memory", self.memory, ("backprop", "reversible"))
+        if self.memory == "reversible" and (
+            self.function not in SPLIT_HAMILTONIANS or not FIXED_SOLVERS[self.solver or "symplectic_euler"].needs_split
+        ):
+            raise ValueError(
+                f"memory='reversible' needs a split Hamiltonian ({', '.join(SPLIT_HAMILTONIANS)}) with a split solver; "
+                f"got function={self.function!r}, solver={self.solver!r}"
+            )
 
 
 @dataclasses.dataclass

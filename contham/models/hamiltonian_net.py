@@ -44,7 +44,7 @@ def make_field(ham: HamiltonianParameters, channels: int, time_mode: str | None 
 
 def make_block(ham: HamiltonianParameters, channels: int) -> HamiltonianBlock:
     """The discrete Hamiltonian layer of a unit: ``n_blocks`` steps of ``ham.solver``."""
-    return HamiltonianBlock(make_field(ham, channels), ham.solver)
+    return HamiltonianBlock(make_field(ham, channels), ham.solver, memory=ham.memory)
 
 
 def init_field(field: NodeField, method: str, channels: int) -> None:

@@ -102,7 +102,7 @@ _REGISTRY["thesis_hamiltonian"] = _Entry(
 _REGISTRY["thesis_hamiltonian_ode"] = _Entry(
     "thesis",
     "thesis segments around an ODE block of a two-layer Hamiltonian field (tanh, weights linear in t)",
-    (*(f for f in _HAM_FIELDS if f != "solver"), *_ODE_OPTIONS),
+    (*(f for f in _HAM_FIELDS if f not in ("solver", "memory")), *_ODE_OPTIONS),
     _thesis_ham(True),
 )
 

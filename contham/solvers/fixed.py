@@ -79,14 +79,38 @@ class RK4(FixedStepSolver):
         return y + (h / 6) * (k1 + 2 * k2 + 2 * k3 + k4)
 
 
+Kick = tuple[str, float, float]
+"""One update ``u <- u + (c h) f_u(t + d h, v)`` of half ``u`` ("y" or "z") from the other half
+``v``: ``(u, c, d)``. A split step is a sequence of kicks; each one is undone exactly by
+subtracting the same term, which makes split steps reversible (see :mod:`contham.reversible`)."""
+
+
 class _SplitSolver(FixedStepSolver):
     needs_split = True
+    _kicks_y_first: ClassVar[tuple[Kick, ...]]
 
     def __init__(self, first: str | None = None):
         self.first = None if first is None else check_choice("first", first, ("y", "z"))
 
+    def kicks(self, f: Any) -> tuple[Kick, ...]:
+        """This step's kicks on field ``f`` (roles of y and z swapped when z goes first)."""
+        if (self.first or f.first) == "y":
+            return self._kicks_y_first
+        return tuple(("z" if u == "y" else "y", c, d) for u, c, d in self._kicks_y_first)
+
+    def step(self, f: Any, t: float, h: float, x: Tensor) -> Tensor:
+        halves = dict(zip("yz", f.split(x)))
+        for u, c, d in self.kicks(f):
+            halves[u] = halves[u] + (c * h) * kick_field(f, u)(t + d * h, halves["z" if u == "y" else "y"])
+        return f.merge(halves["y"], halves["z"])
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(first={self.first!r})"
+
+
+def kick_field(f: Any, u: str) -> Any:
+    """The half-field that drives half ``u``: ``f.dy`` (reads z) or ``f.dz`` (reads y)."""
+    return f.dy if u == "y" else f.dz
 
 
 class SymplecticEuler(_SplitSolver):
@@ -101,16 +125,7 @@ class SymplecticEuler(_SplitSolver):
     name = "symplectic_euler"
     order = 1
     evals_per_step = 2
-
-    def step(self, f: Any, t: float, h: float, x: Tensor) -> Tensor:
-        y, z = f.split(x)
-        if (self.first or f.first) == "y":
-            y = y + h * f.dy(t, z)
-            z = z + h * f.dz(t, y)
-        else:
-            z = z + h * f.dz(t, y)
-            y = y + h * f.dy(t, z)
-        return f.merge(y, z)
+    _kicks_y_first = (("y", 1.0, 0.0), ("z", 1.0, 0.0))
 
 
 class Verlet(_SplitSolver):
@@ -124,18 +139,7 @@ class Verlet(_SplitSolver):
     name = "verlet"
     order = 2
     evals_per_step = 3
-
-    def step(self, f: Any, t: float, h: float, x: Tensor) -> Tensor:
-        y, z = f.split(x)
-        if (self.first or f.first) == "y":
-            y = y + (h / 2) * f.dy(t, z)
-            z = z + h * f.dz(t + h / 2, y)
-            y = y + (h / 2) * f.dy(t + h, z)
-        else:
-            z = z + (h / 2) * f.dz(t, y)
-            y = y + h * f.dy(t + h / 2, z)
-            z = z + (h / 2) * f.dz(t + h, y)
-        return f.merge(y, z)
+    _kicks_y_first = (("y", 0.5, 0.0), ("z", 1.0, 0.5), ("y", 0.5, 1.0))
 
 
 FIXED_SOLVERS: dict[str, type[FixedStepSolver]] = {

@@ -1,0 +1,102 @@
+"""Reversible (memory-free) backprop: the same gradients as ordinary backprop, flat memory in depth."""
+
+import pytest
+import torch
+
+from contham import HamiltonianBlock, HamiltonianField, SeparableField, SymmetricField, TwoLayerField
+from contham.config import HamiltonianParameters
+from contham.models import build
+
+D = torch.float64
+FIELDS = [TwoLayerField, SeparableField, SymmetricField]
+
+
+def gradients(block, x, weight):
+    out = block(x)
+    return (out, *torch.autograd.grad((out * weight).sum(), (x, *block.field.parameters())))
+
+
+def relative_error(a, b):
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.mark.parametrize("cls", FIELDS)
+@pytest.mark.parametrize("solver", ["symplectic_euler", "verlet"])
+@pytest.mark.parametrize("kernel_size", [None, 3])
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
+def test_reversible_gradients_equal_backprop(cls, solver, kernel_size, dtype, tolerance):
+    field = cls(6, "tanh", kernel_size=kernel_size, n_nodes=40, dt=0.1).to(dtype)
+    shape = (3, 6) if kernel_size is None else (2, 6, 5, 5)
+    x = torch.randn(shape, dtype=dtype, requires_grad=True)
+    weight = torch.randn(shape, dtype=dtype)
+    plain = gradients(HamiltonianBlock(field, solver), x, weight)
+    reversible = gradients(HamiltonianBlock(field, solver, memory="reversible"), x, weight)
+    torch.testing.assert_close(reversible[0], plain[0], rtol=0, atol=0)  # same forward arithmetic
+    for a, b in zip(reversible[1:], plain[1:]):
+        assert relative_error(a, b) < tolerance
+
+
+def test_gradcheck_reversible_block():
+    field = TwoLayerField(4, "tanh", n_nodes=3, dt=0.2).double()
+    block = HamiltonianBlock(field, "verlet", memory="reversible")
+    x = torch.randn(2, 4, dtype=D, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, *p: block(x), (x, *field.parameters()))
+
+
+def saved_megabytes(block, x):
+    sizes = {}
+
+    def pack(t):
+        sizes[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        block(x)
+    return sum(sizes.values()) / 2**20
+
+
+def test_activation_memory_does_not_grow_with_depth():
+    x = torch.randn(16, 16, 16, 16)  # 0.25 MiB per state
+    saved, activations = {}, {}
+    for mode in ("backprop", "reversible"):
+        for n in (16, 256):
+            field = TwoLayerField(16, "relu", kernel_size=3, n_nodes=n, dt=0.05)
+            saved[mode, n] = saved_megabytes(HamiltonianBlock(field, memory=mode), x)
+            weights = sum(p.numel() * p.element_size() for p in field.parameters()) / 2**20
+            activations[mode, n] = saved[mode, n] - weights
+    # reversible keeps the output state only (besides the weights); backprop keeps every step's
+    assert activations["reversible", 256] <= 1.2 * activations["reversible", 16]
+    assert activations["reversible", 256] == pytest.approx(0.25)
+    assert activations["backprop", 256] > 12 * activations["backprop", 16]
+
+
+def test_statistics_modes_and_errors():
+    field = TwoLayerField(4, n_nodes=5, dt=0.1)
+    block = HamiltonianBlock(field, memory="reversible")
+    out = block(torch.randn(2, 4, requires_grad=True))
+    assert block.last_stats.nfe_forward == 10 and block.last_stats.nfe_backward == 0
+    out.sum().backward()
+    assert block.last_stats.nfe_backward == 10
+    with torch.no_grad():  # no graph wanted: the ordinary path
+        torch.testing.assert_close(block(torch.ones(1, 4)), HamiltonianBlock(field)(torch.ones(1, 4)))
+    assert "memory=reversible" in repr(block)
+    with pytest.raises(ValueError, match="memory='reversible' needs a split solver"):
+        HamiltonianBlock(field, "rk4", memory="reversible")
+    with pytest.raises(ValueError, match="memory must be one of 'backprop', 'reversible'"):
+        HamiltonianBlock(field, memory="checkpoint")
+    with pytest.raises(ValueError, match="split solver"):
+        HamiltonianBlock(HamiltonianField(4, n_nodes=2), memory="reversible")
+    with pytest.raises(ValueError, match="memory='reversible' needs a split Hamiltonian"):
+        HamiltonianParameters("J1", memory="reversible")
+
+
+def test_networks_use_the_reversible_mode_when_asked():
+    torch.manual_seed(0)
+    plain = build("nominal").double().eval()
+    torch.manual_seed(0)
+    reversible = build("nominal", memory="reversible").double().eval()
+    assert all(u.block.memory == "reversible" for u in reversible.units)
+    x = torch.randn(2, 3, 32, 32, dtype=D)
+    grads = [torch.autograd.grad(m(x).sum(), list(m.parameters())) for m in (plain, reversible)]
+    for a, b in zip(*grads):
+        assert relative_error(a, b) < 1e-10 or b.norm() == 0
