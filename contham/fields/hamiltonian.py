@@ -81,7 +81,9 @@ class HamiltonianField(EnergyMixin, NodeField):
 
     def _f(self, params: Params, y: Tensor) -> Tensor:
         K, b = params
-        return self.J(linear_op_t(K, self.sigma(linear_op(K, y, b))))
+        # J K^T v = (K J^T)^T v, and K J^T is J applied along K's input axis: J acts on the
+        # small weight instead of on the whole activation.
+        return linear_op_t(self.J(K), self.sigma(linear_op(K, y, b)))
 
     def _energy(self, params: Params, y: Tensor) -> Tensor:
         K, b = params
