@@ -14,9 +14,9 @@ from __future__ import annotations
 import argparse
 
 import torch
+from _timing import interleaved_medians, training_step
 from torch import nn
 
-from _timing import interleaved_medians, training_step
 from contham import HamiltonianBlock, HamiltonianField, TwoLayerField
 from contham.models.resnet import BasicBlock
 
