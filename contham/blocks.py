@@ -72,6 +72,13 @@ class HamiltonianBlock(nn.Module):
             return reversible_steps(self.field, self.solver, y, self._plan, self.last_stats)
         return self._run(y, [self.n_steps])[-1]
 
+    def step(self, j: int, y: Tensor) -> Tensor:
+        """Step ``j`` alone (0-based): ``y_{j+1}`` from ``y_j = y`` (used by :mod:`contham.analysis`)."""
+        if isinstance(j, bool) or not isinstance(j, int) or not 0 <= j < self.n_steps:
+            raise ValueError(f"j must be an integer in [0, {self.n_steps}); got {j!r}")
+        s, h, node = self._plan[j]
+        return self.solver.step(self.field.at_node(node), s, h, y)
+
     def trajectory(self, y: Tensor) -> Tensor:
         """The states ``y_0, ..., y_{n_steps}``, stacked on a new leading axis."""
         return torch.stack([y] + self._run(y, range(1, self.n_steps + 1)))
