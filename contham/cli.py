@@ -17,7 +17,7 @@ import torch
 from .data import DATASETS, dataset_info, load_dataset
 from .experiments import compare, format_table, grid, parse_model, parse_value, safe_name
 from .models import HamiltonianNet, available, build, describe
-from .plots import plot_confusion, plot_curves, plot_feature_maps, plot_grid
+from .plots import plot_confusion, plot_curves, plot_feature_maps, plot_gradient_norms, plot_grid
 from .training import RunConfig, read_json, run
 
 DEFAULT_MODELS = ("thesis_resnet2", "thesis_odenet", "thesis_hamiltonian")
@@ -137,7 +137,10 @@ def cmd_plot(args: argparse.Namespace) -> None:
                 histories.setdefault(history.parent.parent.name, []).append(read_json(history))
             written.append(plot_curves(histories, folder / "compare.png"))
         if (folder / "history.json").exists():
-            written.append(plot_curves({folder.name: [read_json(folder / "history.json")]}, folder / "curves.png"))
+            history = read_json(folder / "history.json")
+            written.append(plot_curves({folder.name: [history]}, folder / "curves.png"))
+            if any("gradient_norms" in h for h in history):
+                written.append(plot_gradient_norms(history, folder / "gradient_norms.png"))
             metrics = read_json(folder / "metrics.json")
             if "confusion" in metrics:
                 written.append(plot_confusion(metrics["confusion"], folder / "confusion.png"))

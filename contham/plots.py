@@ -5,7 +5,8 @@ pyplot, so the user's backend is left alone).
   dashed, test solid), one colour per model: the report's figure 4.3.
 * :func:`plot_grid`: test accuracy against a parameter (1-D, error bars over seeds) or a heat map
   (2-D): figures 4.4-4.10.
-* :func:`plot_confusion`: the confusion matrix of a run.
+* :func:`plot_confusion`: the confusion matrix of a run; :func:`plot_gradient_norms`: its
+  per-epoch gradient norms across blocks and parameters.
 * :func:`plot_feature_maps`: one image after the first conv and after each unit of a
   :class:`~contham.models.HamiltonianNet`: figures 5.2-5.3.
 """
@@ -94,6 +95,28 @@ def plot_grid(rows: list[dict[str, Any]], keys: Sequence[str], path: str | Path)
         ax.set_xlabel(kx)
         ax.set_ylabel(ky)
         fig.colorbar(image, label="test accuracy")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_gradient_norms(history: list[dict[str, Any]], path: str | Path) -> Path:
+    """Per-epoch mean gradient norms of a run recorded with ``gradient_norms``: block output
+    states (left) and parameters (right), log scale."""
+    fig = Figure(figsize=(11, 4))
+    states, params = fig.subplots(1, 2)
+    epochs = [h["epoch"] for h in history]
+    keys = sorted({k for h in history for k in h.get("gradient_norms", {})})
+    for key in keys:
+        ax = states if key.startswith("state/") else params
+        ax.plot(epochs, [h["gradient_norms"].get(key, np.nan) for h in history], marker=".", label=key.split("/", 1)[1])
+    for ax, title in ((states, "dL/d(block output)"), (params, "dL/d(parameter)")):
+        ax.set_yscale("log")
+        ax.set_xlabel("epoch")
+        ax.set_title(title, fontsize=9)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        if len(ax.lines) <= 12:
+            ax.legend(fontsize=6)
     fig.tight_layout()
     return _save(fig, path)
 

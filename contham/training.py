@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ._checks import check_bool, check_choice, check_int, check_positive
+from .analysis import GradientNorms
 from .blocks import ODEBlock
 from .config import LearningParameters, _Parameters
 from .data import DATASETS, PREPROCESSINGS, balanced_subset, dataset_info, load_dataset
@@ -166,6 +167,7 @@ def fit(
     eval_batch_size: int = 500,
     progress: bool = True,
     config: dict[str, Any] | None = None,
+    gradient_norms: bool = False,
 ) -> dict[str, Any]:
     """Train ``model`` by the report's algorithm 1 into ``run_dir``; return the final metrics.
 
@@ -179,6 +181,8 @@ def fit(
         max_batches: stop each epoch after this many batches (short runs).
         num_classes: for the confusion matrix (default: the model's output width).
         config: saved as ``config.json`` and compared on resumption.
+        gradient_norms: record, per epoch, the mean gradient norm of every block's output state
+            and of every parameter (:class:`~contham.analysis.GradientNorms`) in the history.
     """
     learning.validate()
     run_dir = Path(run_dir)
@@ -213,7 +217,16 @@ def fit(
     write_json(metrics_path, {**metrics, "epochs_done": start})
     try:
         for epoch in range(start + 1, epochs + 1):
-            entry = _train_epoch(model, train_set, learning, optimizer, dev, seed, epoch, max_batches, progress, epochs)
+            hooks = GradientNorms(model) if gradient_norms else None
+            try:
+                entry = _train_epoch(
+                    model, train_set, learning, optimizer, dev, seed, epoch, max_batches, progress, epochs
+                )
+            finally:
+                if hooks is not None:
+                    hooks.remove()
+            if hooks is not None:
+                entry["gradient_norms"] = {k: sum(v) / len(v) for k, v in hooks.history.items()}
             if entry.get("diverged"):
                 metrics.update(status="diverged", diverged_epoch=epoch, diverged_loss=entry["train_loss"])
                 break
@@ -377,6 +390,7 @@ class RunConfig(_Parameters):
         epochs: None: from ``learning`` (report algorithm 1); max_batches: per epoch.
         learning: the protocol; None: the report preset's, or :data:`THESIS_LEARNING`.
         seed, device ("auto", "cpu", "cuda[:i]"), deterministic.
+        gradient_norms: record per-epoch gradient norms of block states and parameters.
     """
 
     _nested = {"learning": LearningParameters}
@@ -395,6 +409,7 @@ class RunConfig(_Parameters):
     seed: int = 0
     device: str = "auto"
     deterministic: bool = False
+    gradient_norms: bool = False
 
     def __post_init__(self) -> None:
         if self.learning is None:
@@ -426,6 +441,7 @@ class RunConfig(_Parameters):
         if not isinstance(self.device, str):
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:index]'; got {self.device!r}")
         check_bool("deterministic", self.deterministic)
+        check_bool("gradient_norms", self.gradient_norms)
 
     def set(self, key: str, value: Any) -> None:
         """Set ``key`` (a field, ``learning.<field>``, or a model override) and check again."""
@@ -477,4 +493,5 @@ def run(config: RunConfig, run_dir: str | Path, *, progress: bool = True) -> dic
         num_classes=info.num_classes,
         progress=progress,
         config=config.to_dict(),
+        gradient_norms=config.gradient_norms,
     )

@@ -19,12 +19,19 @@ def test_list(capsys):
 
 def test_train_then_plot(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["train", "nominal", "h=0.1", *FAST, "--out", str(out)]) == 0
+    assert main(["train", "nominal", "h=0.1", "gradient_norms=true", *FAST, "--out", str(out)]) == 0
     assert "finished after 1 epoch(s)" in capsys.readouterr().out
     config = json.loads((out / "config.json").read_text())
     assert config["model_options"] == {"h": 0.1} and config["preprocessing"] == "report"
     assert main(["plot", str(out)]) == 0
-    assert {p.name for p in out.glob("*.png")} == {"curves.png", "confusion.png", "feature_maps.png"}
+    assert {p.name for p in out.glob("*.png")} == {
+        "curves.png",
+        "confusion.png",
+        "feature_maps.png",
+        "gradient_norms.png",
+    }
+    norms = json.loads((out / "history.json").read_text())[0]["gradient_norms"]
+    assert {"state/units.0.block", "state/units.2.block", "param/units.0.block.field.K1"} <= set(norms)
 
 
 def test_train_from_a_config_file(tmp_path):

@@ -27,12 +27,15 @@ LEARN = LearningParameters(
 def test_trainer_learns_double_moons(tmp_path):
     torch.manual_seed(0)
     metrics = fit(hamiltonian_classifier(), points("double_moons", 400), points("double_moons", 200, seed=1),
-                  LEARN, tmp_path, epochs=12, progress=False)  # fmt: skip
+                  LEARN, tmp_path, epochs=12, progress=False, gradient_norms=True)  # fmt: skip
     assert metrics["status"] == "finished" and metrics["epochs_done"] == 12
     assert metrics["train_loss"] < 0.3 and metrics["test_accuracy"] > 0.85
     history = json.loads((tmp_path / "history.json").read_text())
     assert [h["lr"] for h in history[7:9]] == pytest.approx([0.1, 0.01])  # decay after epoch 8
     assert sum(map(sum, metrics["confusion"])) == 200
+    norms = history[-1]["gradient_norms"]
+    assert set(norms) == {"state/1", "param/0.weight", "param/0.bias", "param/1.field.K", "param/1.field.b",
+                          "param/3.weight", "param/3.bias"} and all(v > 0 for v in norms.values())  # fmt: skip
     assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
 
 
