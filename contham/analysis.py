@@ -21,6 +21,7 @@ Functions analyse one sample: a state ``y`` of shape ``(1, features)`` or ``(1, 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import scipy.sparse.linalg
@@ -112,12 +113,21 @@ def max_real_part(field: nn.Module, times: Sequence[float], states: Tensor, k: i
     return np.array(values)
 
 
-def sensitivities(block: HamiltonianBlock, y: Tensor) -> Tensor:
-    """Exact backward sensitivity matrices ``dy_N / dy_l`` for ``l = 0..N`` of a discrete block
-    from the single sample ``y`` (small states): a tensor ``(N + 1, n, n)``, the last one the
-    identity. Built from the step Jacobians ``A_l = dy_{l+1} / dy_l`` as ``A_{N-1} ... A_l``."""
+def _states(block: Any, y: Tensor) -> list[Tensor]:
+    states = [y.detach()]
+    with torch.no_grad():
+        for j in range(block.n_steps):
+            states.append(block.step(j, states[-1]))
+    return states
+
+
+def sensitivities(block: Any, y: Tensor) -> Tensor:
+    """Exact backward sensitivity matrices ``dy_N / dy_l`` for ``l = 0..N`` of a stack of steps
+    (a :class:`HamiltonianBlock`, or anything with ``n_steps`` and ``step(j, y)``) from the single
+    sample ``y`` (small states): a tensor ``(N + 1, n, n)``, the last one the identity. Built from
+    the step Jacobians ``A_l = dy_{l+1} / dy_l`` as ``A_{N-1} ... A_l``."""
     _one_sample(y)
-    states = block.trajectory(y.detach())
+    states = _states(block, y)
     n = y.numel()
     out = [torch.eye(n, dtype=y.dtype, device=y.device)]
     for j in reversed(range(block.n_steps)):
@@ -140,14 +150,13 @@ def _power_norm(forward: Map, backward: Map, shape: torch.Size, like: Tensor, it
     return sigma
 
 
-def sensitivity_norms(
-    block: HamiltonianBlock, y: Tensor, layers: Sequence[int] | None = None, iterations: int = 30
-) -> np.ndarray:
-    """Spectral norms ``||dy_N / dy_l||_2`` for the steps ``layers`` (default all ``0..N``), by
-    power iteration on ``J^T J`` with JVPs and VJPs through steps ``l..N-1``; for any state size."""
+def sensitivity_norms(block: Any, y: Tensor, layers: Sequence[int] | None = None, iterations: int = 30) -> np.ndarray:
+    """Spectral norms ``||dy_N / dy_l||_2`` for the steps ``layers`` (default all ``0..N``) of a
+    stack of steps (as in :func:`sensitivities`), by power iteration on ``A^T A`` with JVPs and
+    VJPs through steps ``l..N-1``; for any state size."""
     _one_sample(y)
     check_int("iterations", iterations)
-    states = block.trajectory(y.detach())
+    states = _states(block, y)
     layers = range(block.n_steps + 1) if layers is None else layers
     norms = []
     for layer in layers:
