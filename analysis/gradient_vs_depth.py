@@ -94,6 +94,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--depths", type=int, nargs="+", default=[16, 64, 256, 1024])
     parser.add_argument("--trained-depth", type=int, default=64)
+    parser.add_argument("--iterations", type=int, default=300, help="Adam iterations of the Swiss-roll training")
     parser.add_argument("--out", default="analysis/out")
     args = parser.parse_args()
     out = Path(args.out)
@@ -105,7 +106,7 @@ def main() -> None:
     for n, state in settings:
         for name, stack in stacks(n).items():
             stack.double()
-            accuracy = train(stack) if state == "trained" else None
+            accuracy = train(stack, args.iterations) if state == "trained" else None
             values = norms(stack, samples)
             curves[n, state, name] = values
             rows += [

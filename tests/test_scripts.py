@@ -1,0 +1,66 @@
+"""The analysis and benchmark scripts run end to end on tiny settings and write what they promise."""
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_script(path, *args):
+    result = subprocess.run([sys.executable, str(ROOT / path), *map(str, args)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
+def rows(path):
+    with open(path) as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_gradient_vs_depth(tmp_path):
+    run_script(
+        "analysis/gradient_vs_depth.py", "--depths", 8, "--trained-depth", 4, "--iterations", 3, "--out", tmp_path
+    )
+    table = rows(tmp_path / "gradient_vs_depth.csv")
+    assert len(table) == 6 * 9 + 6 * 5 and (tmp_path / "gradient_vs_depth.png").exists()
+    symplectic = [float(r["norm"]) for r in table if "Verlet" in r["network"] or "symplectic" in r["network"]]
+    assert min(symplectic) >= 1 - 1e-9
+
+
+def test_counterexample_sensitivities_grow_but_never_fall_below_one(tmp_path):
+    out = run_script("analysis/counterexample.py", "--T", 5, "--out", tmp_path)
+    table = rows(tmp_path / "counterexample.csv")
+    norms = [float(r["norm"]) for r in table]
+    assert len(table) == 101 and min(norms) >= 1 - 1e-9 and norms[0] > 1.5 and "written" in out
+
+
+@pytest.mark.parametrize(
+    "script, args, outputs",
+    [
+        ("analysis/classification_2d.py", ["--layers", 4, "--iterations", 2],
+         ["classification_2d.png", "classification_2d.csv"]),
+        ("analysis/odenet_tolerance.py", ["--tolerances", 0.1, "--epochs", 1, "--max-batches", 1],
+         ["odenet_tolerance.png", "odenet_tolerance.csv"]),
+    ],
+)  # fmt: skip
+def test_other_analysis_scripts(tmp_path, script, args, outputs):
+    run_script(script, *args, "--out", tmp_path)
+    assert all((tmp_path / name).stat().st_size > 0 for name in outputs)
+
+
+def test_jacobian_spectra_hamiltonian_rows_are_imaginary(tmp_path):
+    run_script("analysis/jacobian_spectra.py", "--out", tmp_path)
+    assert (tmp_path / "jacobian_spectra.png").stat().st_size > 0
+    table = rows(tmp_path / "jacobian_spectra.csv")
+    hamiltonian = [abs(float(r["real"])) for r in table if r["field"] in ("J1, tanh", "J2, ReLU", "two-layer, tanh")]
+    others = [abs(float(r["real"])) for r in table if r["field"] == "ODENet field"]
+    assert max(hamiltonian) < 1e-10 < max(others)
+
+
+def test_blocks_benchmark(tmp_path):
+    out = run_script("benchmarks/blocks.py", "--batch", 2, "--repeats", 1)
+    assert out.count("x |") >= 3 and "| 112 | 8x8 |" in out
