@@ -102,7 +102,7 @@ def main() -> None:
     for ax in axes.flat:
         ax.set_xticks([]), ax.set_yticks([])
     fig.tight_layout()
-    fig.savefig(out / "classification_2d.png", dpi=100)
+    fig.savefig(out / "classification_2d.png", dpi=80)
     with open(out / "classification_2d.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()

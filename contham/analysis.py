@@ -15,7 +15,8 @@ gradients cannot vanish. This module measures both:
 * :class:`GradientNorms`: hooks that record the gradient norm of every block's output state and
   of every parameter during training.
 
-Functions analyse one sample: a state ``y`` of shape ``(1, features)`` or ``(1, C, H, W)``.
+Functions analyse one sample: a state ``y`` of shape ``(1, features)`` or ``(1, C, H, W)``; the
+sensitivity functions also take a batch and return one result per sample.
 """
 
 from __future__ import annotations
@@ -125,7 +126,10 @@ def sensitivities(block: Any, y: Tensor) -> Tensor:
     """Exact backward sensitivity matrices ``dy_N / dy_l`` for ``l = 0..N`` of a stack of steps
     (a :class:`HamiltonianBlock`, or anything with ``n_steps`` and ``step(j, y)``) from the single
     sample ``y`` (small states): a tensor ``(N + 1, n, n)``, the last one the identity. Built from
-    the step Jacobians ``A_l = dy_{l+1} / dy_l`` as ``A_{N-1} ... A_l``."""
+    the step Jacobians ``A_l = dy_{l+1} / dy_l`` as ``A_{N-1} ... A_l``. For a batch ``y`` of B
+    samples, the per-sample results stacked: ``(B, N + 1, n, n)`` (average with ``.mean(0)``)."""
+    if isinstance(y, Tensor) and y.dim() >= 2 and y.shape[0] > 1:
+        return torch.stack([sensitivities(block, sample[None]) for sample in y])
     _one_sample(y)
     states = _states(block, y)
     n = y.numel()
@@ -153,7 +157,9 @@ def _power_norm(forward: Map, backward: Map, shape: torch.Size, like: Tensor, it
 def sensitivity_norms(block: Any, y: Tensor, layers: Sequence[int] | None = None, iterations: int = 30) -> np.ndarray:
     """Spectral norms ``||dy_N / dy_l||_2`` for the steps ``layers`` (default all ``0..N``) of a
     stack of steps (as in :func:`sensitivities`), by power iteration on ``A^T A`` with JVPs and
-    VJPs through steps ``l..N-1``; for any state size."""
+    VJPs through steps ``l..N-1``; for any state size. A batch gives one row per sample."""
+    if isinstance(y, Tensor) and y.dim() >= 2 and y.shape[0] > 1:
+        return np.stack([sensitivity_norms(block, sample[None], layers, iterations) for sample in y])
     _one_sample(y)
     check_int("iterations", iterations)
     states = _states(block, y)

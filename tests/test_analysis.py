@@ -92,6 +92,12 @@ def test_sensitivities_are_symplectic_with_norm_at_least_one():
     for s in S:
         torch.testing.assert_close(s.T @ J @ s, J, rtol=0, atol=1e-10)
     assert torch.linalg.matrix_norm(S, 2).min() >= 1 - 1e-12
+    batch = torch.cat((y, torch.randn(2, 4, dtype=D)))
+    per_sample = sensitivities(block, batch)
+    assert per_sample.shape == (3, 13, 4, 4)
+    torch.testing.assert_close(per_sample[0], S)
+    np.testing.assert_allclose(sensitivity_norms(block, batch, layers=[0], iterations=80)[:, 0],
+                               torch.linalg.matrix_norm(per_sample[:, 0], 2).numpy(), rtol=1e-6)  # fmt: skip
 
 
 def test_power_iteration_matches_dense_norms():
