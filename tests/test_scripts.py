@@ -64,3 +64,11 @@ def test_jacobian_spectra_hamiltonian_rows_are_imaginary(tmp_path):
 def test_blocks_benchmark(tmp_path):
     out = run_script("benchmarks/blocks.py", "--batch", 2, "--repeats", 1)
     assert out.count("x |") >= 3 and "| 112 | 8x8 |" in out
+
+
+def test_memory_benchmark_shows_flat_reversible_memory():
+    out = run_script("benchmarks/memory.py", "--depths", 4, 16, "--batch", 2, "--repeats", 1)
+    table = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| ") and "mode" not in line]
+    ratio = {(row[0].strip(), row[1].strip()): float(row[3].strip().rstrip("x")) for row in table}
+    assert ratio["16", "reversible"] == pytest.approx(1.0) and ratio["16", "adjoint"] == pytest.approx(1.0)
+    assert ratio["16", "backprop"] == pytest.approx(4.0, rel=0.05)
