@@ -72,3 +72,8 @@ def test_memory_benchmark_shows_flat_reversible_memory():
     ratio = {(row[0].strip(), row[1].strip()): float(row[3].strip().rstrip("x")) for row in table}
     assert ratio["16", "reversible"] == pytest.approx(1.0) and ratio["16", "adjoint"] == pytest.approx(1.0)
     assert ratio["16", "backprop"] == pytest.approx(4.0, rel=0.05)
+
+
+def test_odenet_benchmark(tmp_path):
+    out = run_script("benchmarks/odenet.py", "--tolerances", 0.1, "--batch", 4, "--repeats", 1)
+    assert "| ResNet-4 | - | - |" in out and "| ODENet tol=0.1 adjoint |" in out
