@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from torchdiffeq import odeint, odeint_adjoint
 
 from ._checks import check_int, check_positive
+from .fields.base import FrozenField
 from .solvers import FixedStepSolver, Solver, TorchDiffEq, get_solver
 
 
@@ -162,12 +163,19 @@ def fixed_step_plan(
 def run_fixed_steps(
     field: nn.Module, solver: FixedStepSolver, y: Tensor, plan: Plan, outputs: Sequence[int], stats: Stats
 ) -> list[Tensor]:
-    """Run a :func:`fixed_step_plan`; return the states at ``outputs`` and fill ``stats``."""
+    """Run a :func:`fixed_step_plan`; return the states at ``outputs`` and fill ``stats``.
+
+    Per-node weights are split off once (``unbind``), so backprop gathers their gradients in one
+    stack instead of one full-size scatter per step."""
     out = []
     pending = iter(outputs)
     nxt = next(pending, None)
+    frozen = {}
+    if any(node is not None for _, _, node in plan):
+        per_node = zip(*(getattr(field, name).unbind(0) for name in field.node_names))
+        frozen = {j: FrozenField(field, params) for j, params in enumerate(per_node)}
     for i, (s, h, node) in enumerate(plan, 1):
-        y = solver.step(field if node is None else field.at_node(node), s, h, y)
+        y = solver.step(field if node is None else frozen[node], s, h, y)
         if i == nxt:
             out.append(y)
             nxt = next(pending, None)

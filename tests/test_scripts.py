@@ -77,3 +77,8 @@ def test_memory_benchmark_shows_flat_reversible_memory():
 def test_odenet_benchmark(tmp_path):
     out = run_script("benchmarks/odenet.py", "--tolerances", 0.1, "--batch", 4, "--repeats", 1)
     assert "| ResNet-4 | - | - |" in out and "| ODENet tol=0.1 adjoint |" in out
+
+
+def test_dense_benchmark_checks_equal_outputs(tmp_path):
+    out = run_script("benchmarks/dense.py", "--layers", 8, "--batch", 5, "--repeats", 1)
+    assert out.count("x |") == 3 and "| separable (SE) |" in out
