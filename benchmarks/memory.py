@@ -9,7 +9,7 @@ A convolutional two-layer Hamiltonian block (16 channels, 16x16 maps, batch 16, 
   cannot stop at weight jumps), torchdiffeq's fixed-grid Euler at step h, ``adjoint=True``.
 
 Memory is what autograd keeps for the backward pass, counted with
-``torch.autograd.graph.saved_tensors_hooks``. On CUDA the script also reports the peak allocated
+``contham.training.SavedTensors`` (saved-tensor hooks). On CUDA the script also reports the peak allocated
 memory of the step. Time is the median of 3 interleaved repetitions. The script prints a table
 with ratios to depth 16.
 
@@ -25,22 +25,16 @@ from _timing import interleaved_medians
 
 from contham import HamiltonianBlock, ODEBlock, TwoLayerField
 from contham.solvers import TorchDiffEq
+from contham.training import SavedTensors
 
 H = 0.01
 
 
 def saved_megabytes(model: torch.nn.Module, x: torch.Tensor) -> float:
-    storages: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with SavedTensors() as saved:
         out = model(x)
     out.sum().backward()
-    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    return sum(size for ptr, size in storages.items() if ptr not in weights) / 2**20
+    return saved.megabytes_without(model.parameters())
 
 
 def peak_cuda_megabytes(model: torch.nn.Module, x: torch.Tensor) -> float | None:

@@ -25,6 +25,7 @@ import os
 import random
 import resource
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -103,21 +104,41 @@ def epochs_for(learning: LearningParameters, train_size: int) -> int:
     return max(1, math.ceil(learning.training_steps_max * learning.batch_size / train_size))
 
 
-class _SavedMemory:
-    """Bytes of the tensors autograd saves for backward during one forward pass (what backprop
-    must keep: large for direct backprop through a solver, small with the adjoint method)."""
+class SavedTensors:
+    """Counts the memory autograd saves for backward inside a ``with`` block: what backprop must
+    keep (large for direct backprop through a solver, small with the adjoint or reversible mode).
+    Each storage counts once.
+
+    >>> with SavedTensors() as saved:
+    ...     out = model(x)
+    >>> saved.megabytes, saved.megabytes_without(model.parameters())
+    """
 
     def __init__(self) -> None:
         self.storages: dict[int, int] = {}
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
 
-    def pack(self, t: Tensor) -> Tensor:
+    def _pack(self, t: Tensor) -> Tensor:
         storage = t.untyped_storage()
         self.storages[storage.data_ptr()] = storage.nbytes()
         return t
 
+    def __enter__(self) -> SavedTensors:
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._hooks.__exit__(*exc)
+
     @property
     def megabytes(self) -> float:
+        """MiB of all saved storages."""
         return sum(self.storages.values()) / 2**20
+
+    def megabytes_without(self, tensors: Iterable[Tensor]) -> float:
+        """MiB of the saved storages other than those of ``tensors`` (e.g. the weights)."""
+        skip = {t.untyped_storage().data_ptr() for t in tensors}
+        return sum(size for ptr, size in self.storages.items() if ptr not in skip) / 2**20
 
 
 def _nfe(model: nn.Module) -> tuple[int, int] | None:
@@ -290,9 +311,8 @@ def _train_epoch(
     bar = tqdm(total=n_batches, desc=f"epoch {epoch}/{epochs}", disable=not progress, leave=False)
     for i, (x, y) in enumerate(itertools.islice(loader, n_batches)):
         x, y = x.to(device), y.to(device)
-        memory = _SavedMemory() if i == 0 else None
-        if memory is not None:
-            with torch.autograd.graph.saved_tensors_hooks(memory.pack, lambda t: t):
+        if i == 0:
+            with SavedTensors() as memory:
                 out = model(x)
             saved = memory.megabytes
         else:

@@ -6,6 +6,7 @@ import torch
 from contham import HamiltonianBlock, HamiltonianField, SeparableField, SymmetricField, TwoLayerField
 from contham.config import HamiltonianParameters
 from contham.models import build
+from contham.training import SavedTensors
 
 D = torch.float64
 FIELDS = [TwoLayerField, SeparableField, SymmetricField]
@@ -43,27 +44,15 @@ def test_gradcheck_reversible_block():
     assert torch.autograd.gradcheck(lambda x, *p: block(x), (x, *field.parameters()))
 
 
-def saved_megabytes(block, x):
-    sizes = {}
-
-    def pack(t):
-        sizes[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        block(x)
-    return sum(sizes.values()) / 2**20
-
-
 def test_activation_memory_does_not_grow_with_depth():
     x = torch.randn(16, 16, 16, 16)  # 0.25 MiB per state
-    saved, activations = {}, {}
+    activations = {}
     for mode in ("backprop", "reversible"):
         for n in (16, 256):
             field = TwoLayerField(16, "relu", kernel_size=3, n_nodes=n, dt=0.05)
-            saved[mode, n] = saved_megabytes(HamiltonianBlock(field, memory=mode), x)
-            weights = sum(p.numel() * p.element_size() for p in field.parameters()) / 2**20
-            activations[mode, n] = saved[mode, n] - weights
+            with SavedTensors() as saved:
+                HamiltonianBlock(field, memory=mode)(x)
+            activations[mode, n] = saved.megabytes_without(field.parameters())
     # reversible keeps the output state only (besides the weights); backprop keeps every step's
     assert activations["reversible", 256] <= 1.2 * activations["reversible", 16]
     assert activations["reversible", 256] == pytest.approx(0.25)
