@@ -8,9 +8,10 @@ sum). Three contham blocks:
 * the separable field with symplectic Euler.
 
 Each is compared with the same equations written as a plain loop over one ``nn.Linear`` per layer
-and weight, with J as an explicit matrix (what research code typically does). Both sides start
-from the same weights, and their outputs are checked equal before timing. Interleaved, median of
---repeats.
+and weight, with J as an explicit matrix (what research code typically does). contham runs both
+with its default fused path (:mod:`contham.fused`) and with ``fused=False`` (one autograd node per
+operation). All start from the same weights, and their outputs are checked equal (float32
+rounding) before timing. Interleaved, median of --repeats.
 
     python benchmarks/dense.py [--layers 64] [--batch 125]
 """
@@ -86,6 +87,7 @@ def main() -> None:
         "two-layer (SE)": HamiltonianBlock(TwoLayerField(NF, "tanh", **layout)),
         "separable (SE)": HamiltonianBlock(SeparableField(NF, "tanh", **layout)),
     }
+    unfused = {name: HamiltonianBlock(block.field, block.solver, fused=False) for name, block in blocks.items()}
     loops = {
         "H1 (J1, Euler)": LoopH1(blocks["H1 (J1, Euler)"]),
         "two-layer (SE)": LoopSplit(blocks["two-layer (SE)"], ("K1", "b1", "K2", "b2"), "y"),
@@ -93,14 +95,21 @@ def main() -> None:
     }
     x = torch.randn(args.batch, NF)
     print(f"torch {torch.__version__}, nf {NF}, {args.layers} layers, batch {args.batch}, median of {args.repeats}")
-    print("| network | loop (ms) | contham (ms) | loop / contham |")
-    print("|---|---|---|---|")
+    print("| network | loop (ms) | contham fused=False (ms) | contham (ms) | loop / fused=False | loop / contham |")
+    print("|---|---|---|---|---|---|")
     for name, block in blocks.items():
-        torch.testing.assert_close(block(x), loops[name](x), rtol=1e-5, atol=1e-6)
+        for candidate in (block, unfused[name]):
+            torch.testing.assert_close(candidate(x), loops[name](x), rtol=1e-4, atol=1e-5)
         t = interleaved_medians(
-            {"loop": training_step(loops[name], x), "contham": training_step(block, x)}, args.repeats
+            {
+                "loop": training_step(loops[name], x),
+                "unfused": training_step(unfused[name], x),
+                "fused": training_step(block, x),
+            },
+            args.repeats,
         )
-        print(f"| {name} | {1e3 * t['loop']:.2f} | {1e3 * t['contham']:.2f} | {t['loop'] / t['contham']:.2f}x |")
+        ms = " | ".join(f"{1e3 * t[k]:.2f}" for k in ("loop", "unfused", "fused"))
+        print(f"| {name} | {ms} | {t['loop'] / t['unfused']:.2f}x | {t['loop'] / t['fused']:.2f}x |")
 
 
 if __name__ == "__main__":

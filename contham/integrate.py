@@ -94,6 +94,8 @@ def integrate(
     check = getattr(field, "check_input", None)
     if check is not None:
         check(y0)
+    if isinstance(y0, Tensor) and not bool(torch.isfinite(y0).all()):
+        raise ValueError("y0 must be finite; it contains NaN or inf")
     solver.check_field(field)
     nodes = getattr(field, "nodes", None)
     breaks = [s for s in (nodes.breaks if nodes is not None else ()) if times[0] < s < times[-1]]
@@ -219,6 +221,11 @@ class _Counted(nn.Module):
             s.nfe_forward += 1
         return self.field(t, y)
 
+
+class _CountedSteps(_Counted):
+    """:class:`_Counted` with torchdiffeq's step callbacks (adaptive methods only: fixed-grid ones
+    warn that they do not support them)."""
+
     def callback_accept_step(self, t0: Tensor, y0: Tensor, dt: Tensor) -> None:
         self.stats.steps_accepted += 1
 
@@ -251,7 +258,7 @@ def _integrate_torchdiffeq(
     if breaks and solver.adaptive:
         # jump_t: the weights are discontinuous there (evaluated from each side); step_t: a kink
         options["jump_t" if jumps else "step_t"] = torch.tensor(breaks, dtype=torch.float64, device=y0.device)
-    func = _Counted(field, stats, max_nfe)
+    func = (_CountedSteps if solver.adaptive else _Counted)(field, stats, max_nfe)
     kwargs = dict(rtol=solver.rtol, atol=solver.atol, method=solver.method, options=options)
     try:
         if adjoint:

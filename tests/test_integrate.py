@@ -171,7 +171,7 @@ def test_bad_input_errors():
         (lambda: integrate(f, torch.randn(2, 4, 3, 3), [0, 1], "rk4"), "y must have shape"),
         (lambda: integrate(f, y.double(), [0, 1], "rk4"), "y must have the field's dtype"),
         (lambda: integrate(f, y.long(), [0, 1], "rk4"), "y must be a floating tensor"),
-        (lambda: integrate(f, y * math.nan, [0, 1], "rk4"), "y must be finite"),
+        (lambda: integrate(f, y * math.nan, [0, 1], "rk4"), "y0 must be finite"),
         (lambda: integrate(f, y, [0, 1], "rk4", step_size=-0.1), "step_size must be"),
         (lambda: integrate(f, y, [0, 1], "rk4", adjoint=True), "adjoint=True needs a torchdiffeq method"),
         (lambda: integrate(f, y, [0, 1], "rk4", rtol=1e-3), "rtol/atol apply to adaptive"),

@@ -81,4 +81,6 @@ def test_odenet_benchmark(tmp_path):
 
 def test_dense_benchmark_checks_equal_outputs(tmp_path):
     out = run_script("benchmarks/dense.py", "--layers", 8, "--batch", 5, "--repeats", 1)
-    assert out.count("x |") == 3 and "| separable (SE) |" in out
+    assert out.count("x |") == 6 and all(
+        f"| {name} |" in out for name in ("H1 (J1, Euler)", "two-layer (SE)", "separable (SE)")
+    )

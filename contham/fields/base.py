@@ -115,7 +115,8 @@ class NodeField(nn.Module, ABC):
         """``f`` with the given weights."""
 
     def check_input(self, y: Tensor) -> None:
-        """Raise ``ValueError`` if ``y`` is not a finite state of this field's shape and dtype."""
+        """Raise ``ValueError`` if ``y`` is not a state of this field's shape, dtype and device.
+        (Values are not inspected: that would cost a host sync per call on a GPU.)"""
         check_state(y, self.features, 4 if self.conv else 2, self.node_names and getattr(self, self.node_names[0]))
 
     def extra_repr(self) -> str:
@@ -126,7 +127,7 @@ class NodeField(nn.Module, ABC):
 
 def check_state(y: Tensor, features: int, ndim: int, like: Tensor | None = None) -> None:
     """Shared input check: ``y`` of shape ``(batch, features)`` (ndim 2) or
-    ``(batch, features, H, W)`` (ndim 4), floating, matching ``like``'s dtype and device, finite."""
+    ``(batch, features, H, W)`` (ndim 4), floating, matching ``like``'s dtype and device."""
     if not isinstance(y, Tensor):
         raise ValueError(f"y must be a torch.Tensor; got {type(y).__name__}")
     layout = "(batch, features)" if ndim == 2 else "(batch, channels, H, W)"
@@ -138,8 +139,6 @@ def check_state(y: Tensor, features: int, ndim: int, like: Tensor | None = None)
         raise ValueError(
             f"y must have the field's dtype and device ({like.dtype}, {like.device}); got ({y.dtype}, {y.device})"
         )
-    if not bool(torch.isfinite(y).all()):
-        raise ValueError("y must be finite; it contains NaN or inf")
 
 
 class SplitField(NodeField):

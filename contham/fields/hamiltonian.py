@@ -16,12 +16,25 @@ The field is the gradient flow ``y' = J dH/dy`` of the energy
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 from torch import Tensor
 
 from .activations import resolve_activation
 from .base import NodeField, Params, linear_op, linear_op_t
 from .skew import SkewMatrix
+
+
+class SigmaTerm(NamedTuple):
+    """A term ``sign * J K^T sigma(K v + b)`` of a field, by the indices of its K and b in
+    ``node_names`` (J None: the identity). Fields made only of such terms list them in
+    ``_sigma_terms()`` (keyed by the half they drive: "y", "z", or "x" for the whole state), which
+    lets :mod:`contham.fused` run their dense blocks with hand-written gradients."""
+
+    K: int
+    b: int
+    sign: float
+    J: Tensor | None
 
 
 class EnergyMixin:
@@ -88,6 +101,9 @@ class HamiltonianField(EnergyMixin, NodeField):
     def _energy(self, params: Params, y: Tensor) -> Tensor:
         K, b = params
         return self._sum(linear_op(K, y, b))
+
+    def _sigma_terms(self) -> dict[str, SigmaTerm]:
+        return {"x": SigmaTerm(0, 1, 1.0, self.J.J)}
 
     def extra_repr(self) -> str:
         return f"J={self.J.kind}, sigma={self.sigma_name}, width={self.width}, " + super().extra_repr()

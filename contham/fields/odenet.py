@@ -60,5 +60,6 @@ class ODENetField(nn.Module):
         return self.norm3(out)
 
     def check_input(self, y: Tensor) -> None:
-        """Raise ``ValueError`` unless ``y`` is a finite ``(batch, channels, H, W)`` state."""
+        """Raise ``ValueError`` unless ``y`` is a ``(batch, channels, H, W)`` state of the field's dtype
+        and device."""
         check_state(y, self.features, 4, self.conv1.conv.weight)

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from .activations import resolve_activation
 from .base import NodeField, Params, SplitField, linear_op, linear_op_t
-from .hamiltonian import EnergyMixin
+from .hamiltonian import EnergyMixin, SigmaTerm
 from .skew import SkewMatrix
 
 
@@ -67,6 +67,9 @@ class _SplitHamiltonian(EnergyMixin, SplitField):
         Kz, bz = (params[i] for i in self._on_z)
         Ky, by = (params[i] for i in self._on_y)
         return self._sum(linear_op(Kz, z, bz)) + self._sum(linear_op(Ky, y, by))
+
+    def _sigma_terms(self) -> dict[str, SigmaTerm]:
+        return {"y": SigmaTerm(*self._on_z, 1.0, None), "z": SigmaTerm(*self._on_y, -1.0, None)}
 
     def extra_repr(self) -> str:
         return f"sigma={self.sigma_name}, width={self.width}, " + super().extra_repr()
