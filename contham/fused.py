@@ -12,10 +12,11 @@ forward (``addmm``, sigma in place, ``addmm``) and three backward: with ``w = si
 * ``dL/dv += dL/dz K``;
 
 and the weight gradients of all steps come at the end from a few batched products
-(``dL/dK = dL/dz^T v + (c h sign * w^T dL/du) J``, ``dL/db = sum dL/dz``). Only the sources v and
-the activations w are kept. The gradients are those of the same forward map (tests compare them
-with autograd in float64); they cannot be differentiated again (no double backward, no
-``torch.func`` transforms): use ``HamiltonianBlock(..., fused=False)`` for those.
+(``dL/dK = dL/dz^T v + (c h sign * w^T dL/du) J``, ``dL/db = sum dL/dz``). Kept for the backward
+pass: the state after every kick and every w, as step-by-step autograd keeps. The gradients are
+those of the same forward map (tests compare them with autograd in float64); they cannot be
+differentiated again (no double backward, no ``torch.func`` transforms): use
+``HamiltonianBlock(..., fused=False)`` for those.
 """
 
 from __future__ import annotations
@@ -56,16 +57,16 @@ class FusedPlan:
 
     def __init__(self, field: NodeField, step: list[Kick]):
         self.field, self.sigma, n = field, field.sigma_name, field.nodes.n
-        halves = {u for u, _, _ in step}
-        self.per_step = {u: sum(k[0] == u for k in step) for u in halves}
-        self.rows = {h: 1 + n * sum(k[0] == h for k in step) for h in halves}  # states of h
-        self.adjoint_rows = {h: 1 + n * sum(k[1] == h for k in step) for h in halves}  # dL/dh
+        parts = sorted({u for u, _, _ in step})
+        self.per_step = {u: sum(k[0] == u for k in step) for u in parts}
+        self.rows = {h: 1 + n * sum(k[0] == h for k in step) for h in parts}  # states of h
+        self.adjoint_rows = {h: 1 + n * sum(k[1] == h for k in step) for h in parts}  # dL/dh
         self.coef = {}  # (u, slot) -> c h sign
-        row = dict.fromkeys(halves, 0)
+        row = dict.fromkeys(parts, 0)
         self.kicks: list[tuple[str, str, float, int, int, int, int]] = []
-        self.reads: dict[str, list[int]] = {u: [] for u in halves}
+        self.reads: dict[str, list[int]] = {u: [] for u in parts}
         for j in range(n):
-            slot = dict.fromkeys(halves, 0)
+            slot = dict.fromkeys(parts, 0)
             for u, v, coef in step:
                 self.coef[u, slot[u]] = coef
                 self.reads[u].append(row[v])
@@ -141,7 +142,7 @@ class _FusedSteps(torch.autograd.Function):
         terms = plan.field._sigma_terms()
         y, hist, W = _run(plan, terms, x, params)
         ctx.plan, ctx.stats, ctx.terms = plan, stats, terms
-        ctx.save_for_backward(*params, *hist.values(), *W.values())
+        ctx.save_for_backward(*params, *(hist[h] for h in terms), *(W[u] for u in terms))
         return y
 
     @staticmethod

@@ -167,15 +167,14 @@ def run_fixed_steps(
 ) -> list[Tensor]:
     """Run a :func:`fixed_step_plan`; return the states at ``outputs`` and fill ``stats``.
 
-    Per-node weights are split off once (``unbind``), so backprop gathers their gradients in one
-    stack instead of one full-size scatter per step."""
+    Steps pinned to a node take that node's weights from ``field.step_weights()``, computed once
+    for the whole run."""
     out = []
     pending = iter(outputs)
     nxt = next(pending, None)
     frozen = {}
     if any(node is not None for _, _, node in plan):
-        per_node = zip(*(getattr(field, name).unbind(0) for name in field.node_names))
-        frozen = {j: FrozenField(field, params) for j, params in enumerate(per_node)}
+        frozen = {j: FrozenField(field, params) for j, params in enumerate(field.step_weights())}
     for i, (s, h, node) in enumerate(plan, 1):
         y = solver.step(field if node is None else frozen[node], s, h, y)
         if i == nxt:

@@ -173,6 +173,14 @@ def evaluate(
     return result
 
 
+def check_stops(stop_at_accuracy: float | None, max_train_seconds: float | None) -> None:
+    """Check :func:`fit`'s early-stop arguments (None: no such stop)."""
+    if stop_at_accuracy is not None and not 0 < check_positive("stop_at_accuracy", stop_at_accuracy) <= 1:
+        raise ValueError(f"stop_at_accuracy must be a number in (0, 1]; got {stop_at_accuracy!r}")
+    if max_train_seconds is not None:
+        check_positive("max_train_seconds", max_train_seconds)
+
+
 def fit(
     model: nn.Module,
     train_set: Dataset,
@@ -189,6 +197,8 @@ def fit(
     progress: bool = True,
     config: dict[str, Any] | None = None,
     gradient_norms: bool = False,
+    stop_at_accuracy: float | None = None,
+    max_train_seconds: float | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` by the report's algorithm 1 into ``run_dir``; return the final metrics.
 
@@ -204,8 +214,13 @@ def fit(
         config: saved as ``config.json`` and compared on resumption.
         gradient_norms: record, per epoch, the mean gradient norm of every block's output state
             and of every parameter (:class:`~contham.analysis.GradientNorms`) in the history.
+        stop_at_accuracy: finish after the first epoch whose test accuracy reaches this
+            (time-to-accuracy studies); max_train_seconds: finish after the epoch in which the
+            training time (evaluation excluded) reaches this. ``metrics["stop_reason"]`` says
+            which ended the run: "epochs", "accuracy" or "time".
     """
     learning.validate()
+    check_stops(stop_at_accuracy, max_train_seconds)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     epochs = epochs_for(learning, len(train_set)) if epochs is None else check_int("epochs", epochs)
@@ -272,8 +287,14 @@ def fit(
             os.replace(checkpoint_path.with_name("checkpoint.pt.tmp"), checkpoint_path)
             write_json(run_dir / "history.json", history)
             write_json(metrics_path, {**metrics, "epochs_done": epoch})
+            if stop_at_accuracy is not None and test["accuracy"] >= stop_at_accuracy:
+                metrics.update(status="finished", stop_reason="accuracy")
+                break
+            if max_train_seconds is not None and sum(h["seconds"] for h in history) >= max_train_seconds:
+                metrics.update(status="finished", stop_reason="time")
+                break
         else:
-            metrics["status"] = "finished"
+            metrics.update(status="finished", stop_reason="epochs")
     except KeyboardInterrupt:
         write_json(metrics_path, {**metrics, "status": "interrupted", "epochs_done": len(history)})
         raise
@@ -368,6 +389,7 @@ def _summary(history: list[dict[str, Any]]) -> dict[str, Any]:
     }
     summary["best_test_accuracy"] = max(h["test_accuracy"] for h in history)
     summary["seconds_per_epoch"] = sum(h["seconds"] for h in history) / len(history)
+    summary["train_seconds"] = sum(h["seconds"] for h in history)
     summary["peak_memory_mb"] = max(h["peak_memory_mb"] for h in history)
     for key in ("nfe_forward", "nfe_backward"):
         if key in last:
@@ -411,6 +433,7 @@ class RunConfig(_Parameters):
         learning: the protocol; None: the report preset's, or :data:`THESIS_LEARNING`.
         seed, device ("auto", "cpu", "cuda[:i]"), deterministic.
         gradient_norms: record per-epoch gradient norms of block states and parameters.
+        stop_at_accuracy, max_train_seconds: end the run early (see :func:`fit`).
     """
 
     _nested = {"learning": LearningParameters}
@@ -430,6 +453,8 @@ class RunConfig(_Parameters):
     device: str = "auto"
     deterministic: bool = False
     gradient_norms: bool = False
+    stop_at_accuracy: float | None = None
+    max_train_seconds: float | None = None
 
     def __post_init__(self) -> None:
         if self.learning is None:
@@ -462,6 +487,7 @@ class RunConfig(_Parameters):
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:index]'; got {self.device!r}")
         check_bool("deterministic", self.deterministic)
         check_bool("gradient_norms", self.gradient_norms)
+        check_stops(self.stop_at_accuracy, self.max_train_seconds)
 
     def set(self, key: str, value: Any) -> None:
         """Set ``key`` (a field, ``learning.<field>``, or a model override) and check again."""
@@ -514,4 +540,6 @@ def run(config: RunConfig, run_dir: str | Path, *, progress: bool = True) -> dic
         progress=progress,
         config=config.to_dict(),
         gradient_norms=config.gradient_norms,
+        stop_at_accuracy=config.stop_at_accuracy,
+        max_train_seconds=config.max_train_seconds,
     )

@@ -46,12 +46,13 @@ def randomise(field):
 @pytest.mark.parametrize("J", ["J1", "J2"])
 @pytest.mark.parametrize("ks", [None, 3])
 @pytest.mark.parametrize("sigma", ["tanh", "relu"])
-def test_j1_j2_block_is_report_eq_2_21(J, ks, sigma):
+@pytest.mark.parametrize("fused", [True, False])
+def test_j1_j2_block_is_report_eq_2_21(J, ks, sigma, fused):
     f = randomise(HamiltonianField(4, J, sigma, kernel_size=ks, n_nodes=N, dt=H).double())
     Jm = (j1_matrix(4) if J == "J1" else j2_matrix(4)).double()
     act = torch.tanh if sigma == "tanh" else torch.relu
     y = state(ks)
-    out = HamiltonianBlock(f)(y)
+    out = HamiltonianBlock(f, fused=fused)(y)
     for j in range(N):  # y_{j+1} = y_j + h J K_j^T sigma(K_j y_j + b_j)
         g = lin_t(f.K[j], act(lin(f.K[j], y, f.b[j])))
         y = y + H * torch.einsum("ij,bj...->bi...", Jm, g)
@@ -167,6 +168,16 @@ def test_gradcheck_blocks():
     assert torch.autograd.gradcheck(
         lambda y, *ps: torch.func.functional_call(ode, dict(zip(names, ps)), (y,)), (y, *params)
     )
+
+
+@pytest.mark.parametrize("ks", [None, 3])
+def test_j_is_folded_into_k_once_per_forward_not_per_step(ks, monkeypatch):
+    field = HamiltonianField(4, "J2", kernel_size=ks, n_nodes=6, dt=0.1)
+    calls = []
+    real = type(field.J).forward
+    monkeypatch.setattr(type(field.J), "forward", lambda self, x: calls.append(tuple(x.shape)) or real(self, x))
+    HamiltonianBlock(field, fused=False)(state(ks).float())
+    assert calls == [(6 * 4, 4, 3, 3) if ks else (6 * 4, 4)]  # one call on all six K's, none per step
 
 
 def test_block_bad_input():

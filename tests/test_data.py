@@ -1,9 +1,6 @@
 """Datasets: transforms of the report and the thesis, the torchvision loaders on files in
 torchvision's format, balanced seeded subsets, the 2-D point sets."""
 
-import struct
-
-import numpy as np
 import pytest
 import torch
 from torch.utils.data import TensorDataset
@@ -42,22 +39,9 @@ def test_thesis_transform_upscales_and_crops_to_28():
     assert [type(s) for s in steps[2:4]] == [v2.Resize, v2.RandomCrop]
 
 
-def write_idx(path, array):
-    dims = array.shape
-    header = struct.pack(">I", (0x08 << 8) | len(dims)) + struct.pack(f">{len(dims)}I", *dims)
-    with open(path, "wb") as f:
-        f.write(header + array.astype(np.uint8).tobytes())
-
-
-def test_mnist_loader_reads_torchvision_files(tmp_path):
-    raw = tmp_path / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 30), ("t10k", 20)):
-        write_idx(raw / f"{split}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
-        write_idx(raw / f"{split}-labels-idx1-ubyte", np.arange(n) % 10)
-    train = load_dataset("mnist", tmp_path, train=True)
-    test = load_dataset("mnist", tmp_path, train=False, preprocessing="thesis")
+def test_mnist_loader_reads_torchvision_files(tiny_mnist):
+    train = load_dataset("mnist", tiny_mnist, train=True)
+    test = load_dataset("mnist", tiny_mnist, train=False, preprocessing="thesis")
     assert len(train) == 30 and len(test) == 20 and train[0][0].shape == (1, 28, 28) and test[5][1] == 5
     assert labels_of(balanced_subset(train, 0.5, seed=1)).bincount().tolist() == [2] * 10
 

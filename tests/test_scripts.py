@@ -84,3 +84,12 @@ def test_dense_benchmark_checks_equal_outputs(tmp_path):
     assert out.count("x |") == 6 and all(
         f"| {name} |" in out for name in ("H1 (J1, Euler)", "two-layer (SE)", "separable (SE)")
     )
+
+
+def test_time_to_accuracy_benchmark_runs_and_resumes(tiny_mnist, tmp_path):
+    args = ["--root", tiny_mnist, "--periods", 1, "--batches-per-period", 1, "--out", tmp_path / "runs"]
+    only = ["--only", "ODENet, rk4, 1 step"]
+    out = run_script("benchmarks/mnist_time_to_accuracy.py", *args, *only)
+    assert "| ResNet-4 | 428,810 |" in out and "| ODENet, rk4, 1 step | 208,266 | 4.0 / 4.0 |" in out
+    assert out.count("| yes |") + out.count("| no |") == 1 and "A within limit" in out
+    assert run_script("benchmarks/mnist_time_to_accuracy.py", *args, *only) == out  # finished runs are read back

@@ -80,6 +80,31 @@ def test_divergence_ends_the_run_cleanly(tmp_path):
     assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "diverged"
 
 
+def test_early_stops_at_accuracy_or_training_time(tmp_path):
+    data, test = points("double_moons", 400), points("double_moons", 200, seed=1)
+    torch.manual_seed(0)
+    full = fit(hamiltonian_classifier(), data, test, LEARN, tmp_path / "full", epochs=12, progress=False)
+    accuracies = [h["test_accuracy"] for h in json.loads((tmp_path / "full" / "history.json").read_text())]
+    target = accuracies[5]  # reached first at some epoch <= 6, not at epoch 12 only
+    first = next(i for i, a in enumerate(accuracies, 1) if a >= target)
+    torch.manual_seed(0)
+    stopped = fit(hamiltonian_classifier(), data, test, LEARN, tmp_path / "acc", epochs=12, progress=False,
+                  stop_at_accuracy=target)  # fmt: skip
+    assert full["stop_reason"] == "epochs" and stopped["stop_reason"] == "accuracy"
+    assert stopped["epochs_done"] == first and stopped["test_accuracy"] >= target
+    torch.manual_seed(0)
+    timed = fit(hamiltonian_classifier(), data, test, LEARN, tmp_path / "time", epochs=12, progress=False,
+                max_train_seconds=1e-9)  # fmt: skip
+    assert timed["stop_reason"] == "time" and timed["epochs_done"] == 1 and timed["status"] == "finished"
+    assert timed["train_seconds"] == pytest.approx(timed["seconds_per_epoch"])
+    for bad, message in ((dict(stop_at_accuracy=1.5), "stop_at_accuracy must be a number in \\(0, 1\\]; got 1.5"),
+                         (dict(max_train_seconds=0), "max_train_seconds must be a finite number > 0")):  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            fit(hamiltonian_classifier(), data, test, LEARN, tmp_path / "bad", epochs=1, progress=False, **bad)
+        with pytest.raises(ValueError, match=message):
+            RunConfig(**bad)
+
+
 def test_run_writes_results_and_does_not_rerun(tmp_path, monkeypatch):
     config = RunConfig(model="thesis_odenet", epochs=1, max_batches=2, model_options={"adjoint": True})
     config.set("learning.batch_size", 16)

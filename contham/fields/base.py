@@ -91,6 +91,13 @@ class NodeField(nn.Module, ABC):
         """The weights of node ``j``, in the order of ``node_names``."""
         return tuple(getattr(self, name)[j] for name in self.node_names)
 
+    def step_weights(self) -> list[Params]:
+        """The weights of every node as :meth:`_f` takes them, for a run of fixed steps: computed
+        once per run for all nodes, and split per node once (``unbind``: backprop then gathers each
+        weight's gradient in one stack instead of one full-size scatter per step). Fields add
+        derived weights here (H1: ``J`` folded into ``K``) so no step rebuilds them."""
+        return list(zip(*(getattr(self, name).unbind(0) for name in self.node_names)))
+
     def params_at(self, t: float | Tensor) -> Params:
         """The weights at time ``t`` according to the node layout."""
         if self.nodes.mode == "constant":

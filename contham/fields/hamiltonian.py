@@ -93,13 +93,17 @@ class HamiltonianField(EnergyMixin, NodeField):
         self.b = self._bias(self.width)
 
     def _f(self, params: Params, y: Tensor) -> Tensor:
-        K, b = params
-        # J K^T v = (K J^T)^T v, and K J^T is J applied along K's input axis: J acts on the
-        # small weight instead of on the whole activation.
-        return linear_op_t(self.J(K), self.sigma(linear_op(K, y, b)))
+        # J K^T v = (K J^T)^T v, and K J^T is J applied along K's input axis (dim 1): J acts on
+        # the small weight instead of on the whole activation. step_weights() passes K J^T along.
+        K, b, *KJ = params
+        return linear_op_t(KJ[0] if KJ else self.J(K), self.sigma(linear_op(K, y, b)))
+
+    def step_weights(self) -> list[Params]:
+        KJ = self.J(self.K.flatten(0, 1)).view_as(self.K)  # every node's K J^T at once
+        return list(zip(self.K.unbind(0), self.b.unbind(0), KJ.unbind(0)))
 
     def _energy(self, params: Params, y: Tensor) -> Tensor:
-        K, b = params
+        K, b, *_ = params
         return self._sum(linear_op(K, y, b))
 
     def _sigma_terms(self) -> dict[str, SigmaTerm]:
