@@ -36,7 +36,7 @@ class HamiltonianBlock(nn.Module):
             (split solvers only: store nothing and rebuild the states backwards during backprop,
             exact gradients with activation memory independent of depth; see
             :mod:`contham.reversible`).
-        fused: where supported (dense H1/J2 fields with Euler, dense two-layer and separable
+        fused: where supported (dense H1 fields with any J and Euler, dense two-layer and separable
             fields with a split solver, a named sigma), run all steps as one autograd node with
             hand-written gradients (:mod:`contham.fused`; several times faster on small dense
             states). Its gradients cannot be differentiated again: set ``fused=False`` for double
