@@ -19,7 +19,8 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from contham.training import RunConfig, read_json, run
+from contham.experiments import RunConfig, run
+from contham.experiments.files import read_json
 
 
 def _per_batch(run_dir: Path) -> float:

@@ -9,7 +9,7 @@ A convolutional two-layer Hamiltonian block (16 channels, 16x16 maps, batch 16, 
   cannot stop at weight jumps), torchdiffeq's fixed-grid Euler at step h, ``adjoint=True``.
 
 Memory is what autograd keeps for the backward pass, counted with
-``contham.training.SavedTensors`` (saved-tensor hooks). On CUDA the script also reports the peak allocated
+``contham.experiments.SavedTensors`` (saved-tensor hooks). On CUDA the script also reports the peak allocated
 memory of the step. Time is the median of 3 interleaved repetitions. The script prints a table
 with ratios to depth 16.
 
@@ -24,8 +24,8 @@ import torch
 from _timing import interleaved_medians
 
 from contham import HamiltonianBlock, ODEBlock, TwoLayerField
+from contham.experiments import SavedTensors
 from contham.solvers import TorchDiffEq
-from contham.training import SavedTensors
 
 H = 0.01
 

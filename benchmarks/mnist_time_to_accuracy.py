@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from contham.experiments import safe_name
-from contham.training import RunConfig, run
+from contham.experiments import RunConfig, run
+from contham.experiments.drivers import safe_name
 
 CANDIDATES = {
     "ODENet, dopri5 tol 1e-3 (thesis)": ("thesis_odenet", {}),

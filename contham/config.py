@@ -65,13 +65,13 @@ REPORT_NAMES = {
 }
 """The report's parameter names that differ from contham's."""
 
-P = TypeVar("P", bound="_Parameters")
+P = TypeVar("P", bound="Parameters")
 
 
-class _Parameters:
-    """Checking on construction, dict conversion and YAML/JSON files for the dataclasses below."""
+class Parameters:
+    """Base of the parameter dataclasses: checking on construction, dict conversion, YAML/JSON files."""
 
-    _nested: ClassVar[dict[str, type[_Parameters]]] = {}
+    _nested: ClassVar[dict[str, type[Parameters]]] = {}
 
     def __post_init__(self) -> None:
         for name, cls in self._nested.items():
@@ -115,8 +115,20 @@ class _Parameters:
     def load(cls: type[P], path: str | Path) -> P:
         """Read a file written by :meth:`save` (or by hand, with the report's names)."""
         path = Path(path)
-        text = path.read_text()
-        return cls.from_dict(json.loads(text) if _format(path) == "json" else yaml.load(text, _Loader))
+        kind = _format(path)
+        try:
+            text = path.read_text()
+            data = json.loads(text) if kind == "json" else yaml.load(text, _Loader)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError) as error:
+            detail = " ".join(str(error).split())
+            raise ValueError(f"cannot read {cls.__name__} file {str(path)!r}: {detail}") from None
+        if not isinstance(data, dict):
+            kind = type(data).__name__
+            raise ValueError(f"{cls.__name__} file {str(path)!r} must hold a mapping of keys; got {kind}")
+        try:
+            return cls.from_dict(data)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{str(path)!r}: {error}") from None
 
 
 class _Loader(yaml.SafeLoader):
@@ -154,7 +166,7 @@ def _int_list(name: str, value: Any, minimum: int) -> list[int]:
 
 
 @dataclasses.dataclass
-class HamiltonianParameters(_Parameters):
+class HamiltonianParameters(Parameters):
     """The Hamiltonian layer of a unit (report table 3.3): ``n_blocks`` steps of size ``h``.
 
     Attributes:
@@ -208,7 +220,7 @@ class HamiltonianParameters(_Parameters):
 
 
 @dataclasses.dataclass
-class NetworkParameters(_Parameters):
+class NetworkParameters(Parameters):
     """The image classifier of the report's figure 3.1 (table 3.2).
 
     conv(ks_conv, strd_conv, pd_conv) -> [batch norm] -> [dropout[0]] -> nb_units x (Hamiltonian
@@ -233,7 +245,7 @@ class NetworkParameters(_Parameters):
         dropout: None, or the probabilities ``[after the first conv, before the classifier]``.
     """
 
-    _nested: ClassVar[dict[str, type[_Parameters]]] = {"ham_params": HamiltonianParameters}
+    _nested: ClassVar[dict[str, type[Parameters]]] = {"ham_params": HamiltonianParameters}
 
     ham_params: HamiltonianParameters = dataclasses.field(default_factory=HamiltonianParameters)
     nb_units: int = 3
@@ -285,7 +297,7 @@ class NetworkParameters(_Parameters):
 
 
 @dataclasses.dataclass
-class LearningParameters(_Parameters):
+class LearningParameters(Parameters):
     """The training protocol of the report's algorithm 1 (table 3.1). Defaults: table 4.1.
 
     Attributes:
@@ -337,10 +349,10 @@ class LearningParameters(_Parameters):
 
 
 @dataclasses.dataclass
-class Preset(_Parameters):
+class Preset(Parameters):
     """A network and the protocol it was trained with (one of the report's tables 4.1-4.5)."""
 
-    _nested: ClassVar[dict[str, type[_Parameters]]] = {
+    _nested: ClassVar[dict[str, type[Parameters]]] = {
         "network": NetworkParameters,
         "learning": LearningParameters,
     }

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-import contham.experiments as experiments
-from contham.cli import main
+import contham.experiments.drivers as experiments
+from contham.experiments.cli import main
 
 FAST = ["epochs=1", "max_batches=2", "test_fraction=0.1", "learning.batch_size=16", "--quiet"]
 
@@ -59,10 +59,10 @@ def test_compare(tmp_path, capsys):
 def test_grid_is_resumable_and_survives_a_failing_point(tmp_path, monkeypatch, capsys):
     real_run = experiments.run
 
-    def failing_run(config, run_dir, progress=True):
+    def failing_run(config, run_dir, **kwargs):
         if config.learning.lr == 0.02:
             raise RuntimeError("boom")
-        return real_run(config, run_dir, progress=progress)
+        return real_run(config, run_dir, **kwargs)
 
     monkeypatch.setattr(experiments, "run", failing_run)
     args = ["grid", "thesis_resnet2", "--param", "learning.lr=0.01,0.02,0.05", *FAST, "--out", str(tmp_path)]
@@ -74,9 +74,9 @@ def test_grid_is_resumable_and_survives_a_failing_point(tmp_path, monkeypatch, c
     assert (tmp_path / "grid.png").exists()
     calls = []
     monkeypatch.setattr(
-        experiments, "run", lambda c, d, progress=True: calls.append(d) or real_run(c, d, progress=progress)
+        experiments, "run", lambda c, d, **kwargs: calls.append(d) or real_run(c, d, **kwargs)
     )
-    monkeypatch.setattr("contham.training._train_epoch", lambda *a, **k: pytest.fail("finished point rerun"))
+    monkeypatch.setattr("contham.experiments.trainer._train_epoch", lambda *a, **k: pytest.fail("finished point rerun"))
     with pytest.raises(pytest.fail.Exception):  # the failed point is retried, the finished ones are not
         main(args)
     assert [d.parent.name for d in calls] == ["learning.lr=0.01", "learning.lr=0.02"]

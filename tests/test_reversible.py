@@ -5,8 +5,8 @@ import torch
 
 from contham import HamiltonianBlock, HamiltonianField, SeparableField, SymmetricField, TwoLayerField
 from contham.config import HamiltonianParameters
+from contham.experiments import SavedTensors
 from contham.models import build
-from contham.training import SavedTensors
 
 D = torch.float64
 FIELDS = [TwoLayerField, SeparableField, SymmetricField]

@@ -7,11 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-import contham.training as training
+import contham.experiments.trainer as training
 from contham import HamiltonianBlock, HamiltonianField
 from contham.config import LearningParameters
 from contham.data import points
-from contham.training import RunConfig, fit, run
+from contham.experiments import RunConfig, fit, run
 
 
 def hamiltonian_classifier():

@@ -1,6 +1,12 @@
 """Experiments made of runs: :func:`compare` (several networks, several seeds) and :func:`grid`
-(1-D or 2-D parameter grids). Both are resumable: each run has its own folder and a finished run
-is not rerun. A run that fails is recorded as ``failed`` with its error, and the others go on.
+(1-D or 2-D parameter grids).
+
+Both are resumable: each run has its own folder and a finished run is not rerun. A run that fails
+is recorded as ``failed`` with its error, and the others go on; a run whose folder another process
+is training is reported as ``busy`` and left alone. The runs are carried out by an executor:
+:class:`Sequential` (one after another in this process, the default) or
+:class:`~contham.experiments.ray_runner.RayRunner` (Ray tasks on this machine or a cluster). Both
+write the same folders, files and tables.
 """
 
 from __future__ import annotations
@@ -10,14 +16,16 @@ import csv
 import dataclasses
 import itertools
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
+from .files import RunBusy, RunFolderError, prepare_folder, read_json, write_json
 from .plots import plot_curves, plot_grid
-from .training import RunConfig, read_json, run, write_json
+from .runconfig import RunConfig
+from .trainer import run
 
 COLUMNS = (
     "model",
@@ -59,28 +67,92 @@ def safe_name(text: str) -> str:
     return "".join(c if c.isalnum() or c in "._=,-" else "_" for c in text)
 
 
-def _run_safely(config: RunConfig, run_dir: Path, progress: bool) -> dict[str, Any]:
+@dataclasses.dataclass
+class Job:
+    """One run of an experiment: its label (for messages), config and folder."""
+
+    label: str
+    config: RunConfig
+    run_dir: Path
+
+
+OnResult = Callable[[Job, dict[str, Any]], None]
+
+
+class Executor(Protocol):
+    """Carries out the runs of an experiment; calls ``on_result`` as each one ends and returns
+    the results in the order of ``jobs``."""
+
+    def execute(self, jobs: Sequence[Job], on_result: OnResult) -> list[dict[str, Any]]: ...
+
+
+def run_job(
+    job: Job,
+    *,
+    progress: bool = False,
+    wait: bool = False,
+    restart: bool = False,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """:func:`~contham.experiments.run` one job, never raising for the job's own failure: an
+    error inside the run is returned (and written to its ``metrics.json``) as ``failed``, a folder
+    held by another process as ``busy``. Bad input that would fail every run (``ValueError``
+    other than a broken run folder) and Ctrl-C are raised."""
     try:
-        return run(config, run_dir, progress=progress)
-    except (KeyboardInterrupt, ValueError):
+        return run(job.config, job.run_dir, progress=progress, wait=wait, restart=restart, on_epoch=on_epoch)
+    except RunBusy as error:
+        return {"status": "busy", "error": str(error)}
+    except KeyboardInterrupt:
         raise
+    except ValueError as error:
+        if not isinstance(error, RunFolderError):
+            raise
+        return _failed(job, error)
     except Exception as error:  # one failing run must not lose the others
-        result = {"status": "failed", "error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()}
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(run_dir / "metrics.json", result)
-        return result
+        return _failed(job, error)
+
+
+def _failed(job: Job, error: Exception) -> dict[str, Any]:
+    result = {"status": "failed", "error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()}
+    try:
+        write_json(job.run_dir / "metrics.json", result)
+    except RunFolderError:
+        pass  # the folder cannot be written: the result still reaches the table
+    return result
+
+
+@dataclasses.dataclass
+class Sequential:
+    """Runs one after another in this process (progress bars with ``progress``); ``wait`` and
+    ``restart`` as in :func:`~contham.experiments.fit`."""
+
+    progress: bool = True
+    wait: bool = False
+    restart: bool = False
+
+    def execute(self, jobs: Sequence[Job], on_result: OnResult) -> list[dict[str, Any]]:
+        results = []
+        for job in jobs:
+            results.append(run_job(job, progress=self.progress, wait=self.wait, restart=self.restart))
+            on_result(job, results[-1])
+        return results
 
 
 def _run_line(label: str, result: dict[str, Any]) -> str:
     line = f"{label}: {result.get('status')}"
     if result.get("test_accuracy") is not None:
         line += f", test accuracy {100 * result['test_accuracy']:.2f}%, {result['seconds_per_epoch']:.1f} s/epoch"
+    if result.get("stopped_epoch") is not None:
+        line += f", stopped after epoch {result['stopped_epoch']}"
     return line + (f" ({result['error']})" if result.get("error") else "")
 
 
 def _history(run_dir: Path) -> list[dict[str, Any]]:
     path = run_dir / "history.json"
-    return read_json(path) if path.exists() else []
+    try:
+        return read_json(path) if path.exists() else []
+    except RunFolderError:
+        return []
 
 
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
@@ -102,33 +174,45 @@ def _aggregate(label: str, results: list[dict[str, Any]]) -> dict[str, Any]:
     return row
 
 
+def _printer(progress: bool) -> OnResult:
+    def on_result(job: Job, result: dict[str, Any]) -> None:
+        if progress:
+            print(_run_line(job.label, result), flush=True)
+
+    return on_result
+
+
 def compare(
-    models: Sequence[str], base: RunConfig, seeds: Sequence[int], out_dir: str | Path, *, progress: bool = True
+    models: Sequence[str],
+    base: RunConfig,
+    seeds: Sequence[int],
+    out_dir: str | Path,
+    *,
+    progress: bool = True,
+    executor: Executor | None = None,
 ) -> list[dict[str, Any]]:
     """Train every model spec (see :func:`parse_model`) for every seed on ``base``'s data (same
     preprocessing) with ``base``'s protocol (same epochs, batches, optimiser), into
     ``out_dir/<spec>/seed<k>``. Write ``compare.csv``, ``compare.md`` and ``compare.png``
-    (curves with mean +/- std bands); return the table rows."""
+    (curves with mean +/- std bands); return the table rows. ``executor``: default
+    :class:`Sequential`."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    configs = {}
+    jobs = []
     for spec in models:  # check every spec before training anything
         name, overrides = parse_model(spec)
         config = dataclasses.replace(copy.deepcopy(base), model=name, model_options={})
         for key, value in overrides.items():
             config.set(key, value)
-        configs[spec] = config
-    rows, histories = [], {}
-    for spec, config in configs.items():
-        results, histories[spec] = [], []
         for seed in seeds:
-            config.seed = seed
             run_dir = out_dir / safe_name(spec) / f"seed{seed}"
-            results.append(_run_safely(copy.deepcopy(config), run_dir, progress))
-            histories[spec].append(_history(run_dir))
-            if progress:
-                print(_run_line(f"{spec} seed {seed}", results[-1]), flush=True)
-        rows.append(_aggregate(spec, results))
+            jobs.append(Job(f"{spec} seed {seed}", dataclasses.replace(copy.deepcopy(config), seed=seed), run_dir))
+    prepare_folder(out_dir)
+    results = (executor or Sequential(progress)).execute(jobs, _printer(progress))
+    rows, histories = [], {}
+    for i, spec in enumerate(models):
+        mine = range(i * len(seeds), (i + 1) * len(seeds))
+        histories[spec] = [_history(jobs[k].run_dir) for k in mine]
+        rows.append(_aggregate(spec, [results[k] for k in mine]))
     _write_table(rows, out_dir / "compare.csv", out_dir / "compare.md")
     plot_curves(histories, out_dir / "compare.png")
     return rows
@@ -141,33 +225,35 @@ def grid(
     out_dir: str | Path,
     *,
     progress: bool = True,
+    executor: Executor | None = None,
 ) -> list[dict[str, Any]]:
     """Run ``base`` at every point of a 1-D or 2-D grid (``axes``: (key, values) pairs, keys as in
     :meth:`RunConfig.set`) for every seed; write ``grid.csv`` and ``grid.png`` and return one
-    row per run. Points already finished are read back, not rerun."""
+    row per run. Points already finished are read back, not rerun. ``executor``: default
+    :class:`Sequential`."""
     if not 1 <= len(axes) <= 2:
         raise ValueError(f"axes must hold one or two (key, values) pairs; got {len(axes)}")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     keys = [key for key, _ in axes]
-    points = []
+    jobs, points = [], []
     for values in itertools.product(*(values for _, values in axes)):
         config = copy.deepcopy(base)
         for key, value in zip(keys, values):
             config.set(key, value)  # check every point before training anything
-        points.append((values, config))
-    rows = []
-    for values, config in points:
         name = ",".join(f"{k}={v}" for k, v in zip(keys, values))
         for seed in seeds:
-            config.seed = seed
-            result = _run_safely(copy.deepcopy(config), out_dir / safe_name(name) / f"seed{seed}", progress)
-            if progress:
-                print(_run_line(f"{name} seed {seed}", result), flush=True)
-            row = {**dict(zip(keys, values)), "seed": seed, "status": result.get("status")}
-            row.update({k: result.get(k) for k in ("test_accuracy", "best_test_accuracy", "train_accuracy")})
-            row["error"] = result.get("error")
-            rows.append(row)
+            run_config = dataclasses.replace(copy.deepcopy(config), seed=seed)
+            jobs.append(Job(f"{name} seed {seed}", run_config, out_dir / safe_name(name) / f"seed{seed}"))
+            points.append(values)
+    prepare_folder(out_dir)
+    results = (executor or Sequential(progress)).execute(jobs, _printer(progress))
+    rows = []
+    for job, values, result in zip(jobs, points, results):
+        row = {**dict(zip(keys, values)), "seed": job.config.seed, "status": result.get("status")}
+        row.update({k: result.get(k) for k in ("test_accuracy", "best_test_accuracy", "train_accuracy")})
+        row["epochs_done"] = result.get("epochs_done")
+        row["error"] = result.get("error")
+        rows.append(row)
     with open(out_dir / "grid.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()

@@ -58,7 +58,7 @@ def plot_curves(histories: dict[str, list[list[dict[str, Any]]]], path: str | Pa
 
 def plot_grid(rows: list[dict[str, Any]], keys: Sequence[str], path: str | Path) -> Path:
     """Test accuracy of grid ``rows`` (each with the grid keys, ``seed`` and ``test_accuracy``)."""
-    finished = [r for r in rows if r.get("test_accuracy") is not None]
+    finished = [r for r in rows if r.get("test_accuracy") is not None and r.get("status", "finished") == "finished"]
     fig = Figure(figsize=(6, 4.5))
     ax = fig.subplots()
     if len(keys) == 1:

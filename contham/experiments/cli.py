@@ -1,8 +1,14 @@
 """The ``contham`` command: ``train``, ``compare``, ``grid``, ``plot`` and ``list``.
 
-Bad input (unknown network or key, a value of the wrong type, missing data) prints one clear line
-and exits with status 2. Ctrl-C exits with 130 after the last finished epoch is saved; the same
-command resumes from there.
+Bad input (unknown network or key, a value of the wrong type, missing data, a malformed config,
+checkpoint or results file, a results folder that cannot be written) prints one clear line and
+exits with status 2. A run folder that another process is training is skipped with a message and
+exit status 75 (``--wait`` waits for it instead). Ctrl-C exits with 130 after the last finished
+epoch is saved; the same command resumes from there, and ``--restart`` starts afresh.
+
+``compare`` and ``grid`` take ``--ray [ADDRESS]`` to run every (model or point, seed) on Ray
+(:mod:`contham.experiments.ray_runner`); ``torchrun --nproc_per_node=N -m contham train ...``
+trains one run on N processes (:mod:`contham.experiments.distributed`).
 """
 
 from __future__ import annotations
@@ -12,13 +18,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from .data import DATASETS, dataset_info, load_dataset
-from .experiments import compare, format_table, grid, parse_model, parse_value, safe_name
-from .models import HamiltonianNet, available, build, describe
+from ..data import DATASETS, dataset_info, load_dataset
+from ..models import HamiltonianNet, available, build, describe
+from .distributed import ranks_from_env
+from .drivers import Executor, Sequential, compare, format_table, grid, parse_model, parse_value, safe_name
+from .files import RunBusy, load_checkpoint, read_json
 from .plots import plot_confusion, plot_curves, plot_feature_maps, plot_gradient_norms, plot_grid
-from .training import RunConfig, read_json, run
+from .ray_runner import RayRunner
+from .runconfig import RunConfig
+from .trainer import run
 
 DEFAULT_MODELS = ("thesis_resnet2", "thesis_odenet", "thesis_hamiltonian")
 
@@ -61,8 +69,26 @@ def cmd_train(args: argparse.Namespace) -> None:
     pairs = _key_values(args.overrides)
     config = _apply(_base_config(args.target), pairs)
     out = Path(args.out) if args.out else Path("runs") / "train" / _folder_name(args.target, pairs)
-    metrics = run(config, out, progress=not args.quiet)
-    _print_run(out, metrics)
+    metrics = run(config, out, progress=not args.quiet, wait=args.wait, restart=args.restart)
+    if ranks_from_env().main:
+        _print_run(out, metrics)
+
+
+def _executor(args: argparse.Namespace) -> Executor:
+    if args.ray is None:
+        for flag in ("cpus_per_run", "gpus_per_run", "early_stop"):
+            if getattr(args, flag) not in (None, False):
+                raise UsageError(f"--{flag.replace('_', '-')} needs --ray")
+        return Sequential(progress=not args.quiet, wait=args.wait, restart=args.restart)
+    return RayRunner(
+        address=None if args.ray == "local" else args.ray,
+        cpus_per_run=1.0 if args.cpus_per_run is None else args.cpus_per_run,
+        gpus_per_run=0.0 if args.gpus_per_run is None else args.gpus_per_run,
+        early_stop=args.early_stop,
+        grace_epochs=args.grace_epochs,
+        wait=args.wait,
+        restart=args.restart,
+    )
 
 
 def _print_run(out: Path, metrics: dict[str, Any]) -> None:
@@ -96,7 +122,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
     base = _compare_base(args)
     out = Path(args.out)
     print(f"comparing {', '.join(args.models)} on {base.dataset}, {base.epochs} epochs, seeds {args.seeds} -> {out}")
-    rows = compare(args.models, base, args.seeds, out, progress=not args.quiet)
+    rows = compare(args.models, base, args.seeds, out, progress=not args.quiet, executor=_executor(args))
     print(format_table(rows))
     print(f"written: {out / 'compare.csv'}, {out / 'compare.md'}, {out / 'compare.png'}")
 
@@ -114,9 +140,15 @@ def cmd_grid(args: argparse.Namespace) -> None:
         if args.out
         else Path("runs") / "grid" / _folder_name(args.target, [(k, "grid") for k, _ in axes])
     )
-    rows = grid(base, axes, args.seeds, out, progress=not args.quiet)
-    failed = [r for r in rows if r["status"] not in ("finished",)]
-    print(f"{len(rows) - len(failed)} of {len(rows)} runs finished; written: {out / 'grid.csv'}, {out / 'grid.png'}")
+    rows = grid(base, axes, args.seeds, out, progress=not args.quiet, executor=_executor(args))
+    failed = [r for r in rows if r["status"] not in ("finished", "stopped_early")]
+    stopped = sum(r["status"] == "stopped_early" for r in rows)
+    done = len(rows) - len(failed) - stopped
+    print(
+        f"{done} of {len(rows)} runs finished"
+        + (f", {stopped} stopped early" if stopped else "")
+        + f"; written: {out / 'grid.csv'}, {out / 'grid.png'}"
+    )
     for r in failed:
         print(
             f"  {r['status']}: " + ", ".join(f"{k}={r[k]}" for k, _ in axes) + f" seed {r['seed']} {r['error'] or ''}"
@@ -160,7 +192,7 @@ def _feature_maps(folder: Path) -> list[Path]:
     model = build(config.model, in_channels=info.channels, num_classes=info.num_classes, image_size=image_size)
     if not isinstance(model, HamiltonianNet) or not (folder / "checkpoint.pt").exists():
         return []
-    model.load_state_dict(torch.load(folder / "checkpoint.pt", map_location="cpu", weights_only=False)["model"])
+    model.load_state_dict(load_checkpoint(folder / "checkpoint.pt", map_location="cpu")["model"])
     test = load_dataset(config.dataset, config.root, train=False, preprocessing=config.preprocessing)
     return [plot_feature_maps(model, test[0][0], folder / "feature_maps.png")]
 
@@ -213,6 +245,24 @@ def parser() -> argparse.ArgumentParser:
     ls.set_defaults(run=cmd_list)
     for command in (train, comp, gr):
         command.add_argument("--quiet", action="store_true", help="no progress bars")
+        command.add_argument("--wait", action="store_true", help="wait for a run folder another process is training")
+        command.add_argument(
+            "--restart", action="store_true", help="discard what the run folder(s) hold and start afresh"
+        )
+    for command in (comp, gr):
+        command.add_argument(
+            "--ray",
+            nargs="?",
+            const="local",
+            metavar="ADDRESS",
+            help="run every (model or point, seed) on Ray: a local instance, or the cluster at ADDRESS",
+        )
+        command.add_argument("--cpus-per-run", type=float, help="CPUs each Ray run reserves (default 1)")
+        command.add_argument("--gpus-per-run", type=float, help="GPUs each Ray run reserves (default 0)")
+        command.add_argument(
+            "--early-stop", action="store_true", help="with --ray: stop clearly worse runs early (Ray Tune ASHA)"
+        )
+        command.add_argument("--grace-epochs", type=int, default=1, help="with --early-stop: epochs before a stop")
     return p
 
 
@@ -230,6 +280,9 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     try:
         args.run(args)
+    except RunBusy as error:
+        print(f"contham {args.command}: skipped: {error}", file=sys.stderr)
+        return 75
     except (UsageError, ValueError) as error:
         print(f"contham {args.command}: error: {error}", file=sys.stderr)
         return 2

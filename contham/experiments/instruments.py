@@ -1,0 +1,73 @@
+"""What a training run measures besides loss and accuracy: the memory autograd keeps, the peak
+device memory and the field evaluations of ODE and Hamiltonian blocks (from
+:func:`contham.collect_stats`)."""
+
+from __future__ import annotations
+
+import resource
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor, nn
+
+from ..blocks import collect_stats
+
+
+class SavedTensors:
+    """Counts the memory autograd saves for backward inside a ``with`` block: what backprop must
+    keep (large for direct backprop through a solver, small with the adjoint or reversible mode).
+    Each storage counts once.
+
+    >>> with SavedTensors() as saved:
+    ...     out = model(x)
+    >>> saved.megabytes, saved.megabytes_without(model.parameters())
+    """
+
+    def __init__(self) -> None:
+        self.storages: dict[int, int] = {}
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+
+    def _pack(self, t: Tensor) -> Tensor:
+        storage = t.untyped_storage()
+        self.storages[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    def __enter__(self) -> SavedTensors:
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._hooks.__exit__(*exc)
+
+    @property
+    def megabytes(self) -> float:
+        """MiB of all saved storages."""
+        return sum(self.storages.values()) / 2**20
+
+    def megabytes_without(self, tensors: Iterable[Tensor]) -> float:
+        """MiB of the saved storages other than those of ``tensors`` (e.g. the weights)."""
+        skip = {t.untyped_storage().data_ptr() for t in tensors}
+        return sum(size for ptr, size in self.storages.items() if ptr not in skip) / 2**20
+
+
+def field_evaluations(model: nn.Module) -> tuple[int, int] | None:
+    """Field evaluations (forward, backward) of the latest batch, summed over the model's blocks;
+    None for a model without blocks."""
+    stats = collect_stats(model)
+    if not stats:
+        return None
+    return sum(s.nfe_forward for s in stats), sum(s.nfe_backward for s in stats)
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak for :func:`peak_memory_mb` (CUDA only; the CPU figure is process-wide)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak CUDA memory allocated since :func:`reset_peak_memory`, or on CPU the process's peak
+    resident set (MiB, monotone over the process's life)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -1,0 +1,201 @@
+"""Many runs at once with Ray: every (grid point or model, seed) of :func:`~contham.experiments.compare`
+and :func:`~contham.experiments.grid` becomes a Ray task, or with early stopping a Ray Tune trial.
+
+Without an address :class:`RayRunner` starts a Ray instance on this machine and stops it at the
+end; with one (``ray start --head`` on one node prints it, ``ray start --address=...`` joins the
+others) it sends the runs to that cluster. Each run reserves ``cpus_per_run`` CPUs (and sets
+torch's thread count to match) and ``gpus_per_run`` GPUs. The runs write the same folders as
+sequential ones, so every node must see ``out_dir`` (a shared filesystem) and have contham
+installed. Finished runs are read back, not retrained; interrupted ones resume from their
+checkpoint; a failing run is recorded as ``failed`` and the others go on. On Ctrl-C the runs in
+flight are cancelled; every finished run and every finished epoch stays on disk.
+
+With ``early_stop=True`` the runs are Ray Tune trials under an ASHA scheduler on test accuracy:
+a trial that ranks in the bottom part of its rung (epochs ``grace_epochs``, ``grace_epochs *
+reduction_factor``, ...) is stopped, and its run folder is recorded with status
+``stopped_early`` and the epoch it stopped at (``stopped_epoch``). Such a run is not resumed by a
+later call (use ``restart`` to train it again).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .drivers import Job, OnResult, run_job
+from .files import RunLock, read_json, write_json
+from .runconfig import RunConfig
+from .trainer import STOPPED
+
+
+def _run_remote(
+    config: dict[str, Any], label: str, run_dir: str, threads: float, wait: bool, restart: bool
+) -> dict[str, Any]:
+    """A Ray task: one run, torch limited to the CPUs Ray reserved for it."""
+    torch.set_num_threads(max(1, int(threads)))
+    return run_job(Job(label, RunConfig.from_dict(config), Path(run_dir)), wait=wait, restart=restart)
+
+
+@dataclasses.dataclass
+class RayRunner:
+    """An executor for :func:`~contham.experiments.compare` and :func:`~contham.experiments.grid`
+    that runs every job on Ray.
+
+    Args:
+        address: a Ray cluster's address (``"auto"`` or ``host:port``); None starts a local Ray
+            instance for the experiment. An already initialised Ray (``ray.init`` in the caller's
+            script) is used as it is.
+        cpus_per_run, gpus_per_run: resources each run reserves (fractions allowed for GPUs).
+        early_stop: ASHA early stopping on test accuracy (Ray Tune); grace_epochs: epochs every
+            run gets before it can be stopped; reduction_factor: ASHA's rung ratio.
+        wait, restart: as in :func:`~contham.experiments.fit`, for every run.
+    """
+
+    address: str | None = None
+    cpus_per_run: float = 1.0
+    gpus_per_run: float = 0.0
+    early_stop: bool = False
+    grace_epochs: int = 1
+    reduction_factor: int = 2
+    wait: bool = False
+    restart: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("cpus_per_run", "gpus_per_run"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"{name} must be a number >= 0; got {value!r}")
+        if self.cpus_per_run == 0 and self.gpus_per_run == 0:
+            raise ValueError("cpus_per_run and gpus_per_run cannot both be 0")
+        for name in ("grace_epochs", "reduction_factor"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "grace_epochs" else 2):
+                minimum = 1 if name == "grace_epochs" else 2
+                raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
+
+    def execute(self, jobs: Sequence[Job], on_result: OnResult) -> list[dict[str, Any]]:
+        try:
+            import ray
+        except ImportError:
+            raise ValueError("running on Ray needs the ray package: pip install 'contham[ray]'") from None
+        started = not ray.is_initialized()
+        if started:
+            if self.address is None:
+                ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+            else:
+                try:
+                    ray.init(address=self.address, log_to_driver=False)
+                except ConnectionError as error:
+                    raise ValueError(f"cannot reach the Ray cluster at address={self.address!r}: {error}") from None
+        try:
+            return self._tune(jobs, on_result) if self.early_stop else self._tasks(ray, jobs, on_result)
+        finally:
+            if started:
+                ray.shutdown()
+
+    def _tasks(self, ray: Any, jobs: Sequence[Job], on_result: OnResult) -> list[dict[str, Any]]:
+        remote = ray.remote(_run_remote).options(num_cpus=self.cpus_per_run, num_gpus=self.gpus_per_run, max_retries=0)
+        refs = {
+            remote.remote(
+                job.config.to_dict(), job.label, str(job.run_dir), self.cpus_per_run, self.wait, self.restart
+            ): i
+            for i, job in enumerate(jobs)
+        }
+        results: list[dict[str, Any]] = [{} for _ in jobs]
+        pending = list(refs)
+        try:
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                i = refs[done[0]]
+                try:
+                    results[i] = ray.get(done[0])
+                except ValueError:  # bad input that fails every run, as in a sequential run
+                    raise
+                except ray.exceptions.RayError as error:  # a worker died (out of memory, node lost)
+                    results[i] = {"status": "failed", "error": f"{type(error).__name__}: {error}"}
+                on_result(jobs[i], results[i])
+        except BaseException:
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            raise
+        return results
+
+    def _tune(self, jobs: Sequence[Job], on_result: OnResult) -> list[dict[str, Any]]:
+        from ray import tune
+        from ray.tune.schedulers import ASHAScheduler
+
+        payload = [(job.config.to_dict(), job.label, str(job.run_dir)) for job in jobs]
+        threads, wait, restart = self.cpus_per_run, self.wait, self.restart
+
+        def trial(params: dict[str, Any]) -> None:
+            config, label, run_dir = payload[params["job"]]
+            torch.set_num_threads(max(1, int(threads)))
+            reported = []
+
+            def report(entry: dict[str, Any]) -> None:
+                reported.append(entry["epoch"])
+                tune.report({"test_accuracy": entry["test_accuracy"], "epoch": entry["epoch"], "status": "running"})
+
+            result = run_job(Job(label, RunConfig.from_dict(config), Path(run_dir)), wait=wait, restart=restart,
+                             on_epoch=report)  # fmt: skip
+            if not reported or result.get("status") != "finished":
+                tune.report({"test_accuracy": result.get("test_accuracy") or 0.0,
+                             "epoch": result.get("epochs_done") or 0, "status": result.get("status")})  # fmt: skip
+
+        max_epochs = max(job.config.epochs or 10_000 for job in jobs)  # an upper bound is enough for ASHA
+        scheduler = ASHAScheduler(
+            time_attr="epoch",
+            metric="test_accuracy",
+            mode="max",
+            max_t=max_epochs,
+            grace_period=min(self.grace_epochs, max_epochs),
+            reduction_factor=self.reduction_factor,
+        )
+        storage = tempfile.mkdtemp(prefix="contham-tune-")  # Tune's own records; the run folders are ours
+        tuner = tune.Tuner(
+            tune.with_resources(trial, {"cpu": self.cpus_per_run, "gpu": self.gpus_per_run}),
+            param_space={"job": tune.grid_search(list(range(len(jobs))))},
+            tune_config=tune.TuneConfig(scheduler=scheduler, max_concurrent_trials=None),
+            run_config=tune.RunConfig(storage_path=storage, name="asha", verbose=0),
+        )
+        try:
+            grid = tuner.fit()
+        finally:
+            shutil.rmtree(storage, ignore_errors=True)
+        results: list[dict[str, Any]] = [{} for _ in jobs]
+        for outcome in grid:
+            i = outcome.config["job"]
+            results[i] = _settle(jobs[i], outcome.error)
+            on_result(jobs[i], results[i])
+        return results
+
+
+def _settle(job: Job, error: Exception | None) -> dict[str, Any]:
+    """The result of a Tune trial, from its run folder; a run that Tune stopped before its last
+    epoch is recorded as ``stopped_early`` with the epoch it stopped at."""
+    metrics_path = job.run_dir / "metrics.json"
+    if error is not None and not metrics_path.exists():
+        return {"status": "failed", "error": f"{type(error).__name__}: {error}"}
+    with RunLock(job.run_dir, wait=True):  # the stopped trial's process may still be exiting
+        metrics = read_json(metrics_path)
+        if metrics.get("status") in ("running", "interrupted"):
+            history = read_json(job.run_dir / "history.json") if (job.run_dir / "history.json").exists() else []
+            metrics = {
+                **metrics,
+                "status": STOPPED,
+                "stopped_epoch": len(history),
+                "epochs_done": len(history),
+            }
+            if history:
+                metrics["test_accuracy"] = history[-1]["test_accuracy"]
+                metrics["best_test_accuracy"] = max(h["test_accuracy"] for h in history)
+                metrics["train_accuracy"] = history[-1]["train_accuracy"]
+            write_json(metrics_path, metrics)
+    return metrics
