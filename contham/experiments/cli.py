@@ -20,7 +20,7 @@ from typing import Any
 
 from ..data import DATASETS, dataset_info, load_dataset
 from ..models import HamiltonianNet, available, build, describe
-from .distributed import ranks_from_env
+from .distributed import ranks_from_env, shutdown
 from .drivers import Executor, Sequential, compare, format_table, grid, parse_model, parse_value, safe_name
 from .files import RunBusy, load_checkpoint, read_json
 from .plots import plot_confusion, plot_curves, plot_feature_maps, plot_gradient_norms, plot_grid
@@ -289,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted; the last finished epoch is saved, run the same command to resume", file=sys.stderr)
         return 130
+    finally:
+        shutdown()
     return 0
 
 

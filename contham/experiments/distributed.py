@@ -11,9 +11,9 @@ run's (the distribution is the same).
 
 Batch norm normalises each rank's shard on its own unless the run converts it
 (``sync_batchnorm=true``) with :func:`convert_sync_batchnorm`: then the statistics are those of the
-global batch, exactly as in one process. ``torch.nn.SyncBatchNorm`` supports CUDA only; contham's
-:class:`SyncBatchNorm` uses it on CUDA and, on CPU (gloo), reduces the statistics with the
-differentiable ``torch.distributed.nn.functional.all_reduce``.
+global batch, exactly as in one process: ``torch.nn.SyncBatchNorm`` on CUDA, which PyTorch
+supports on GPUs only, and on CPU (gloo) :class:`GlooSyncBatchNorm`, which reduces the statistics
+with the differentiable ``torch.distributed.nn.functional.all_reduce``.
 """
 
 from __future__ import annotations
@@ -79,6 +79,12 @@ def setup(device: torch.device, timeout_s: float = 1800.0) -> Ranks:
     return ranks
 
 
+def shutdown() -> None:
+    """Leave the process group, if this process joined one (end of a ``torchrun`` command)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def rank_device(device: torch.device, ranks: Ranks) -> torch.device:
     """One GPU per rank: ``cuda`` becomes ``cuda:<local rank>`` in a distributed run."""
     if device.type == "cuda" and ranks.distributed and device.index is None:
@@ -120,8 +126,9 @@ def barrier(ranks: Ranks) -> None:
 
 class GlobalBatches(Sampler[list[int]]):
     """Shuffled global batches of ``batch_size`` indices, each cut into ``world_size`` contiguous
-    shards; yields this rank's shard. With one process it yields the batches of
-    ``DataLoader(shuffle=True, generator=generator)``: the same permutation, the same order.
+    shards; yields this rank's shard. In ``DataLoader(batch_sampler=..., generator=generator)``
+    with one process it yields the batches of ``DataLoader(shuffle=True, generator=generator)``:
+    the same permutation, the same order.
 
     A last global batch with fewer samples than ranks is dropped in a distributed run (every rank
     needs at least one sample); :attr:`global_sizes` holds the size of every global batch yielded.
@@ -149,17 +156,22 @@ def shard_indices(n: int, ranks: Ranks) -> list[int]:
     return torch.arange(n).tensor_split(ranks.world_size)[ranks.rank].tolist()
 
 
-class SyncBatchNorm(nn.SyncBatchNorm):
-    """``torch.nn.SyncBatchNorm`` that also runs on CPU with the gloo backend.
+class GlooSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """Batch norm over the global batch for CPU ranks (gloo), where ``torch.nn.SyncBatchNorm`` and
+    DDP refuse to run.
 
-    On CUDA, or outside a distributed training step, it is ``torch.nn.SyncBatchNorm``. On CPU in a
-    distributed training step it normalises with the mean and biased variance of the global batch,
-    reduced by two differentiable all-reduces (sum, then sum of squared deviations), and updates
-    the running statistics with the unbiased variance, as ``BatchNorm`` does for one process.
+    In a distributed training step it normalises with the mean and biased variance of the global
+    batch, reduced by two differentiable all-reduces (sum, then sum of squared deviations), and
+    updates the running statistics with the unbiased variance, as ``BatchNorm`` does for one
+    process; otherwise (evaluation, one process) it is plain batch norm.
     """
 
+    def _check_input_dim(self, input: Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2-D input (batch, channels, ...); got {input.dim()}-D")
+
     def forward(self, input: Tensor) -> Tensor:
-        if input.is_cuda or not (self.training and dist.is_available() and dist.is_initialized()):
+        if not (self.training and dist.is_available() and dist.is_initialized()):
             return super().forward(input)
         self._check_input_dim(input)
         dims = [d for d in range(input.dim()) if d != 1]
@@ -181,16 +193,19 @@ class SyncBatchNorm(nn.SyncBatchNorm):
         return out
 
 
-def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
-    """``model`` with every ``BatchNorm1d/2d/3d`` replaced by a :class:`SyncBatchNorm` holding the
-    same parameters and buffers (state-dict keys unchanged: checkpoints load either way)."""
-    if isinstance(model, nn.modules.batchnorm._BatchNorm) and not isinstance(model, nn.SyncBatchNorm):
-        sync = SyncBatchNorm(model.num_features, model.eps, model.momentum, model.affine, model.track_running_stats)
+def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
+    """``model`` with every batch norm normalising over the global batch: ``torch.nn.SyncBatchNorm``
+    on CUDA, :class:`GlooSyncBatchNorm` on CPU. Parameters, buffers and state-dict keys are kept
+    (checkpoints load either way)."""
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if isinstance(model, nn.modules.batchnorm._BatchNorm) and not isinstance(model, GlooSyncBatchNorm):
+        sync = GlooSyncBatchNorm(model.num_features, model.eps, model.momentum, model.affine, model.track_running_stats)
         sync.load_state_dict(model.state_dict())
         sync.train(model.training)
         return sync.to(next(itertools.chain(model.parameters(), model.buffers())).device)
     for name, child in model.named_children():
-        setattr(model, name, convert_sync_batchnorm(child))
+        setattr(model, name, convert_sync_batchnorm(child, device))
     return model
 
 

@@ -255,7 +255,7 @@ def _fit_locked(
             return previous
     model.to(dev)
     if sync_batchnorm and ranks.distributed:
-        model = distributed.convert_sync_batchnorm(model)
+        model = distributed.convert_sync_batchnorm(model, dev)
     optimizer = make_optimizer(model, learning)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, learning.lr_decay_at, learning.lr_decay)
     history: list[dict[str, Any]] = []
@@ -362,7 +362,7 @@ def _train_epoch(
     trained.train()
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
     batches = GlobalBatches(len(train_set), learning.batch_size, generator, ranks, max_batches)
-    loader = DataLoader(train_set, batch_sampler=batches)
+    loader = DataLoader(train_set, batch_sampler=batches, generator=generator)  # the order of shuffle=True
     reset_peak_memory(device)
     total = correct = 0
     loss_sum = 0.0
