@@ -141,7 +141,9 @@ class Sequential:
 def _run_line(label: str, result: dict[str, Any]) -> str:
     line = f"{label}: {result.get('status')}"
     if result.get("test_accuracy") is not None:
-        line += f", test accuracy {100 * result['test_accuracy']:.2f}%, {result['seconds_per_epoch']:.1f} s/epoch"
+        line += f", test accuracy {100 * result['test_accuracy']:.2f}%"
+    if result.get("seconds_per_epoch") is not None:
+        line += f", {result['seconds_per_epoch']:.1f} s/epoch"
     if result.get("stopped_epoch") is not None:
         line += f", stopped after epoch {result['stopped_epoch']}"
     return line + (f" ({result['error']})" if result.get("error") else "")

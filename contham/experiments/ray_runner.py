@@ -32,7 +32,7 @@ import torch
 from .drivers import Job, OnResult, run_job
 from .files import RunLock, read_json, write_json
 from .runconfig import RunConfig
-from .trainer import STOPPED
+from .trainer import STOPPED, summarize
 
 
 def _run_remote(
@@ -104,7 +104,7 @@ class RayRunner:
         remote = ray.remote(_run_remote).options(num_cpus=self.cpus_per_run, num_gpus=self.gpus_per_run, max_retries=0)
         refs = {
             remote.remote(
-                job.config.to_dict(), job.label, str(job.run_dir), self.cpus_per_run, self.wait, self.restart
+                job.config.to_dict(), job.label, str(job.run_dir.resolve()), self.cpus_per_run, self.wait, self.restart
             ): i
             for i, job in enumerate(jobs)
         }
@@ -131,7 +131,7 @@ class RayRunner:
         from ray import tune
         from ray.tune.schedulers import ASHAScheduler
 
-        payload = [(job.config.to_dict(), job.label, str(job.run_dir)) for job in jobs]
+        payload = [(job.config.to_dict(), job.label, str(job.run_dir.resolve())) for job in jobs]
         threads, wait, restart = self.cpus_per_run, self.wait, self.restart
 
         def trial(params: dict[str, Any]) -> None:
@@ -149,13 +149,14 @@ class RayRunner:
                 tune.report({"test_accuracy": result.get("test_accuracy") or 0.0,
                              "epoch": result.get("epochs_done") or 0, "status": result.get("status")})  # fmt: skip
 
-        max_epochs = max(job.config.epochs or 10_000 for job in jobs)  # an upper bound is enough for ASHA
+        # beyond the last epoch, so that a trial ends by itself and writes its final metrics
+        max_epochs = max(job.config.epochs or 10_000 for job in jobs) + 1
         scheduler = ASHAScheduler(
             time_attr="epoch",
             metric="test_accuracy",
             mode="max",
             max_t=max_epochs,
-            grace_period=min(self.grace_epochs, max_epochs),
+            grace_period=min(self.grace_epochs, max_epochs - 1),
             reduction_factor=self.reduction_factor,
         )
         storage = tempfile.mkdtemp(prefix="contham-tune-")  # Tune's own records; the run folders are ours
@@ -178,24 +179,22 @@ class RayRunner:
 
 
 def _settle(job: Job, error: Exception | None) -> dict[str, Any]:
-    """The result of a Tune trial, from its run folder; a run that Tune stopped before its last
-    epoch is recorded as ``stopped_early`` with the epoch it stopped at."""
+    """The result of a Tune trial, from its run folder. A run that Tune ended before its last
+    epoch is recorded as ``stopped_early`` with the epoch it stopped at; one that Tune ended
+    after its last epoch, before it wrote its final metrics, is finished here (from its
+    checkpoint, without training)."""
     metrics_path = job.run_dir / "metrics.json"
     if error is not None and not metrics_path.exists():
         return {"status": "failed", "error": f"{type(error).__name__}: {error}"}
     with RunLock(job.run_dir, wait=True):  # the stopped trial's process may still be exiting
         metrics = read_json(metrics_path)
-        if metrics.get("status") in ("running", "interrupted"):
-            history = read_json(job.run_dir / "history.json") if (job.run_dir / "history.json").exists() else []
-            metrics = {
-                **metrics,
-                "status": STOPPED,
-                "stopped_epoch": len(history),
-                "epochs_done": len(history),
-            }
-            if history:
-                metrics["test_accuracy"] = history[-1]["test_accuracy"]
-                metrics["best_test_accuracy"] = max(h["test_accuracy"] for h in history)
-                metrics["train_accuracy"] = history[-1]["train_accuracy"]
+        if metrics.get("status") not in ("running", "interrupted"):
+            return metrics
+        history_path = job.run_dir / "history.json"
+        history = read_json(history_path) if history_path.exists() else []
+        if len(history) < metrics.get("epochs", len(history) + 1):
+            metrics = {**metrics, **summarize(history), "status": STOPPED, "stopped_epoch": len(history)}
+            metrics["epochs_done"] = len(history)
             write_json(metrics_path, metrics)
-    return metrics
+            return metrics
+    return run_job(job)

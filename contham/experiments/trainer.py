@@ -333,7 +333,7 @@ def _fit_locked(
         if ranks.main:
             write_json(metrics_path, {**metrics, "status": "interrupted", "epochs_done": len(history)})
         raise
-    metrics.update(_summary(history))
+    metrics.update(summarize(history))
     if metrics["status"] == "finished":
         metrics["confusion"] = confusion
     metrics["epochs_done"] = len(history)
@@ -418,7 +418,8 @@ def _train_epoch(
     return entry
 
 
-def _summary(history: list[dict[str, Any]]) -> dict[str, Any]:
+def summarize(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """The final metrics of a run from its per-epoch history (last and best accuracies, means)."""
     if not history:
         return {}
     last = history[-1]
