@@ -43,7 +43,16 @@ from ..models import build, count_parameters
 from ..regularization import smoothness
 from . import distributed
 from .distributed import GlobalBatches, Ranks
-from .files import RunLock, discard_run, load_checkpoint, prepare_folder, read_json, save_checkpoint, write_json
+from .files import (
+    RunFolderError,
+    RunLock,
+    discard_run,
+    load_checkpoint,
+    prepare_folder,
+    read_json,
+    save_checkpoint,
+    write_json,
+)
 from .instruments import SavedTensors, field_evaluations, peak_memory_mb, reset_peak_memory
 from .runconfig import RunConfig, check_stops
 
@@ -250,7 +259,7 @@ def _fit_locked(
     if metrics_path.exists():
         previous = read_json(metrics_path)
         if not isinstance(previous, dict) or "status" not in previous:
-            raise ValueError(f"{str(metrics_path)!r} is not a contham metrics file; use --restart to start afresh")
+            raise RunFolderError(f"{str(metrics_path)!r} is not a contham metrics file; use --restart to start afresh")
         if previous["status"] in DONE:
             return previous
     model.to(dev)
@@ -264,7 +273,7 @@ def _fit_locked(
     if checkpoint_path.exists():
         state = load_checkpoint(checkpoint_path, map_location=dev)
         if state.get("config") != config:
-            raise ValueError(f"run_dir={str(run_dir)!r} holds a different run; use another folder or --restart")
+            raise RunFolderError(f"run_dir={str(run_dir)!r} holds a different run; use another folder or --restart")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

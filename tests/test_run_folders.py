@@ -1,0 +1,120 @@
+"""Run folders that survive bad files and concurrency: one clear line and exit 2 (CLI) or a
+ValueError (API) for a malformed config, a corrupt checkpoint, an unreadable metrics file or a
+folder that cannot be written; --restart; an advisory lock between two processes."""
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from contham.experiments import RunBusy, RunConfig, RunFolderError, RunLock, run
+from contham.experiments.cli import main
+
+FAST = ["epochs=1", "max_batches=2", "test_fraction=0.1", "learning.batch_size=16", "--quiet"]
+
+
+def one_line_error(capsys, *needles):
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("\n") == 1, err
+    for needle in needles:
+        assert needle in err, err
+
+
+@pytest.fixture
+def finished_run(tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", "thesis_resnet2", *FAST, "--out", str(out)]) == 0
+    return out
+
+
+@pytest.mark.parametrize(
+    "name, text, needle",
+    [
+        ("bad.yaml", "model: [thesis_resnet2\nepochs: 1\n", "cannot read RunConfig file"),
+        ("bad.json", '{"model": "thesis_resnet2",', "cannot read RunConfig file"),
+        ("list.yaml", "- 1\n- 2\n", "must hold a mapping of keys; got list"),
+        ("key.yaml", "modle: thesis_resnet2\n", "unknown RunConfig parameter 'modle'"),
+    ],
+)
+def test_malformed_config_files(name, text, needle, tmp_path, capsys):
+    path = tmp_path / name
+    path.write_text(text)
+    assert main(["train", str(path), "--out", str(tmp_path / "r")]) == 2
+    one_line_error(capsys, needle, str(path))
+    with pytest.raises(ValueError, match=needle):
+        RunConfig.load(path)
+
+
+@pytest.mark.parametrize(
+    "name, content, needle",
+    [
+        ("checkpoint.pt", b"PK\x03\x04 truncated zip", "cannot read checkpoint"),
+        ("checkpoint.pt", b"", "cannot read checkpoint"),
+        ("metrics.json", b'{"status": "runn', "cannot read"),
+        ("metrics.json", b"[1, 2]", "is not a contham metrics file"),
+    ],
+)
+def test_broken_run_files_give_one_line_and_restart_discards_them(name, content, needle, finished_run, capsys):
+    if name == "checkpoint.pt":
+        (finished_run / "metrics.json").write_text('{"status": "interrupted", "epochs_done": 0}')
+    (finished_run / name).write_bytes(content)
+    args = ["train", "thesis_resnet2", *FAST, "--out", str(finished_run)]
+    assert main(args) == 2
+    one_line_error(capsys, needle, str(finished_run / name), "--restart")
+    config = RunConfig(model="thesis_resnet2", epochs=1, max_batches=2, test_fraction=0.1)
+    config.set("learning.batch_size", 16)
+    with pytest.raises(RunFolderError, match=needle):
+        run(config, finished_run, progress=False)
+    assert main([*args, "--restart"]) == 0
+    assert json.loads((finished_run / "metrics.json").read_text())["status"] == "finished"
+
+
+def test_plot_of_a_corrupt_history_is_one_line(finished_run, capsys):
+    (finished_run / "history.json").write_text("{")
+    assert main(["plot", str(finished_run)]) == 2
+    one_line_error(capsys, "cannot read", "history.json")
+
+
+def test_results_folder_that_cannot_be_written(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert main(["train", "thesis_resnet2", *FAST, "--out", str(blocker / "run")]) == 2
+    one_line_error(capsys, "cannot write results folder", str(blocker / "run"))
+    assert main(["grid", "thesis_resnet2", "--param", "learning.lr=0.1", *FAST, "--out", str(blocker / "g")]) == 2
+    one_line_error(capsys, "cannot write results folder")
+
+
+def test_a_second_process_skips_or_waits_for_a_locked_run(tmp_path, capsys):
+    out = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from contham.experiments import RunLock\n"
+         f"with RunLock({str(out)!r}):\n    print('locked', flush=True); time.sleep(4)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert holder.stdout.readline().strip() == "locked"
+    assert main(["train", "thesis_resnet2", *FAST, "--out", str(out)]) == 75
+    err = capsys.readouterr().err
+    assert "skipped" in err and f"pid {holder.pid}" in err and "--wait" in err and err.count("\n") == 1
+    assert not (out / "metrics.json").exists()  # nothing written into the other process's folder
+    rows = []
+    main(["grid", "thesis_resnet2", "--param", "learning.lr=0.1", *FAST, "--out", str(tmp_path / "g")])
+    with RunLock(tmp_path / "g" / "learning.lr=0.1" / "seed0"):
+        assert main(["grid", "thesis_resnet2", "--param", "learning.lr=0.1,0.2", *FAST, "--restart",
+                     "--out", str(tmp_path / "g")]) == 0  # fmt: skip
+    rows = (tmp_path / "g" / "grid.csv").read_text().splitlines()
+    assert rows[1].startswith("0.1,0,busy") and rows[2].startswith("0.2,0,finished")
+    capsys.readouterr()
+    start = time.monotonic()
+    assert main(["train", "thesis_resnet2", *FAST, "--out", str(out), "--wait"]) == 0  # waits, then trains
+    assert time.monotonic() - start > 1 and holder.wait(timeout=30) == 0
+    assert json.loads((out / "metrics.json").read_text())["status"] == "finished"
+
+
+def test_lock_api(tmp_path):
+    with RunLock(tmp_path):
+        with pytest.raises(RunBusy, match="is being trained by pid"):
+            RunLock(tmp_path).__enter__()
+    with RunLock(tmp_path):  # released on exit
+        pass
