@@ -93,3 +93,8 @@ def test_time_to_accuracy_benchmark_runs_and_resumes(tiny_mnist, tmp_path):
     assert "| ResNet-4 | 428,810 |" in out and "| ODENet, rk4, 1 step | 208,266 | 4.0 / 4.0 |" in out
     assert out.count("| yes |") + out.count("| no |") == 1 and "A within limit" in out
     assert run_script("benchmarks/mnist_time_to_accuracy.py", *args, *only) == out  # finished runs are read back
+
+
+def test_scaling_benchmark_prints_both_ratios():
+    out = run_script("benchmarks/scaling.py", "--repeats", 1, "--epochs", 1, "--max-batches", 2)
+    assert "grid speed-up, sequential / Ray:" in out and "torchrun 2 ranks / 1 process, s/epoch:" in out
