@@ -1,10 +1,18 @@
 """Datasets: torchvision's image sets with the seeds' preprocessing, offline sets, subsets.
 
+Two ways to the same images: :func:`load_image_set` decodes a set once into uint8 tensors and
+preprocesses whole batches on the training device (:class:`ImageSet`, :mod:`contham.augment`;
+what training uses), and :func:`load_dataset` gives torchvision's dataset with per-sample
+transforms (for a user's own ``DataLoader``). Both give the same images and the same augmentation
+distribution.
+
 Image sets (``root`` is a torchvision root; ``download=True`` fetches what is missing):
 ``mnist``, ``qmnist``, ``fashion_mnist``, ``cifar10``, ``cifar100``, ``stl10``, and ``digits``
 (scikit-learn's bundled 8x8 digits, always offline; the first 1,500 images train, the other 297
 test). A root holding only torchvision's ``raw/*.gz`` files of MNIST-like sets (such as a copy of
-``../shared/data``) is extracted on first use without network.
+``../shared/data``) is extracted on first use without network. CIFAR and STL-10, stored by
+torchvision as pickles and binaries, are decoded once and cached as uint8 tensors in
+``<root>/contham-cache/`` (where the root is writable).
 
 Preprocessing (``preprocessing=``):
 
@@ -22,6 +30,7 @@ Preprocessing (``preprocessing=``):
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,8 +42,8 @@ from torch.utils.data import Dataset, Subset, TensorDataset
 from torchvision.transforms import v2
 
 from ._checks import check_choice, check_int, check_positive
+from .augment import PREPROCESSINGS, BatchPreprocess
 
-PREPROCESSINGS = ("report", "thesis", "plain")
 POINT_SETS = ("swiss_roll", "double_circles", "double_moons")
 
 
@@ -142,20 +151,119 @@ class _ImageTensors(Dataset):
         return self.transform(self.images[i]), int(self.targets[i])
 
 
-def _digits(train: bool, tf: v2.Compose) -> Dataset:
+def _digit_tensors(train: bool) -> tuple[Tensor, Tensor]:
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     images = torch.from_numpy(np.round(digits.images * (255 / 16)).astype(np.uint8))[:, None]
     labels = torch.from_numpy(digits.target)
     part = slice(None, _DIGITS_TRAIN) if train else slice(_DIGITS_TRAIN, None)
-    return _ImageTensors(images[part], labels[part], tf)
+    return images[part], labels[part]
+
+
+def _digits(train: bool, tf: v2.Compose) -> Dataset:
+    return _ImageTensors(*_digit_tensors(train), tf)
+
+
+class ImageSet(Dataset):
+    """An image set decoded once: uint8 ``images`` ``(N, C, H, W)``, int64 ``targets`` and the
+    :class:`~contham.augment.BatchPreprocess` of its split.
+
+    Training takes whole batches with :meth:`batch`; indexing one item gives the preprocessed
+    image (random augmentation from torch's global generator) and its label, as a torchvision
+    dataset does.
+    """
+
+    def __init__(self, images: Tensor, targets: Tensor, preprocess: BatchPreprocess):
+        if images.dtype != torch.uint8 or images.dim() != 4 or len(images) != len(targets):
+            raise ValueError("images must be uint8 (N, C, H, W) with one target per image")
+        self.images, self.targets, self.preprocess = images, targets.long(), preprocess
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        return self.preprocess(self.images[i : i + 1])[0], int(self.targets[i])
+
+    def subset(self, indices: Tensor) -> ImageSet:
+        """The items at ``indices`` (a new set sharing the preprocessing)."""
+        return ImageSet(self.images[indices], self.targets[indices], self.preprocess)
+
+    def batch(self, indices: Tensor, device: torch.device, params: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Preprocessed images and labels of ``indices`` on ``device``: gathered on the host
+        (into pinned memory when ``device`` is CUDA), copied without blocking, preprocessed there
+        with ``params`` (from :meth:`~contham.augment.BatchPreprocess.draw`)."""
+        images, labels = self.images.index_select(0, indices), self.targets.index_select(0, indices)
+        if device.type == "cuda":
+            images, labels = images.pin_memory(), labels.pin_memory()
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        return self.preprocess.to(device)(images, params), labels
+
+
+def load_images(
+    name: str, root: str | Path | None = None, *, train: bool = True, download: bool = False
+) -> tuple[Tensor, Tensor]:
+    """The uint8 images ``(N, C, H, W)`` and int64 labels of image set ``name``, decoded once
+    (CIFAR and STL-10 are cached in ``<root>/contham-cache/``)."""
+    dataset_info(name)
+    if name == "digits":
+        return _digit_tensors(train)
+    split = "train" if train else "test"
+    cache = Path(root) / "contham-cache" / f"{name}-{split}.pt" if root is not None else None
+    if cache is not None and name in _CACHED and cache.exists():
+        stored = torch.load(cache, weights_only=True)
+        return stored["images"], stored["labels"]
+    raw = load_dataset(name, root, train=train, download=download, preprocessing="plain")
+    data = raw.data if isinstance(raw.data, Tensor) else torch.from_numpy(np.asarray(raw.data))
+    if data.dim() == 3:  # MNIST-like: (N, H, W)
+        data = data[:, None]
+    elif data.shape[-1] == 3:  # CIFAR: (N, H, W, C)
+        data = data.permute(0, 3, 1, 2)
+    labels = labels_of(raw)
+    images = data.contiguous().to(torch.uint8)
+    if cache is not None and name in _CACHED:
+        _write_cache(cache, images, labels)
+    return images, labels
+
+
+_CACHED = ("cifar10", "cifar100", "stl10")
+
+
+def _write_cache(path: Path, images: Tensor, labels: Tensor) -> None:
+    """Save decoded tensors atomically; a root that cannot be written just goes without a cache."""
+    try:
+        path.parent.mkdir(exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        torch.save({"images": images, "labels": labels}, tmp)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+def load_image_set(
+    name: str,
+    root: str | Path | None = None,
+    *,
+    train: bool = True,
+    download: bool = False,
+    preprocessing: str = "report",
+    augment: bool = True,
+) -> ImageSet:
+    """Image set ``name`` decoded once, with the batched preprocessing of its split (see the
+    module docstring); the tensor-backed counterpart of :func:`load_dataset`."""
+    info = dataset_info(name)
+    images, labels = load_images(name, root, train=train, download=download)
+    preprocess = BatchPreprocess(info.mean, info.std, info.image_size, preprocessing, train=train, augment=augment,
+                                 crop_padding=info.crop_padding)  # fmt: skip
+    return ImageSet(images, labels, preprocess)
 
 
 def labels_of(dataset: Dataset) -> Tensor:
     """The class label of every item of ``dataset`` as a 1-D tensor (without loading images)."""
     if isinstance(dataset, Subset):
         return labels_of(dataset.dataset)[torch.as_tensor(dataset.indices)]
+    if isinstance(dataset, ImageSet):
+        return dataset.targets
     if isinstance(dataset, TensorDataset):
         return dataset.tensors[1]
     for attribute in ("targets", "labels"):
@@ -180,7 +288,8 @@ def balanced_subset(dataset: Dataset, fraction: float, seed: int = 0) -> Dataset
         members = torch.nonzero(labels == c).flatten()
         keep = max(1, round(fraction * len(members)))
         chosen.append(members[torch.randperm(len(members), generator=generator)[:keep]])
-    return Subset(dataset, torch.cat(chosen).sort().values.tolist())
+    indices = torch.cat(chosen).sort().values
+    return dataset.subset(indices) if isinstance(dataset, ImageSet) else Subset(dataset, indices.tolist())
 
 
 def points(name: str, n: int = 1000, *, noise: float = 0.05, seed: int = 0) -> TensorDataset:

@@ -26,9 +26,9 @@ from contham.experiments.distributed import (
 )
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-COMMON = ["device=cpu", "learning.batch_size=32", "learning.crop_and_flip=false", "test_fraction=0.5", "--quiet"]
+COMMON = ["device=cpu", "learning.batch_size=32", "test_fraction=0.5", "--quiet"]  # with random augmentation
 THESIS = ["thesis_resnet2", "learning.lr=0.02"]  # no batch norm (GroupNorm); a stable lr: chaos amplifies rounding
-NOMINAL = ["nominal", "dropout=null", "preprocessing=plain"]  # batch norm
+NOMINAL = ["nominal", "dropout=null"]  # batch norm
 
 
 def train(ranks, args, out, **popen):

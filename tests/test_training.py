@@ -2,16 +2,21 @@
 
 import json
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 import contham.experiments.trainer as training
 from contham import HamiltonianBlock, HamiltonianField
 from contham.config import LearningParameters
-from contham.data import points
+from contham.data import load_image_set, points
 from contham.experiments import RunConfig, fit, run
+from contham.experiments.distributed import Ranks
+from contham.models import build
 
 
 def hamiltonian_classifier():
@@ -139,3 +144,35 @@ def test_run_config_keys_and_defaults():
         config.set("fraction", 2.0)
     with pytest.raises(ValueError, match="device must be 'auto', 'cpu' or 'cuda"):
         training.select_device("tpu")
+
+
+class ContHamHostSyncs(TorchFunctionMode):
+    """Counts the calls that copy a tensor's value to the host (a device sync on CUDA) made from
+    contham's own code."""
+
+    NAMES = {"item", "tolist", "numpy", "cpu", "__bool__", "__float__", "__int__", "__index__", "nonzero", "unique"}
+    ROOT = str(Path(training.__file__).parents[1])
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") in self.NAMES:
+            caller = sys._getframe(1)
+            if caller.f_code.co_filename.startswith(self.ROOT):
+                self.calls.append(f"{func.__name__} at {caller.f_code.co_filename}:{caller.f_lineno}")
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("model", ["thesis_resnet2", "thesis_hamiltonian", "nominal"])
+def test_a_training_step_makes_one_host_sync(model):
+    train_set = load_image_set("digits", train=True, preprocessing="thesis" if "thesis" in model else "report")
+    net = build(model, in_channels=1, num_classes=10, image_size=28 if "thesis" in model else 8)
+    learning = RunConfig(model=model).learning
+    optimizer = training.make_optimizer(net, learning)
+    ranks = Ranks()
+    with ContHamHostSyncs() as syncs:
+        entry = training._train_epoch(net, net, train_set, learning, optimizer, torch.device("cpu"), ranks, 0, 1, 3,
+                                      False, 1)  # fmt: skip
+    assert entry["batches"] == 3 and len(syncs.calls) == 3, syncs.calls  # the batch's loss, accuracy and penalty

@@ -145,15 +145,28 @@ class GlobalBatches(Sampler[list[int]]):
         return len(self.global_sizes)
 
     def __iter__(self) -> Iterator[list[int]]:
+        for indices, _ in self.shards():
+            yield indices.tolist()
+
+    def shards(self) -> Iterator[tuple[Tensor, slice]]:
+        """This rank's shard of each global batch: its indices (a tensor) and its position in the
+        global batch (to take its rows of per-sample random parameters drawn for the whole batch)."""
         permutation = torch.randperm(self.n, generator=self.generator)
         for i, size in enumerate(self.global_sizes):
             batch = permutation[i * self.batch_size : i * self.batch_size + size]
-            yield batch.tensor_split(self.ranks.world_size)[self.ranks.rank].tolist()
+            yield batch[shard_slice(size, self.ranks)], shard_slice(size, self.ranks)
 
 
-def shard_indices(n: int, ranks: Ranks) -> list[int]:
+def shard_slice(n: int, ranks: Ranks) -> slice:
+    """This rank's contiguous part of ``n`` items (the parts of ``tensor_split``)."""
+    base, extra = divmod(n, ranks.world_size)
+    start = ranks.rank * base + min(ranks.rank, extra)
+    return slice(start, start + base + (ranks.rank < extra))
+
+
+def shard_indices(n: int, ranks: Ranks) -> Tensor:
     """This rank's contiguous share of ``range(n)`` (evaluation)."""
-    return torch.arange(n).tensor_split(ranks.world_size)[ranks.rank].tolist()
+    return torch.arange(n)[shard_slice(n, ranks)]
 
 
 class GlooSyncBatchNorm(nn.modules.batchnorm._BatchNorm):

@@ -24,21 +24,21 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from .._checks import check_int
 from ..analysis import GradientNorms
 from ..config import LearningParameters
-from ..data import balanced_subset, dataset_info, load_dataset
+from ..data import ImageSet, balanced_subset, dataset_info, load_image_set
 from ..models import build, count_parameters
 from ..regularization import smoothness
 from . import distributed
@@ -114,14 +114,17 @@ def evaluate(
     reduced."""
     ranks = ranks or Ranks()
     model.eval()
-    if ranks.distributed:
-        dataset = Subset(dataset, distributed.shard_indices(len(dataset), ranks))
+    mine = distributed.shard_indices(len(dataset), ranks)
+    if isinstance(dataset, ImageSet):
+        batches: Iterable[tuple[Tensor, Tensor]] = (dataset.batch(part, device) for part in mine.split(batch_size))
+    else:
+        batches = DataLoader(Subset(dataset, mine.tolist()) if ranks.distributed else dataset, batch_size)
     classes = num_classes or 1
     sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss, correct
     total = 0
     confusion = torch.zeros(classes * classes, dtype=torch.long, device=device)
-    for x, y in DataLoader(dataset, batch_size):
-        x, y = x.to(device), y.to(device)
+    for x, y in batches:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         out = model(x)
         predicted = out.argmax(1)
         sums += torch.stack([F.cross_entropy(out, y, reduction="sum").double(), (predicted == y).sum().double()])
@@ -371,15 +374,14 @@ def _train_epoch(
     trained.train()
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
     batches = GlobalBatches(len(train_set), learning.batch_size, generator, ranks, max_batches)
-    loader = DataLoader(train_set, batch_sampler=batches, generator=generator)  # the order of shuffle=True
+    augmentation = torch.Generator().manual_seed(seed * 100_003 + epoch + 2**40)
     reset_peak_memory(device)
     total = correct = 0
     loss_sum = 0.0
     nfe_sums, nfe_batches, saved = [0, 0], 0, None
     begin = time.perf_counter()
     bar = tqdm(total=len(batches), desc=f"epoch {epoch}/{epochs}", disable=not progress, leave=False)
-    for i, ((x, y), size) in enumerate(zip(loader, batches.global_sizes)):
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    for i, (x, y, size) in enumerate(_training_batches(train_set, batches, generator, augmentation, device)):
         with SavedTensors() if i == 0 else contextlib.nullcontext() as memory:
             out = trained(x)
         if memory is not None:
@@ -425,6 +427,29 @@ def _train_epoch(
     if nfe_batches:
         entry.update(nfe_forward=nfe_sums[0] / nfe_batches, nfe_backward=nfe_sums[1] / nfe_batches)
     return entry
+
+
+def _training_batches(
+    train_set: Dataset,
+    batches: GlobalBatches,
+    generator: torch.Generator,
+    augmentation: torch.Generator,
+    device: torch.device,
+) -> Iterator[tuple[Tensor, Tensor, int]]:
+    """``(x, y, global batch size)`` of this rank's shard of every global batch, on ``device``.
+
+    An :class:`~contham.data.ImageSet` is gathered and preprocessed as whole batches on the device,
+    its random augmentation drawn for the global batch from ``augmentation`` (so any number of
+    ranks sees the augmentations of one process); any other dataset goes through a
+    ``DataLoader`` with its per-sample transforms."""
+    if isinstance(train_set, ImageSet):
+        for (indices, position), size in zip(batches.shards(), batches.global_sizes):
+            params = train_set.preprocess.draw(size, augmentation)[position]
+            yield *train_set.batch(indices, device, params), size
+        return
+    loader = DataLoader(train_set, batch_sampler=batches, generator=generator)  # the order of shuffle=True
+    for (x, y), size in zip(loader, batches.global_sizes):
+        yield x.to(device, non_blocking=True), y.to(device, non_blocking=True), size
 
 
 def summarize(history: list[dict[str, Any]]) -> dict[str, Any]:
@@ -481,8 +506,8 @@ def run(
     prepare_folder(run_dir)
     info = dataset_info(config.dataset)
     load = dict(root=config.root, download=config.download, preprocessing=config.preprocessing)
-    train_set = load_dataset(config.dataset, train=True, augment=config.learning.crop_and_flip, **load)
-    test_set = load_dataset(config.dataset, train=False, **load)
+    train_set = load_image_set(config.dataset, train=True, augment=config.learning.crop_and_flip, **load)
+    test_set = load_image_set(config.dataset, train=False, **load)
     train_set = balanced_subset(train_set, config.fraction, config.seed)
     test_set = balanced_subset(test_set, config.test_fraction, config.seed)
     image_size = 28 if config.preprocessing == "thesis" else info.image_size
