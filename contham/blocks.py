@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 
 import torch
@@ -79,7 +80,12 @@ class HamiltonianBlock(nn.Module):
         self.last_stats: Stats | None = None
 
     def forward(self, y: Tensor) -> Tensor:
-        """``y_{n_steps}`` from ``y_0 = y``."""
+        """``y_{n_steps}`` from ``y_0 = y`` (in the field's precision, also under autocast)."""
+        precision, y = field_precision(self.field, y)
+        with precision:
+            return self._forward(y)
+
+    def _forward(self, y: Tensor) -> Tensor:
         if self.memory == "reversible" and torch.is_grad_enabled():
             self.field.check_input(y)
             self.last_stats = Stats(self.solver.name, self.n_steps * self.solver.evals_per_step, 0, self.n_steps, 0)
@@ -149,8 +155,11 @@ class ODEBlock(nn.Module):
         self.last_stats: Stats | None = None
 
     def solve(self, y0: Tensor) -> Solution:
-        """The whole :class:`~contham.integrate.Solution` on ``[0, T]``."""
-        solution = integrate(self.field, y0, self.t, self.solver, **self.options)
+        """The whole :class:`~contham.integrate.Solution` on ``[0, T]`` (in the field's precision,
+        also under autocast)."""
+        precision, y0 = field_precision(self.field, y0)
+        with precision:
+            solution = integrate(self.field, y0, self.t, self.solver, **self.options)
         self.last_stats = solution.stats
         return solution
 
@@ -160,6 +169,17 @@ class ODEBlock(nn.Module):
 
     def extra_repr(self) -> str:
         return f"T={self.t[1]:g}, solver={self.solver.name}, adjoint={self.options['adjoint']}"
+
+
+def field_precision(field: nn.Module, y: Tensor) -> tuple[contextlib.AbstractContextManager, Tensor]:
+    """Blocks integrate in their field's precision: under ``torch.autocast`` (mixed-precision
+    training) a context that turns autocast off and ``y`` cast to the field's dtype; otherwise
+    no change. Low precision would spoil the integrators' accuracy and structure (energy,
+    reversibility); the layers around the block keep autocast."""
+    if not torch.is_autocast_enabled(y.device.type):
+        return contextlib.nullcontext(), y
+    like = next(field.parameters(), None)
+    return torch.autocast(y.device.type, enabled=False), y if like is None else y.to(like.dtype)
 
 
 def collect_stats(model: nn.Module) -> list[Stats]:

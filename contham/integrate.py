@@ -238,6 +238,7 @@ class _CountedSteps(_Counted):
         self.stats.steps_rejected_backward += 1
 
 
+@torch.compiler.disable  # adaptive steps decide on the host: torch.compile runs around, not through, them
 def _integrate_torchdiffeq(
     field: nn.Module,
     y0: Tensor,

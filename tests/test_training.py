@@ -15,6 +15,7 @@ from contham import HamiltonianBlock, HamiltonianField
 from contham.config import LearningParameters
 from contham.data import load_image_set, points
 from contham.experiments import RunConfig, fit, run
+from contham.experiments.accelerate import Accelerator
 from contham.experiments.distributed import Ranks
 from contham.models import build
 
@@ -174,5 +175,5 @@ def test_a_training_step_makes_one_host_sync(model):
     ranks = Ranks()
     with ContHamHostSyncs() as syncs:
         entry = training._train_epoch(net, net, train_set, learning, optimizer, torch.device("cpu"), ranks, 0, 1, 3,
-                                      False, 1)  # fmt: skip
+                                      False, 1, Accelerator(), None)  # fmt: skip
     assert entry["batches"] == 3 and len(syncs.calls) == 3, syncs.calls  # the batch's loss, accuracy and penalty

@@ -10,6 +10,7 @@ from .._checks import check_bool, check_choice, check_int, check_positive
 from ..config import LearningParameters, Parameters
 from ..data import DATASETS, PREPROCESSINGS
 from ..models import available, describe, options, preset
+from .accelerate import check_amp, check_compile
 
 THESIS_LEARNING = LearningParameters(
     training_steps_max=14_070,  # 30 epochs of 60,000 images in batches of 128
@@ -49,6 +50,8 @@ class RunConfig(Parameters):
         stop_at_accuracy, max_train_seconds: end the run early (see :func:`~contham.experiments.fit`).
         sync_batchnorm: in a distributed run, normalise with the statistics of the global batch
             (:func:`~contham.experiments.distributed.convert_sync_batchnorm`), as one process does.
+        amp, channels_last, compile: accelerator options (:mod:`contham.experiments.accelerate`):
+            mixed precision None/"bf16"/"fp16", NHWC layout, ``torch.compile`` (true or a backend).
     """
 
     _nested = {"learning": LearningParameters}
@@ -71,6 +74,9 @@ class RunConfig(Parameters):
     stop_at_accuracy: float | None = None
     max_train_seconds: float | None = None
     sync_batchnorm: bool = False
+    amp: str | None = None
+    channels_last: bool = False
+    compile: bool | str = False
 
     def __post_init__(self) -> None:
         if self.learning is None:
@@ -104,6 +110,9 @@ class RunConfig(Parameters):
         check_bool("deterministic", self.deterministic)
         check_bool("gradient_norms", self.gradient_norms)
         check_bool("sync_batchnorm", self.sync_batchnorm)
+        check_amp(self.amp)
+        check_bool("channels_last", self.channels_last)
+        check_compile(self.compile)
         check_stops(self.stop_at_accuracy, self.max_train_seconds)
 
     def set(self, key: str, value: Any) -> None:

@@ -35,13 +35,23 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-from .._checks import check_int
+from .._checks import check_bool, check_int
 from ..analysis import GradientNorms
 from ..config import LearningParameters
 from ..data import ImageSet, balanced_subset, dataset_info, load_image_set
 from ..models import build, count_parameters
 from ..regularization import smoothness
 from . import distributed
+from .accelerate import (
+    Accelerator,
+    CompiledOrEager,
+    autocast,
+    check_amp,
+    check_compile,
+    grad_scaler,
+    memory_format,
+    to_channels_last,
+)
 from .distributed import GlobalBatches, Ranks
 from .files import (
     RunFolderError,
@@ -108,11 +118,13 @@ def evaluate(
     batch_size: int = 500,
     num_classes: int | None = None,
     ranks: Ranks | None = None,
+    options: Accelerator | None = None,
 ) -> dict[str, Any]:
     """Loss, accuracy and (with ``num_classes``) the confusion matrix (rows: true class) on
     ``dataset``. In a distributed run (``ranks``) each rank evaluates its share and the sums are
-    reduced."""
+    reduced; ``options``: the run's mixed precision and memory format."""
     ranks = ranks or Ranks()
+    options = options or Accelerator()
     model.eval()
     mine = distributed.shard_indices(len(dataset), ranks)
     if isinstance(dataset, ImageSet):
@@ -124,8 +136,9 @@ def evaluate(
     total = 0
     confusion = torch.zeros(classes * classes, dtype=torch.long, device=device)
     for x, y in batches:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        out = model(x)
+        x, y = memory_format(x.to(device, non_blocking=True), options.channels_last), y.to(device, non_blocking=True)
+        with autocast(device, options.amp):
+            out = model(x)
         predicted = out.argmax(1)
         sums += torch.stack([F.cross_entropy(out, y, reduction="sum").double(), (predicted == y).sum().double()])
         total += len(y)
@@ -157,6 +170,9 @@ def fit(
     stop_at_accuracy: float | None = None,
     max_train_seconds: float | None = None,
     sync_batchnorm: bool = False,
+    amp: str | None = None,
+    channels_last: bool = False,
+    compile: bool | str = False,
     wait: bool = False,
     restart: bool = False,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
@@ -184,6 +200,8 @@ def fit(
             training time (evaluation excluded) reaches this. ``metrics["stop_reason"]`` says
             which ended the run: "epochs", "accuracy" or "time".
         sync_batchnorm: in a distributed run, batch norm with global-batch statistics.
+        amp, channels_last, compile: mixed precision (None, "bf16", "fp16"), NHWC layout and
+            ``torch.compile`` (see :mod:`contham.experiments.accelerate`).
         wait: if another process holds ``run_dir``, wait for it instead of raising
             :class:`~contham.experiments.files.RunBusy`.
         restart: discard what ``run_dir`` holds (a broken or unwanted run) and start afresh.
@@ -196,6 +214,7 @@ def fit(
     """
     learning.validate()
     check_stops(stop_at_accuracy, max_train_seconds)
+    options = Accelerator(check_amp(amp), check_bool("channels_last", channels_last), check_compile(compile))
     epochs = epochs_for(learning, len(train_set)) if epochs is None else check_int("epochs", epochs)
     if max_batches is not None:
         check_int("max_batches", max_batches)
@@ -214,7 +233,7 @@ def fit(
         return _fit_locked(
             model, train_set, test_set, learning, run_dir, ranks, dev, epochs, max_batches, seed, num_classes,
             eval_batch_size, progress and ranks.main, config or {}, gradient_norms, stop_at_accuracy,
-            max_train_seconds, sync_batchnorm, on_epoch,
+            max_train_seconds, sync_batchnorm, options, on_epoch,
         )  # fmt: skip
 
 
@@ -256,6 +275,7 @@ def _fit_locked(
     stop_at_accuracy: float | None,
     max_train_seconds: float | None,
     sync_batchnorm: bool,
+    options: Accelerator,
     on_epoch: Callable[[dict[str, Any]], None] | None,
 ) -> dict[str, Any]:
     metrics_path, checkpoint_path = run_dir / "metrics.json", run_dir / "checkpoint.pt"
@@ -266,9 +286,12 @@ def _fit_locked(
         if previous["status"] in DONE:
             return previous
     model.to(dev)
+    if options.channels_last:
+        to_channels_last(model)
     if sync_batchnorm and ranks.distributed:
         model = distributed.convert_sync_batchnorm(model, dev)
     optimizer = make_optimizer(model, learning)
+    scaler = grad_scaler(dev, options.amp)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, learning.lr_decay_at, learning.lr_decay)
     history: list[dict[str, Any]] = []
     start, confusion = 0, None
@@ -280,6 +303,8 @@ def _fit_locked(
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler") is not None:
+            scaler.load_state_dict(state["scaler"])
         history, start, confusion = state["history"], state["epoch"], state["confusion"]
         rng = state["rng"]
         _set_rng(rng[ranks.rank] if len(rng) == ranks.world_size else rng[0])
@@ -287,6 +312,8 @@ def _fit_locked(
         seed_everything(seed)
     distributed.barrier(ranks)  # every rank has read the folder before rank 0 writes to it
     trained = distributed.wrap(model, dev, ranks)
+    if options.compile:
+        trained = CompiledOrEager(trained, options.compile)
     metrics: dict[str, Any] = {"status": "running", "epochs": epochs, "parameters": count_parameters(model)}
     if ranks.distributed:
         metrics["world_size"] = ranks.world_size
@@ -299,7 +326,7 @@ def _fit_locked(
             try:
                 entry = _train_epoch(
                     trained, model, train_set, learning, optimizer, dev, ranks, seed, epoch, max_batches, progress,
-                    epochs,
+                    epochs, options, scaler,
                 )  # fmt: skip
             finally:
                 if hooks is not None:
@@ -310,7 +337,7 @@ def _fit_locked(
                 metrics.update(status="diverged", diverged_epoch=epoch, diverged_loss=entry["train_loss"])
                 break
             scheduler.step()
-            test = evaluate(model, test_set, dev, eval_batch_size, classes, ranks)
+            test = evaluate(model, test_set, dev, eval_batch_size, classes, ranks, options)
             entry.update(test_loss=test["loss"], test_accuracy=test["accuracy"])
             confusion = test["confusion"]
             history.append(entry)
@@ -322,6 +349,7 @@ def _fit_locked(
                         model=model.state_dict(),
                         optimizer=optimizer.state_dict(),
                         scheduler=scheduler.state_dict(),
+                        scaler=None if scaler is None else scaler.state_dict(),
                         history=history,
                         epoch=epoch,
                         config=config,
@@ -368,9 +396,12 @@ def _train_epoch(
     max_batches: int | None,
     progress: bool,
     epochs: int,
+    options: Accelerator,
+    scaler: torch.amp.GradScaler | None,
 ) -> dict[str, Any]:
-    """One epoch; ``trained`` is ``model`` or its DDP wrapper. One host sync per batch: the
-    batch's summed loss, correct predictions and size, reduced over the ranks."""
+    """One epoch; ``trained`` is ``model`` or its DDP or compiled wrapper. One host sync per batch
+    (the batch's summed loss, correct predictions and penalty, reduced over the ranks), and one
+    more in the fp16 gradient scaler's step."""
     trained.train()
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
     batches = GlobalBatches(len(train_set), learning.batch_size, generator, ranks, max_batches)
@@ -382,11 +413,13 @@ def _train_epoch(
     begin = time.perf_counter()
     bar = tqdm(total=len(batches), desc=f"epoch {epoch}/{epochs}", disable=not progress, leave=False)
     for i, (x, y, size) in enumerate(_training_batches(train_set, batches, generator, augmentation, device)):
-        with SavedTensors() if i == 0 else contextlib.nullcontext() as memory:
-            out = trained(x)
+        x = memory_format(x, options.channels_last)
+        with autocast(device, options.amp):
+            with SavedTensors() if i == 0 else contextlib.nullcontext() as memory:
+                out = trained(x)
+            data_loss = distributed.weighted_cross_entropy(out, y, size, ranks)
         if memory is not None:
             saved = memory.megabytes
-        data_loss = distributed.weighted_cross_entropy(out, y, size, ranks)
         penalty = (
             smoothness(model, learning.alpha, b_in_reg=learning.b_in_reg, h_div=learning.h_div)
             if learning.alpha > 0
@@ -402,8 +435,13 @@ def _train_epoch(
             return {"epoch": epoch, "diverged": True, "train_loss": value}
         loss = data_loss if penalty is None else data_loss + penalty
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
         nfe = field_evaluations(model)
         if nfe is not None:
             nfe_sums = [nfe_sums[0] + nfe[0], nfe_sums[1] + nfe[1]]
@@ -536,6 +574,9 @@ def run(
         stop_at_accuracy=config.stop_at_accuracy,
         max_train_seconds=config.max_train_seconds,
         sync_batchnorm=config.sync_batchnorm,
+        amp=config.amp,
+        channels_last=config.channels_last,
+        compile=config.compile,
         wait=wait,
         restart=restart,
         on_epoch=on_epoch,
