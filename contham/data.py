@@ -9,8 +9,8 @@ distribution.
 Image sets (``root`` is a torchvision root; ``download=True`` fetches what is missing):
 ``mnist``, ``qmnist``, ``fashion_mnist``, ``cifar10``, ``cifar100``, ``stl10``, and ``digits``
 (scikit-learn's bundled 8x8 digits, always offline; the first 1,500 images train, the other 297
-test). A root holding only torchvision's ``raw/*.gz`` files of MNIST-like sets (such as a copy of
-``../shared/data``) is extracted on first use without network. CIFAR and STL-10, stored by
+test). A root holding only torchvision's ``raw/*.gz`` files of MNIST-like sets is extracted on
+first use without network. CIFAR and STL-10, stored by
 torchvision as pickles and binaries, are decoded once and cached as uint8 tensors in
 ``<root>/contham-cache/`` (where the root is writable).
 

@@ -98,3 +98,15 @@ def test_time_to_accuracy_benchmark_runs_and_resumes(tiny_mnist, tmp_path):
 def test_scaling_benchmark_prints_both_ratios():
     out = run_script("benchmarks/scaling.py", "--repeats", 1, "--epochs", 1, "--max-batches", 2)
     assert "grid speed-up, sequential / Ray:" in out and "torchrun 2 ranks / 1 process, s/epoch:" in out
+
+
+def test_data_benchmark_prints_the_speed_up(tiny_mnist):
+    out = run_script("benchmarks/data.py", tiny_mnist, "--repeats", 1, "--batch", 8)
+    assert "(30 images, batch 8" in out and out.strip().splitlines()[-1].startswith("speed-up of the batched path:")
+    assert out.strip().endswith("x")
+
+
+def test_options_benchmark_prints_ratios():
+    out = run_script("benchmarks/options.py", "--repeats", 1, "--epochs", 2, "--max-batches", 2,
+                     "--models", "thesis_resnet2", "--options", "amp=bf16")  # fmt: skip
+    assert "| thesis_resnet2 | fp32 eager |" in out and "| thesis_resnet2 | amp=bf16 |" in out and "1.00x" in out

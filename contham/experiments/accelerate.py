@@ -93,7 +93,8 @@ class CompiledOrEager(nn.Module):
             try:
                 return self.compiled(*args, **kwargs)
             except Exception as error:  # dynamo, AOTAutograd and backends raise many types
-                self.failed = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+                lines = [line for line in str(error).splitlines() if line.strip()][:2]  # "raised:" + the cause
+                self.failed = f"{type(error).__name__}: {' '.join(lines)}"
                 warnings.warn(
                     f"torch.compile failed for {type(self.module).__name__} ({self.failed}); training eagerly",
                     RuntimeWarning,
