@@ -56,8 +56,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.repeats):
             for model in args.models:
-                for name, fields in options.items():
-                    folder = Path(tmp) / f"{r}-{model}-{len(steady)}"
+                for i, (name, fields) in enumerate(options.items()):
+                    folder = Path(tmp) / f"{r}-{model}-{i}"  # a fresh folder per run
                     s, extra = epoch_times(model, fields, folder, args)
                     steady.setdefault((model, name), []).append(s)
                     first.setdefault((model, name), []).append(extra)

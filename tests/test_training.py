@@ -123,8 +123,10 @@ def test_run_writes_results_and_does_not_rerun(tmp_path, monkeypatch):
     monkeypatch.setattr(training, "_train_epoch", lambda *a, **k: pytest.fail("a finished run was rerun"))
     assert run(config, tmp_path, progress=False) == metrics
     other = RunConfig(model="thesis_resnet2", epochs=1, max_batches=2)
+    with pytest.raises(ValueError, match="holds a different run"):  # finished, but another config
+        run(other, tmp_path, progress=False)
     (tmp_path / "metrics.json").unlink()
-    with pytest.raises(ValueError, match="holds a different run"):
+    with pytest.raises(ValueError, match="holds a different run"):  # its checkpoint
         run(other, tmp_path, progress=False)
 
 

@@ -237,6 +237,17 @@ def fit(
         )  # fmt: skip
 
 
+def _different_run(run_dir: Path) -> RunFolderError:
+    return RunFolderError(f"run_dir={str(run_dir)!r} holds a different run; use another folder or --restart")
+
+
+def _check_same_run(run_dir: Path, config: dict[str, Any]) -> None:
+    """A finished run is read back only for the config it was trained with."""
+    path = run_dir / "config.json"
+    if path.exists() and read_json(path) != config:
+        raise _different_run(run_dir)
+
+
 @contextlib.contextmanager
 def _lock(run_dir: Path, ranks: Ranks, wait: bool) -> Any:
     """Rank 0 holds the run folder's lock; every rank raises if rank 0 could not take it."""
@@ -284,6 +295,7 @@ def _fit_locked(
         if not isinstance(previous, dict) or "status" not in previous:
             raise RunFolderError(f"{str(metrics_path)!r} is not a contham metrics file; use --restart to start afresh")
         if previous["status"] in DONE:
+            _check_same_run(run_dir, config)
             return previous
     model.to(dev)
     if options.channels_last:
@@ -299,7 +311,7 @@ def _fit_locked(
     if checkpoint_path.exists():
         state = load_checkpoint(checkpoint_path, map_location=dev)
         if state.get("config") != config:
-            raise RunFolderError(f"run_dir={str(run_dir)!r} holds a different run; use another folder or --restart")
+            raise _different_run(run_dir)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
