@@ -73,9 +73,7 @@ def test_grid_is_resumable_and_survives_a_failing_point(tmp_path, monkeypatch, c
     assert [r["status"] for r in rows] == ["finished", "failed", "finished"]
     assert (tmp_path / "grid.png").exists()
     calls = []
-    monkeypatch.setattr(
-        experiments, "run", lambda c, d, **kwargs: calls.append(d) or real_run(c, d, **kwargs)
-    )
+    monkeypatch.setattr(experiments, "run", lambda c, d, **kwargs: calls.append(d) or real_run(c, d, **kwargs))
     monkeypatch.setattr("contham.experiments.trainer._train_epoch", lambda *a, **k: pytest.fail("finished point rerun"))
     with pytest.raises(pytest.fail.Exception):  # the failed point is retried, the finished ones are not
         main(args)

@@ -318,7 +318,7 @@ def _fit_locked(
         if scaler is not None and state.get("scaler") is not None:
             scaler.load_state_dict(state["scaler"])
         history, start, confusion = state["history"], state["epoch"], state["confusion"]
-        rng = state["rng"]
+        rng = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]  # older checkpoints: one dict
         _set_rng(rng[ranks.rank] if len(rng) == ranks.world_size else rng[0])
     else:
         seed_everything(seed)
