@@ -115,16 +115,16 @@ class Parameters:
     def load(cls: type[P], path: str | Path) -> P:
         """Read a file written by :meth:`save` (or by hand, with the report's names)."""
         path = Path(path)
-        kind = _format(path)
+        file_format = _format(path)
         try:
             text = path.read_text()
-            data = json.loads(text) if kind == "json" else yaml.load(text, _Loader)
+            data = json.loads(text) if file_format == "json" else yaml.load(text, _Loader)
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError) as error:
             detail = " ".join(str(error).split())
             raise ValueError(f"cannot read {cls.__name__} file {str(path)!r}: {detail}") from None
         if not isinstance(data, dict):
-            kind = type(data).__name__
-            raise ValueError(f"{cls.__name__} file {str(path)!r} must hold a mapping of keys; got {kind}")
+            found = type(data).__name__
+            raise ValueError(f"{cls.__name__} file {str(path)!r} must hold a mapping of keys; got {found}")
         try:
             return cls.from_dict(data)
         except (TypeError, ValueError) as error:

@@ -5,9 +5,10 @@
 group (NCCL on CUDA, gloo on CPU). Every global batch of the 1-process run is split into N
 contiguous shards, one per rank (:class:`GlobalBatches`), and each rank's loss is weighted by its
 share of the global batch, so that the gradient DDP averages is the 1-process gradient of the same
-global batch: an N-rank run follows the same optimisation as a 1-process run. Per-sample random
-augmentation draws from each rank's own generator, so its random crops differ from the 1-process
-run's (the distribution is the same).
+global batch: an N-rank run follows the same optimisation as a 1-process run. The random
+augmentation of a :class:`~contham.data.ImageSet` is drawn for the whole global batch, so the
+ranks see the crops and flips of one process; dropout and the per-sample transforms of other
+datasets draw from each rank's own generator (same distribution, other samples).
 
 Batch norm normalises each rank's shard on its own unless the run converts it
 (``sync_batchnorm=true``) with :func:`convert_sync_batchnorm`: then the statistics are those of the
