@@ -197,7 +197,9 @@ class ImageSet(Dataset):
         if device.type == "cuda":
             images, labels = images.pin_memory(), labels.pin_memory()
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        return self.preprocess.to(device)(images, params), labels
+        if self.preprocess.mean.device != images.device:
+            self.preprocess.to(device)
+        return self.preprocess(images, params), labels
 
 
 def load_images(

@@ -67,17 +67,15 @@ def ranks_from_env() -> Ranks:
     return Ranks(rank, world, local)
 
 
-def setup(device: torch.device, timeout_s: float = 1800.0) -> Ranks:
-    """Join the process group of a ``torchrun`` launch (no-op for one process) and return the ranks.
+def setup(ranks: Ranks, device: torch.device, timeout_s: float = 1800.0) -> None:
+    """Join the process group of a ``torchrun`` launch (no-op for one process).
 
     ``device`` is this rank's device (see :func:`rank_device`); its type picks the backend."""
-    ranks = ranks_from_env()
     if ranks.distributed and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
-    return ranks
 
 
 def shutdown() -> None:

@@ -23,12 +23,13 @@ import dataclasses
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .._checks import check_int, check_nonnegative
 from .drivers import Job, OnResult, run_job
 from .files import RunLock, read_json, write_json
 from .runconfig import RunConfig
@@ -36,11 +37,18 @@ from .trainer import STOPPED, summarize
 
 
 def _run_remote(
-    config: dict[str, Any], label: str, run_dir: str, threads: float, wait: bool, restart: bool
+    config: dict[str, Any],
+    label: str,
+    run_dir: str,
+    threads: float,
+    wait: bool,
+    restart: bool,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """A Ray task: one run, torch limited to the CPUs Ray reserved for it."""
+    """One run in a Ray task or Tune trial, torch limited to the CPUs Ray reserved for it."""
     torch.set_num_threads(max(1, int(threads)))
-    return run_job(Job(label, RunConfig.from_dict(config), Path(run_dir)), wait=wait, restart=restart)
+    return run_job(Job(label, RunConfig.from_dict(config), Path(run_dir)), wait=wait, restart=restart,
+                   on_epoch=on_epoch)  # fmt: skip
 
 
 @dataclasses.dataclass
@@ -68,17 +76,11 @@ class RayRunner:
     restart: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("cpus_per_run", "gpus_per_run"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ValueError(f"{name} must be a number >= 0; got {value!r}")
-        if self.cpus_per_run == 0 and self.gpus_per_run == 0:
+        cpus = check_nonnegative("cpus_per_run", self.cpus_per_run)
+        if cpus + check_nonnegative("gpus_per_run", self.gpus_per_run) == 0:
             raise ValueError("cpus_per_run and gpus_per_run cannot both be 0")
-        for name in ("grace_epochs", "reduction_factor"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "grace_epochs" else 2):
-                minimum = 1 if name == "grace_epochs" else 2
-                raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
+        check_int("grace_epochs", self.grace_epochs, 1)
+        check_int("reduction_factor", self.reduction_factor, 2)
 
     def execute(self, jobs: Sequence[Job], on_result: OnResult) -> list[dict[str, Any]]:
         try:
@@ -135,16 +137,13 @@ class RayRunner:
         threads, wait, restart = self.cpus_per_run, self.wait, self.restart
 
         def trial(params: dict[str, Any]) -> None:
-            config, label, run_dir = payload[params["job"]]
-            torch.set_num_threads(max(1, int(threads)))
             reported = []
 
             def report(entry: dict[str, Any]) -> None:
                 reported.append(entry["epoch"])
                 tune.report({"test_accuracy": entry["test_accuracy"], "epoch": entry["epoch"], "status": "running"})
 
-            result = run_job(Job(label, RunConfig.from_dict(config), Path(run_dir)), wait=wait, restart=restart,
-                             on_epoch=report)  # fmt: skip
+            result = _run_remote(*payload[params["job"]], threads, wait, restart, report)
             if not reported or result.get("status") != "finished":
                 tune.report({"test_accuracy": result.get("test_accuracy") or 0.0,
                              "epoch": result.get("epochs_done") or 0, "status": result.get("status")})  # fmt: skip

@@ -220,7 +220,7 @@ def fit(
         check_int("max_batches", max_batches)
     ranks = distributed.ranks_from_env()
     dev = distributed.rank_device(select_device(device), ranks)
-    ranks = distributed.setup(dev)
+    distributed.setup(ranks, dev)
     if learning.batch_size < ranks.world_size:
         raise ValueError(
             f"learning.batch_size must be at least the number of ranks ({ranks.world_size}); got {learning.batch_size}"
@@ -251,20 +251,17 @@ def _check_same_run(run_dir: Path, config: dict[str, Any]) -> None:
 @contextlib.contextmanager
 def _lock(run_dir: Path, ranks: Ranks, wait: bool) -> Any:
     """Rank 0 holds the run folder's lock; every rank raises if rank 0 could not take it."""
-    lock, error = None, None
-    if ranks.main:
-        try:
-            lock = RunLock(run_dir, wait=wait).__enter__()
-        except ValueError as err:
-            error = err
-    error = distributed.broadcast(error, ranks)
-    if error is not None:
-        raise error
-    try:
+    with contextlib.ExitStack() as held:
+        error = None
+        if ranks.main:
+            try:
+                held.enter_context(RunLock(run_dir, wait=wait))
+            except ValueError as err:
+                error = err
+        error = distributed.broadcast(error, ranks)
+        if error is not None:
+            raise error
         yield
-    finally:
-        if lock is not None:
-            lock.__exit__(None, None, None)
 
 
 def _fit_locked(
