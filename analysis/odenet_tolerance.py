@@ -42,7 +42,7 @@ def main() -> None:
     rows = []
     for adjoint in (False, True):
         for tol in args.tolerances:
-            options = dict(rtol=tol, atol=tol, adjoint=adjoint)
+            options = dict(rtol=tol, atol=tol, gradient="adjoint" if adjoint else "backprop")
             config = RunConfig(
                 model="thesis_odenet",
                 dataset=args.dataset,

@@ -40,7 +40,7 @@ def main() -> None:
             "j1": HamiltonianBlock(HamiltonianField(width, "J1", "relu", kernel_size=3, n_nodes=STEPS, dt=0.1)),
             "two_layer": HamiltonianBlock(TwoLayerField(width, "relu", kernel_size=3, n_nodes=STEPS, dt=0.1)),
         }
-        models["two_layer_rev"] = HamiltonianBlock(models["two_layer"].field, memory="reversible")
+        models["two_layer_rev"] = HamiltonianBlock(models["two_layer"].field, gradient="reversible")
         t = interleaved_medians({k: training_step(m, x) for k, m in models.items()}, args.repeats)
         r = {k: v / t["resnet"] for k, v in t.items()}
         print(f"| {width} | {size}x{size} | {t['resnet']:.3f} | {t['j1']:.3f} | {r['j1']:.2f}x | "

@@ -9,7 +9,7 @@ sum). Three contham blocks:
 
 Each is compared with the same equations written as a plain loop over one ``nn.Linear`` per layer
 and weight, with J as an explicit matrix (what research code typically does). contham runs both
-with its default fused path (:mod:`contham.fused`) and with ``fused=False`` (one autograd node per
+with its default fused path (:mod:`contham.fused`) and with ``Backprop(higher_order=True)`` (one autograd node per
 operation). All start from the same weights, and their outputs are checked equal (float32
 rounding) before timing. Interleaved, median of --repeats.
 
@@ -24,7 +24,7 @@ import torch
 from _timing import interleaved_medians, training_step
 from torch import nn
 
-from contham import HamiltonianBlock, HamiltonianField, SeparableField, TwoLayerField
+from contham import Backprop, HamiltonianBlock, HamiltonianField, SeparableField, TwoLayerField
 from contham.fields import j1_matrix
 
 NF, H = 4, 0.1
@@ -87,7 +87,10 @@ def main() -> None:
         "two-layer (SE)": HamiltonianBlock(TwoLayerField(NF, "tanh", **layout)),
         "separable (SE)": HamiltonianBlock(SeparableField(NF, "tanh", **layout)),
     }
-    unfused = {name: HamiltonianBlock(block.field, block.solver, fused=False) for name, block in blocks.items()}
+    step_by_step = Backprop(higher_order=True)
+    unfused = {
+        name: HamiltonianBlock(block.field, block.solver, gradient=step_by_step) for name, block in blocks.items()
+    }
     loops = {
         "H1 (J1, Euler)": LoopH1(blocks["H1 (J1, Euler)"]),
         "two-layer (SE)": LoopSplit(blocks["two-layer (SE)"], ("K1", "b1", "K2", "b2"), "y"),
@@ -95,7 +98,7 @@ def main() -> None:
     }
     x = torch.randn(args.batch, NF)
     print(f"torch {torch.__version__}, nf {NF}, {args.layers} layers, batch {args.batch}, median of {args.repeats}")
-    print("| network | loop (ms) | contham fused=False (ms) | contham (ms) | loop / fused=False | loop / contham |")
+    print("| network | loop (ms) | contham step by step (ms) | contham (ms) | loop / step by step | loop / contham |")
     print("|---|---|---|---|---|---|")
     for name, block in blocks.items():
         for candidate in (block, unfused[name]):

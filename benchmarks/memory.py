@@ -4,9 +4,9 @@ A convolutional two-layer Hamiltonian block (16 channels, 16x16 maps, batch 16, 
 16 to 1024 steps is trained for one step (forward + backward) in three ways:
 
 * plain backprop: a HamiltonianBlock (symplectic Euler), where autograd keeps every step;
-* reversible: the same block with ``memory="reversible"``;
+* reversible: the same block with ``gradient="reversible"``;
 * adjoint: an ODEBlock of the same field with weights linear in t (torchdiffeq's fixed grid
-  cannot stop at weight jumps), torchdiffeq's fixed-grid Euler at step h, ``adjoint=True``.
+  cannot stop at weight jumps), torchdiffeq's fixed-grid Euler at step h, ``gradient="adjoint"``.
 
 Memory is what autograd keeps for the backward pass, counted with
 ``contham.experiments.SavedTensors`` (saved-tensor hooks). On CUDA the script also reports the peak allocated
@@ -54,8 +54,8 @@ def models(n: int, device: torch.device) -> dict[str, torch.nn.Module]:
     solver = TorchDiffEq("euler", options=dict(step_size=H))
     return {
         "backprop": HamiltonianBlock(field),
-        "reversible": HamiltonianBlock(field, memory="reversible"),
-        "adjoint": ODEBlock(smooth, n * H, solver, adjoint=True),
+        "reversible": HamiltonianBlock(field, gradient="reversible"),
+        "adjoint": ODEBlock(smooth, n * H, solver, gradient="adjoint"),
     }
 
 

@@ -33,7 +33,7 @@ def main() -> None:
     for tol in args.tolerances:
         for adjoint in (False, True):
             models[f"ODENet tol={tol:g}" + (" adjoint" if adjoint else "")] = build(
-                "thesis_odenet", in_channels=1, rtol=tol, atol=tol, adjoint=adjoint
+                "thesis_odenet", in_channels=1, rtol=tol, atol=tol, gradient="adjoint" if adjoint else "backprop"
             )
 
     def step(model: torch.nn.Module):

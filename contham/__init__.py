@@ -1,13 +1,14 @@
 """contham: continuous-depth and Hamiltonian deep neural networks in PyTorch.
 
 The public surface composes: a *field* ``f(t, y)`` (:mod:`contham.fields`), a *solver*
-(:mod:`contham.solvers`), :func:`integrate`, and the *blocks* :class:`HamiltonianBlock`
+(:mod:`contham.solvers`), a *gradient strategy* (:mod:`contham.gradients`), :func:`integrate`,
+and the *blocks* :class:`HamiltonianBlock`
 (discrete mode) and :class:`ODEBlock` (any field, any solver). Whole networks are in
 :mod:`contham.models` (by name: ``contham.models.build``), described by the parameter dataclasses
 of :mod:`contham.config`.
 """
 
-from . import config, fields, models, solvers
+from . import config, fields, gradients, models, solvers
 from .blocks import HamiltonianBlock, ODEBlock, collect_stats
 from .config import HamiltonianParameters, LearningParameters, NetworkParameters, Preset
 from .fields import (
@@ -19,6 +20,7 @@ from .fields import (
     TimeNodes,
     TwoLayerField,
 )
+from .gradients import Adjoint, Backprop, Reversible
 from .integrate import IntegrationError, Solution, Stats, integrate
 from .regularization import smoothness
 from .solvers import get_solver
@@ -26,7 +28,9 @@ from .solvers import get_solver
 __version__ = "0.1.0"
 
 __all__ = [
+    "Adjoint",
     "AntisymmetricField",
+    "Backprop",
     "HamiltonianBlock",
     "HamiltonianField",
     "HamiltonianParameters",
@@ -36,6 +40,7 @@ __all__ = [
     "ODEBlock",
     "ODENetField",
     "Preset",
+    "Reversible",
     "SeparableField",
     "Solution",
     "Stats",
@@ -46,6 +51,7 @@ __all__ = [
     "config",
     "fields",
     "get_solver",
+    "gradients",
     "integrate",
     "models",
     "smoothness",

@@ -209,8 +209,7 @@ def reversibility_error(block: HamiltonianBlock, y: Tensor) -> float:
     (Verlet) on time-reversible fields; O(h) for the others."""
     y_end = block(y)
     x = y_end
-    for j in reversed(range(block.n_steps)):
-        s, h, node = block._plan[j]
+    for s, h, node in reversed(block.schedule.steps):
         x = block.solver.step(block.field.at_node(node), s + h, -h, x)
     return float((x - y).abs().max())
 

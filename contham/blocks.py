@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
 
 import torch
 from torch import Tensor, nn
 
-from ._checks import check_bool, check_choice, check_positive
+from ._checks import check_positive
 from .fields.base import NodeField
-from .fused import fused_plan, fused_steps
-from .integrate import Solution, Stats, fixed_step_plan, integrate, run_fixed_steps
-from .reversible import reversible_steps
-from .solvers import FixedStepSolver, Solver, get_solver
-from .solvers.fixed import _SplitSolver
-
-MEMORY_MODES = ("backprop", "reversible")
+from .gradients import Backprop, Gradient, get_gradient
+from .integrate import integrate
+from .solvers import FixedStepSolver, Schedule, Solution, Solver, SplitSolver, Stats, get_solver, plan_steps
 
 
 class HamiltonianBlock(nn.Module):
@@ -33,17 +28,14 @@ class HamiltonianBlock(nn.Module):
             "constant": one step).
         solver: a fixed-step solver name or object; default the field's ``default_solver``
             (euler for J1/J2/antisymmetric, symplectic_euler for split fields).
-        memory: ``"backprop"`` (autograd stores every step's activations) or ``"reversible"``
-            (split solvers only: store nothing and rebuild the states backwards during backprop,
-            exact gradients with activation memory independent of depth; see
-            :mod:`contham.reversible`).
-        fused: where supported (dense H1 fields with any J and Euler, dense two-layer and separable
-            fields with a split solver, a named sigma), run all steps as one autograd node with
-            hand-written gradients (:mod:`contham.fused`; several times faster on small dense
-            states). Its gradients cannot be differentiated again: set ``fused=False`` for double
-            backward or ``torch.func`` transforms. ``memory="reversible"`` takes precedence.
+        gradient: ``"backprop"`` (autograd; on dense sigma-term fields the fused path of
+            :mod:`contham.fused` runs all steps as one autograd node, several times faster on
+            small states) or ``"reversible"`` (split solvers: store nothing and rebuild the
+            states backwards during backprop, exact gradients with activation memory independent
+            of depth; see :mod:`contham.reversible`); or a :mod:`contham.gradients` object, e.g.
+            ``Backprop(higher_order=True)`` for double backward.
 
-    ``last_stats`` holds the :class:`~contham.integrate.Stats` of the latest forward.
+    ``last_stats`` holds the :class:`~contham.solvers.Stats` of the latest forward.
     """
 
     def __init__(
@@ -51,8 +43,7 @@ class HamiltonianBlock(nn.Module):
         field: NodeField,
         solver: str | FixedStepSolver | None = None,
         *,
-        memory: str = "backprop",
-        fused: bool = True,
+        gradient: str | Gradient = "backprop",
     ):
         super().__init__()
         if not isinstance(field, NodeField) or field.nodes.mode == "linear":
@@ -61,65 +52,70 @@ class HamiltonianBlock(nn.Module):
                 f"got {type(field).__name__}" + (" with time_mode='linear'" if isinstance(field, NodeField) else "")
             )
         self.field = field
-        self.solver = get_solver(field.default_solver if solver is None else solver)
-        if not isinstance(self.solver, FixedStepSolver):
-            raise ValueError(f"solver must be a fixed-step solver for a HamiltonianBlock; got {self.solver.name!r}")
-        self.solver.check_field(field)
-        self.memory = check_choice("memory", memory, MEMORY_MODES)
-        if memory == "reversible":
-            if not isinstance(self.solver, _SplitSolver):
-                raise ValueError(
-                    f"memory='reversible' needs a split solver ('symplectic_euler', 'verlet'); got {self.solver.name!r}"
-                )
-            node_params = {id(getattr(field, name)) for name in field.node_names}
-            if any(id(p) not in node_params for p in field.parameters()):
-                raise ValueError("memory='reversible' needs a field whose parameters all lie on the node axis")
+        solver = get_solver(field.default_solver if solver is None else solver)
+        if not isinstance(solver, FixedStepSolver):
+            raise ValueError(f"solver must be a fixed-step solver for a HamiltonianBlock; got {solver.name!r}")
+        self.solver = solver
+        self.gradient = get_gradient(gradient)
+        solver.check_field(field)
+        solver.check_gradient(self.gradient)
         self.n_steps, self.h = field.nodes.n, field.nodes.dt
-        self._fused = fused_plan(field, self.solver) if check_bool("fused", fused) else None
-        self._plan, _ = fixed_step_plan([0.0, self.n_steps * self.h], field.nodes.breaks, None, field.nodes)
+        steps, outputs = plan_steps([0.0, self.n_steps * self.h], field.nodes.breaks, None, field.nodes)
+        self.schedule = Schedule(field, solver, steps, outputs)
         self.last_stats: Stats | None = None
 
     def forward(self, y: Tensor) -> Tensor:
         """``y_{n_steps}`` from ``y_0 = y`` (in the field's precision, also under autocast)."""
         precision, y = field_precision(self.field, y)
         with precision:
-            return self._forward(y)
-
-    def _forward(self, y: Tensor) -> Tensor:
-        if self.memory == "reversible" and torch.is_grad_enabled():
             self.field.check_input(y)
-            self.last_stats = Stats(self.solver.name, self.n_steps * self.solver.evals_per_step, 0, self.n_steps, 0)
-            return reversible_steps(self.field, self.solver, y, self._plan, self.last_stats)
-        if self._fused is not None:
-            self.field.check_input(y)
-            self.last_stats = Stats(self.solver.name, self.n_steps * self.solver.evals_per_step, 0, self.n_steps, 0)
-            return fused_steps(self._fused, y, self.last_stats)
-        return self._run(y, [self.n_steps])[-1]
+            stats = Stats(self.solver.name)
+            (out,) = self.solver.run(self.schedule, y, self.gradient, stats)
+        self.last_stats = stats
+        return out
 
     @property
     def fused(self) -> bool:
-        """Whether forward runs the fused path (asked for and supported)."""
-        return self._fused is not None
+        """Whether forward runs the fused path (available, and not turned off by the gradient)."""
+        return (
+            self.schedule.fused is not None and isinstance(self.gradient, Backprop) and not self.gradient.higher_order
+        )
 
     def step(self, j: int, y: Tensor) -> Tensor:
         """Step ``j`` alone (0-based): ``y_{j+1}`` from ``y_j = y`` (used by :mod:`contham.analysis`)."""
-        if isinstance(j, bool) or not isinstance(j, int) or not 0 <= j < self.n_steps:
-            raise ValueError(f"j must be an integer in [0, {self.n_steps}); got {j!r}")
-        s, h, node = self._plan[j]
+        s, h, node = self.schedule.steps[self._index(j)]
         return self.solver.step(self.field.at_node(node), s, h, y)
+
+    def inverse(self, y: Tensor) -> Tensor:
+        """``y_0`` from ``y_{n_steps} = y``: the steps undone in reverse order, exact up to rounding
+        (split solvers only: their kicks are undone by subtracting the same terms)."""
+        if not isinstance(self.solver, SplitSolver):
+            raise ValueError(
+                f"inverse() needs a split solver ('symplectic_euler', 'verlet'), whose steps are undone exactly; "
+                f"got {self.solver.name!r}"
+            )
+        self.field.check_input(y)
+        for s, h, node in reversed(self.schedule.steps):
+            y = self.solver.unstep(self.field.at_node(node), s, h, y)
+        return y
 
     def trajectory(self, y: Tensor) -> Tensor:
         """The states ``y_0, ..., y_{n_steps}``, stacked on a new leading axis."""
-        return torch.stack([y] + self._run(y, range(1, self.n_steps + 1)))
-
-    def _run(self, y: Tensor, outputs: Iterable[int]) -> list[Tensor]:
         self.field.check_input(y)
-        self.last_stats = Stats(self.solver.name, steps_accepted=self.n_steps, steps_rejected=0)
-        return run_fixed_steps(self.field, self.solver, y, self._plan, list(outputs), self.last_stats)
+        every = Schedule(self.field, self.solver, self.schedule.steps, list(range(1, self.n_steps + 1)))
+        stats = Stats(self.solver.name)
+        states = self.solver.run(every, y, get_gradient("backprop"), stats)
+        self.last_stats = stats
+        return torch.stack([y, *states])
+
+    def _index(self, j: int) -> int:
+        if isinstance(j, bool) or not isinstance(j, int) or not 0 <= j < self.n_steps:
+            raise ValueError(f"j must be an integer in [0, {self.n_steps}); got {j!r}")
+        return j
 
     def extra_repr(self) -> str:
         layout = f"n_steps={self.n_steps}, h={self.h:g}, solver={self.solver.name}"
-        return f"{layout}, memory={self.memory}, fused={self.fused}"
+        return f"{layout}, gradient={self.gradient}, fused={self.fused}"
 
 
 class ODEBlock(nn.Module):
@@ -128,9 +124,10 @@ class ODEBlock(nn.Module):
     Args:
         field: an ``nn.Module`` with ``forward(t, y)``.
         T: the end time.
-        solver, step_size, rtol, atol, adjoint, max_nfe: as in :func:`~contham.integrate`.
+        solver, gradient, step_size, rtol, atol, max_nfe: as in :func:`~contham.integrate`
+            (e.g. ``gradient=Adjoint(rtol=1e-4, seminorm=True)``).
 
-    ``last_stats`` holds the :class:`~contham.integrate.Stats` of the latest forward (its
+    ``last_stats`` holds the :class:`~contham.solvers.Stats` of the latest forward (its
     ``nfe_backward`` fills in during ``backward()``).
     """
 
@@ -140,26 +137,37 @@ class ODEBlock(nn.Module):
         T: float = 1.0,
         solver: str | Solver = "dopri5",
         *,
+        gradient: str | Gradient = "backprop",
         step_size: float | None = None,
         rtol: float | None = None,
         atol: float | None = None,
-        adjoint: bool = False,
         max_nfe: int = 100_000,
     ):
         super().__init__()
         self.field = field
         self.solver = get_solver(solver, rtol, atol)
+        self.gradient = get_gradient(gradient)
         self.solver.check_field(field)
+        self.solver.check_gradient(self.gradient)
         self.t = [0.0, check_positive("T", T)]
-        self.options = dict(step_size=step_size, adjoint=adjoint, max_nfe=max_nfe)
+        self.step_size = step_size
+        self.max_nfe = max_nfe
         self.last_stats: Stats | None = None
 
     def solve(self, y0: Tensor) -> Solution:
-        """The whole :class:`~contham.integrate.Solution` on ``[0, T]`` (in the field's precision,
+        """The whole :class:`~contham.solvers.Solution` on ``[0, T]`` (in the field's precision,
         also under autocast)."""
         precision, y0 = field_precision(self.field, y0)
         with precision:
-            solution = integrate(self.field, y0, self.t, self.solver, **self.options)
+            solution = integrate(
+                self.field,
+                y0,
+                self.t,
+                self.solver,
+                gradient=self.gradient,
+                step_size=self.step_size,
+                max_nfe=self.max_nfe,
+            )
         self.last_stats = solution.stats
         return solution
 
@@ -168,7 +176,7 @@ class ODEBlock(nn.Module):
         return self.solve(y0).y
 
     def extra_repr(self) -> str:
-        return f"T={self.t[1]:g}, solver={self.solver.name}, adjoint={self.options['adjoint']}"
+        return f"T={self.t[1]:g}, solver={self.solver.name}, gradient={self.gradient}"
 
 
 def field_precision(field: nn.Module, y: Tensor) -> tuple[contextlib.AbstractContextManager, Tensor]:

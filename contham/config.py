@@ -43,15 +43,16 @@ from ._checks import (
     check_positive,
     check_probability,
 )
-from .solvers.fixed import FIXED_SOLVERS
+from .fields import ACTIVATIONS, field_entry, field_names
+from .solvers import SOLVERS, FixedStepSolver, SplitSolver, get_solver
 
-HAMILTONIANS = ("TwoLayersHam", "J1", "J2", "H2", "Symmetric", "Antisymmetric")
-"""Hamiltonian layers: Chang et al.'s two-layer, Galimberti et al.'s J1, J2 and H2 (separable),
-Haber & Ruthotto's symmetric (MS1) and antisymmetric (MS2) networks."""
-SPLIT_HAMILTONIANS = ("TwoLayersHam", "H2", "Symmetric")
-"""Hamiltonians on a state split in halves (y, z); symplectic solvers need one of these."""
-EVEN_WIDTH_HAMILTONIANS = (*SPLIT_HAMILTONIANS, "J1")
-ACTIVATION_NAMES = ("ReLU", "Tanh", "Sigmoid", "Identity")
+HAMILTONIANS = field_names()
+"""Hamiltonian layers (the field registry, :mod:`contham.fields.registry`): Chang et al.'s
+two-layer, Galimberti et al.'s J1, J2 and H2 (separable), Haber & Ruthotto's symmetric (MS1) and
+antisymmetric (MS2) networks. The H-DNN papers' names (MS1, MS2, MS3, H1_J1, H1_J2) are accepted
+too."""
+FIXED_STEP_SOLVERS = tuple(name for name, cls in SOLVERS.items() if issubclass(cls, FixedStepSolver))
+ACTIVATION_NAMES = tuple(a.title for a in ACTIVATIONS.values())
 INITS = ("Zeros", "Ones", "Normal", "Xavier")
 POOLINGS = ("Avg", "Max")
 OPTIMISERS = ("SGD", "Adam")
@@ -62,8 +63,10 @@ REPORT_NAMES = {
     "hamParams": "ham_params",
     "second_final_FC": "second_final_fc",
     "batchnorm_bool": "batchnorm",
+    "memory": "gradient",
 }
-"""The report's parameter names that differ from contham's."""
+"""The report's parameter names that differ from contham's (and ``memory``, contham's earlier
+name for ``gradient``)."""
 
 P = TypeVar("P", bound="Parameters")
 
@@ -170,7 +173,7 @@ class HamiltonianParameters(Parameters):
     """The Hamiltonian layer of a unit (report table 3.3): ``n_blocks`` steps of size ``h``.
 
     Attributes:
-        function: one of :data:`HAMILTONIANS` (report: ``hamiltonianFunction``).
+        function: one of :data:`HAMILTONIANS` or their aliases (report: ``hamiltonianFunction``).
         n_blocks: number of successive Hamiltonian blocks (steps, weight nodes).
         ks: odd kernel size of the convolutional operator K.
         h: the step size (discretisation timestep).
@@ -180,8 +183,8 @@ class HamiltonianParameters(Parameters):
         solver: a fixed-step solver name (contham's addition); None takes the report's scheme:
             forward Euler for J1/J2/antisymmetric, the symplectic Euler (Verlet) of Chang et al.
             for the split Hamiltonians.
-        memory: "backprop" or "reversible" (contham's addition; split solvers only): backprop
-            without stored activations, see :class:`~contham.HamiltonianBlock`.
+        gradient: "backprop" or "reversible" (contham's addition; split Hamiltonians with a
+            split solver): backprop without stored activations, see :mod:`contham.gradients`.
     """
 
     function: str = "TwoLayersHam"
@@ -191,10 +194,11 @@ class HamiltonianParameters(Parameters):
     act: str = "ReLU"
     init: str = "Xavier"
     solver: str | None = None
-    memory: str = "backprop"
+    gradient: str = "backprop"
 
     def validate(self) -> None:
-        self.function = check_name("function", self.function, HAMILTONIANS)
+        entry = field_entry(self.function)
+        self.function = entry.name
         check_int("n_blocks", self.n_blocks)
         check_int("ks", self.ks)
         if self.ks % 2 == 0:
@@ -203,20 +207,23 @@ class HamiltonianParameters(Parameters):
         self.act = check_name("act", self.act, ACTIVATION_NAMES)
         self.init = check_name("init", self.init, INITS)
         if self.solver is not None:
-            check_choice("solver", self.solver, FIXED_SOLVERS)
-            if FIXED_SOLVERS[self.solver].needs_split and self.function not in SPLIT_HAMILTONIANS:
-                raise ValueError(
-                    f"solver={self.solver!r} needs a split Hamiltonian ({', '.join(SPLIT_HAMILTONIANS)}); "
-                    f"got function={self.function!r}"
-                )
-        check_choice("memory", self.memory, ("backprop", "reversible"))
-        if self.memory == "reversible" and (
-            self.function not in SPLIT_HAMILTONIANS or not FIXED_SOLVERS[self.solver or "symplectic_euler"].needs_split
-        ):
+            check_choice("solver", self.solver, FIXED_STEP_SOLVERS)
+        solver = get_solver(self.solver or entry.default_solver)
+        if isinstance(solver, FixedStepSolver) and solver.needs_split and not entry.is_split:
             raise ValueError(
-                f"memory='reversible' needs a split Hamiltonian ({', '.join(SPLIT_HAMILTONIANS)}) with a split solver; "
-                f"got function={self.function!r}, solver={self.solver!r}"
+                f"solver={self.solver!r} needs a split Hamiltonian ({', '.join(_split_names())}); "
+                f"got function={self.function!r}"
             )
+        check_choice("gradient", self.gradient, ("backprop", "reversible"))
+        if self.gradient == "reversible" and not (entry.is_split and isinstance(solver, SplitSolver)):
+            raise ValueError(
+                f"gradient='reversible' needs a split Hamiltonian ({', '.join(_split_names())}) with a split "
+                f"solver; got function={self.function!r}, solver={self.solver!r}"
+            )
+
+
+def _split_names() -> list[str]:
+    return [name for name in HAMILTONIANS if field_entry(name).is_split]
 
 
 @dataclasses.dataclass
@@ -274,7 +281,7 @@ class NetworkParameters(Parameters):
         if any(b < a for a, b in zip(self.nb_features[1:], self.nb_features[2:])):
             raise ValueError(f"nb_features must not decrease from unit to unit; got {self.nb_features}")
         function = self.ham_params.function
-        if function in EVEN_WIDTH_HAMILTONIANS and any(c % 2 for c in self.nb_features[1:]):
+        if field_entry(function).needs_even_features and any(c % 2 for c in self.nb_features[1:]):
             raise ValueError(
                 f"nb_features[1:] must be even for function={function!r} (the state is split in two halves); "
                 f"got {self.nb_features}"

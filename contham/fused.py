@@ -3,7 +3,7 @@
 On dense states (the 2-D protocol: a handful of features, tens of layers) each step is a few tiny
 matrix products, and eager autograd spends more time recording and replaying them than computing
 them. Fields made of terms ``sign * J K^T sigma(K v + b)`` (H1 with any J, the two-layer and the
-separable fields; :class:`~contham.fields.hamiltonian.SigmaTerm`) integrated by forward Euler
+separable fields; :class:`~contham.fields.SigmaTerm`) integrated by forward Euler
 (H1) or a split solver (the split fields) are a sequence of *kicks*
 ``u <- u + c h sign * sigma(v K^T + b) K J^T`` in row form. Here each kick costs three kernels
 forward (``addmm``, sigma in place, ``addmm``) and three backward: with ``w = sigma(z)``,
@@ -16,33 +16,26 @@ and the weight gradients of all steps come at the end from a few batched product
 pass: the state after every kick and every w, as step-by-step autograd keeps. The gradients are
 those of the same forward map (tests compare them with autograd in float64); they cannot be
 differentiated again (no double backward, no ``torch.func`` transforms): use
-``HamiltonianBlock(..., fused=False)`` for those.
+``gradient=Backprop(higher_order=True)`` for those.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .fields.activations import ACTIVATIONS
-from .fields.base import NodeField
-from .fields.hamiltonian import SigmaTerm
-from .solvers.fixed import Euler, FixedStepSolver, _SplitSolver
+from .fields.base import other_half
+from .fields.hamiltonian import SigmaTermField
 
-#: sigma applied in place, and sigma'(z) computed from w = sigma(z), for the named activations
-_SIGMA_INPLACE = {"tanh": Tensor.tanh_, "relu": Tensor.relu_, "sigmoid": Tensor.sigmoid_, "identity": None}
-_SIGMA_PRIME = {
-    "tanh": lambda w: torch.mul(w, w).neg_().add_(1),
-    "relu": lambda w: (w > 0).to(w.dtype),
-    "sigmoid": lambda w: torch.sub(1, w).mul_(w),
-    "identity": torch.ones_like,
-}
+if TYPE_CHECKING:
+    from .solvers.base import Kick
+    from .solvers.fixed import Step
 
-# One kick: (half moved u, half read v, coefficient c h sign); the term driving u is named u
-Kick = tuple[str, str, float]
+# One kick of the plan: (half moved u, half read v, coefficient c h sign); the term driving u is named u
+PlanKick = tuple[str, str, float]
 
 
 class FusedPlan:
@@ -55,8 +48,8 @@ class FusedPlan:
     of u (after the kick) and of v (read). ``reads[u]``: the rows of v read by u's kicks.
     Build it with :func:`fused_plan`."""
 
-    def __init__(self, field: NodeField, step: list[Kick]):
-        self.field, self.sigma, n = field, field.sigma_name, field.nodes.n
+    def __init__(self, field: SigmaTermField, step: list[PlanKick]):
+        self.field, self.activation, n = field, field.activation, field.nodes.n
         parts = sorted({u for u, _, _ in step})
         self.per_step = {u: sum(k[0] == u for k in step) for u in parts}
         self.rows = {h: 1 + n * sum(k[0] == h for k in step) for h in parts}  # states of h
@@ -90,58 +83,56 @@ class FusedPlan:
         return hist
 
 
-def fused_plan(field: NodeField, solver: FixedStepSolver) -> FusedPlan | None:
-    """The :class:`FusedPlan` of a block of ``field`` (one step per node) with ``solver`` if the
-    fused path can run it, else None: a dense field with ``_sigma_terms`` and a named sigma,
-    with Euler (whole-state fields) or a split solver (split fields)."""
-    terms = getattr(field, "_sigma_terms", None)
-    sigma = getattr(field, "sigma_name", None)
-    if field.conv or terms is None or sigma not in ACTIVATIONS or field.sigma is not ACTIVATIONS[sigma][0]:
+def fused_plan(field: SigmaTermField, kicks: list[Kick] | None, steps: list[Step]) -> FusedPlan | None:
+    """The :class:`FusedPlan` of ``steps`` of a solver whose step on ``field`` is ``kicks``, or
+    None if the fused path cannot run it. It runs dense :class:`~contham.fields.SigmaTermField` s
+    with a fusable activation (:class:`~contham.fields.Activation`) whose step is a sequence of
+    kicks on the halves the field's terms drive (forward Euler on H1, a split method on a split
+    field), in the discrete mode: step j on node j with ``h = dt``."""
+    if not isinstance(field, SigmaTermField) or field.conv or not field.activation.fusable or kicks is None:
         return None
-    terms, h = terms(), field.nodes.dt
-    if isinstance(solver, Euler) and not field.is_split:
-        return FusedPlan(field, [("x", "x", h * terms["x"].sign)])
-    if isinstance(solver, _SplitSolver) and field.is_split:
-        other = {"y": "z", "z": "y"}
-        return FusedPlan(field, [(u, other[u], c * h * terms[u].sign) for u, c, _ in solver.kicks(field)])
-    return None
+    terms, nodes = field.sigma_terms, field.nodes
+    if {k.u for k in kicks} != set(terms) or len(steps) != nodes.n:
+        return None
+    if any(node != j or abs(h - nodes.dt) > 1e-9 * nodes.dt for j, (_, h, node) in enumerate(steps)):
+        return None
+    return FusedPlan(field, [(k.u, other_half(k.u), k.c * nodes.dt * terms[k.u].sign) for k in kicks])
 
 
-def _outputs(terms: dict[str, SigmaTerm], params: tuple[Tensor, ...]) -> dict[str, Tensor]:
+def _outputs(field: SigmaTermField, params: tuple[Tensor, ...]) -> dict[str, Tensor]:
     """Per term, the matrices ``M = K J^T`` that map sigma's output back (row form)."""
     out = {}
-    for u, term in terms.items():
+    for u, term in field.sigma_terms.items():
         K = params[term.K]
-        out[u] = K if term.J is None else K @ term.J.to(K.dtype).T
+        out[u] = K @ field.J.J.to(K.dtype).T if term.skew else K
     return out
 
 
-def _run(plan: FusedPlan, terms: dict[str, SigmaTerm], x: Tensor, params: tuple[Tensor, ...]):
+def _run(plan: FusedPlan, x: Tensor, params: tuple[Tensor, ...]) -> tuple[Tensor, dict, dict]:
     """The forward pass: the final state, the state histories and, per term, the activations w
     of its kicks ``(n_steps, kicks per step, batch, width)``."""
+    terms = plan.field.sigma_terms
     hist = plan.histories(x, plan.rows)
     n = params[0].shape[0]
     W = {u: x.new_empty(n, plan.per_step[u], x.shape[0], params[t.K].shape[1]) for u, t in terms.items()}
-    M = {u: m.unbind(0) for u, m in _outputs(terms, params).items()}
+    M = {u: m.unbind(0) for u, m in _outputs(plan.field, params).items()}
     Kt = {u: params[t.K].transpose(1, 2).unbind(0) for u, t in terms.items()}
     b = {u: params[t.b].unbind(0) for u, t in terms.items()}
     w = {u: t.flatten(0, 1).unbind(0) for u, t in W.items()}
     rows = {h: t.unbind(0) for h, t in hist.items()}
-    act = _SIGMA_INPLACE[plan.sigma]
+    act = plan.activation.inplace
     for u, v, coef, j, i, row_u, row_v in plan.kicks:
-        out = torch.addmm(b[u][j], rows[v][row_v], Kt[u][j], out=w[u][i])
-        if act is not None:
-            act(out)
+        out = act(torch.addmm(b[u][j], rows[v][row_v], Kt[u][j], out=w[u][i]))
         torch.addmm(rows[u][row_u - 1], out, M[u][j], alpha=coef, out=rows[u][row_u])
     return plan.whole({h: r[-1] for h, r in rows.items()}), hist, W
 
 
 class _FusedSteps(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, plan: FusedPlan, stats: Any, x: Tensor, *params: Tensor) -> Tensor:
-        terms = plan.field._sigma_terms()
-        y, hist, W = _run(plan, terms, x, params)
-        ctx.plan, ctx.stats, ctx.terms = plan, stats, terms
+    def forward(ctx: Any, plan: FusedPlan, x: Tensor, *params: Tensor) -> Tensor:
+        terms = plan.field.sigma_terms
+        y, hist, W = _run(plan, x, params)
+        ctx.plan, ctx.terms = plan, terms
         ctx.save_for_backward(*params, *(hist[h] for h in terms), *(W[u] for u in terms))
         return y
 
@@ -154,11 +145,11 @@ class _FusedSteps(torch.autograd.Function):
         hist = dict(zip(terms, ctx.saved_tensors[k : k + m]))
         W = dict(zip(terms, ctx.saved_tensors[k + m :]))
         # D = c h sign * sigma'(z) per kick; GZ receives dL/dz per kick
-        D = {u: _SIGMA_PRIME[plan.sigma](w) for u, w in W.items()}
+        D = {u: plan.activation.derivative(w) for u, w in W.items()}
         for (u, slot), c in plan.coef.items():
             D[u][:, slot] *= c
         GZ = {u: torch.empty_like(w) for u, w in W.items()}
-        Mt = {u: m.transpose(1, 2).unbind(0) for u, m in _outputs(terms, params).items()}
+        Mt = {u: m.transpose(1, 2).unbind(0) for u, m in _outputs(plan.field, params).items()}
         K = {u: params[t.K].unbind(0) for u, t in terms.items()}
         d = {u: t.flatten(0, 1).unbind(0) for u, t in D.items()}
         gz = {u: t.flatten(0, 1).unbind(0) for u, t in GZ.items()}
@@ -181,19 +172,18 @@ class _FusedSteps(torch.autograd.Function):
             for slot in range(per):
                 wc[:, slot] *= plan.coef[u, slot]
             gM = torch.bmm(wc.view(steps, per * batch, width).transpose(1, 2), A.view(steps, per * batch, -1))
-            if term.J is not None:
-                gM = gM @ term.J.to(gM.dtype)
+            if term.skew:
+                gM = gM @ plan.field.J.J.to(gM.dtype)
             g = GZ[u].view(steps, per * batch, width)
             grads[term.K] = torch.baddbmm(gM, g.transpose(1, 2), S.view(steps, per * batch, -1))
             grads[term.b] = g.sum(1)
-        ctx.stats.nfe_backward += ctx.stats.nfe_forward
-        return (None, None, plan.whole({h: r[at[h]] for h, r in rows.items()}), *grads)
+        return (None, plan.whole({h: r[at[h]] for h, r in rows.items()}), *grads)
 
 
-def fused_steps(plan: FusedPlan, x: Tensor, stats: Any) -> Tensor:
-    """Run the block of :func:`fused_plan` from ``x``: one autograd node when gradients are
-    needed. ``stats.nfe_backward`` grows by ``stats.nfe_forward`` in the backward pass."""
+def fused_steps(plan: FusedPlan, x: Tensor) -> Tensor:
+    """Run the steps of :func:`fused_plan` from ``x``: one autograd node when gradients are
+    needed."""
     params = tuple(getattr(plan.field, name) for name in plan.field.node_names)
     if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
-        return _FusedSteps.apply(plan, stats, x, *params)
-    return _run(plan, plan.field._sigma_terms(), x, params)[0]
+        return _FusedSteps.apply(plan, x, *params)
+    return _run(plan, x, params)[0]

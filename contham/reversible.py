@@ -2,33 +2,36 @@
 
 A split step (symplectic Euler, Verlet/leapfrog) is a sequence of *kicks*
 ``u <- u + c h f_u(v)`` in which one half ``u`` of the state moves and the other half ``v`` does
-not (:data:`~contham.solvers.fixed.Kick`). Each kick is undone by subtracting the same term, so the
+not (:class:`~contham.solvers.Kick`). Each kick is undone by subtracting the same term, so the
 state before a step can be rebuilt from the state after it (Chang et al. 2018 note this for their
 Verlet network). :func:`reversible_steps` keeps only the final state in the forward pass. In the
 backward pass it walks the kicks in reverse order. For each kick it evaluates ``f_u(v)`` once,
-with a graph. That value restores ``u``, and its vector-Jacobian product with ``c h dL/du`` gives
-the gradients for ``v`` and for the step's weights. Activation memory is that of one kick,
-whatever the depth. Backward costs one extra evaluation per kick compared with ordinary backprop.
-The gradients are those of the computed forward map, up to the rounding of the reconstruction.
+with its vector-Jacobian product (``torch.func.vjp``): the value restores ``u``, and the product
+with ``c h dL/du`` gives the gradients for ``v`` and for the step's weights. Activation memory is
+that of one kick, whatever the depth. Backward costs one extra evaluation per kick compared with
+ordinary backprop. The gradients are those of the computed forward map, up to the rounding of the
+reconstruction.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
-from .fields.base import FrozenField, NodeField
-from .solvers.fixed import _SplitSolver, kick_field
+from .fields.base import FrozenField, NodeField, other_half
+
+if TYPE_CHECKING:
+    from .solvers.fixed import SplitSolver, Step
 
 
 class _ReversibleSteps(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, field: NodeField, solver: _SplitSolver, plan: list, stats: Any, x: Tensor, *params: Tensor):
-        for s, h, node in plan:
+    def forward(ctx: Any, field: NodeField, solver: SplitSolver, steps: list[Step], x: Tensor, *params: Tensor):
+        for s, h, node in steps:
             x = solver.step(FrozenField(field, tuple(p[node] for p in params)), s, h, x)
-        ctx.field, ctx.solver, ctx.plan, ctx.stats = field, solver, plan, stats
+        ctx.field, ctx.solver, ctx.steps = field, solver, steps
         ctx.save_for_backward(x, *params)
         return x
 
@@ -39,32 +42,34 @@ class _ReversibleSteps(torch.autograd.Function):
         grads = [torch.zeros_like(p) for p in params]
         state = dict(zip("yz", field.split(x)))
         adjoint = dict(zip("yz", field.split(grad)))
-        for s, h, node in reversed(ctx.plan):
-            weights = tuple(p[node].detach().requires_grad_() for p in params)
-            frozen = FrozenField(field, weights)
-            for u, c, d in reversed(solver.kicks(frozen)):
-                v = "z" if u == "y" else "y"
-                with torch.enable_grad():
-                    source = state[v].detach().requires_grad_()
-                    push = kick_field(frozen, u)(s + d * h, source)
-                state[u] = state[u] - (c * h) * push.detach()
-                g_source, *g_weights = torch.autograd.grad(
-                    push, (source, *weights), (c * h) * adjoint[u], allow_unused=True
-                )
+        for s, h, node in reversed(ctx.steps):
+            weights = tuple(p[node] for p in params)
+            for kick in reversed(solver.kicks(field)):
+                u, v = kick.u, other_half(kick.u)
+
+                def term(source: Tensor, *w: Tensor) -> Tensor:
+                    return solver.term(FrozenField(field, w), kick, s, h, source)  # noqa: B023
+
+                push, pull = torch.func.vjp(term, state[v], *weights)
+                state[u] = state[u] - (kick.c * h) * push
+                g_source, *g_weights = pull((kick.c * h) * adjoint[u])
                 adjoint[v] = adjoint[v] + g_source
                 for total, g in zip(grads, g_weights):
-                    if g is not None:
-                        total[node] += g
-        ctx.stats.nfe_backward += len(ctx.plan) * solver.evals_per_step
-        return (None, None, None, None, field.merge(adjoint["y"], adjoint["z"]), *grads)
+                    total[node] += g
+        return (None, None, None, field.merge(adjoint["y"], adjoint["z"]), *grads)
 
 
-def reversible_steps(field: NodeField, solver: _SplitSolver, x: Tensor, plan: list, stats: Any) -> Tensor:
-    """Run the fixed-step ``plan`` (steps ``(t, h, node)``) of a split ``solver`` on ``field`` from
-    ``x``, storing no intermediate state for backprop (see the module docstring).
+def reversible_steps(field: NodeField, solver: SplitSolver, x: Tensor, steps: list[Step]) -> Tensor:
+    """Run the fixed ``steps`` ``(t, h, node)`` of a split ``solver`` on ``field`` from ``x``,
+    storing no intermediate state for backprop (see the module docstring).
 
     ``field`` must keep all its trainable weights on the node axis (``node_names``), and every
-    step of ``plan`` must name its node.
-    """
+    step must name its node."""
+    names = {id(getattr(field, name)) for name in field.node_names}
+    if any(id(p) not in names for p in field.parameters()) or any(node is None for _, _, node in steps):
+        raise ValueError(
+            "gradient='reversible' needs a field whose parameters all lie on the node axis, with piecewise or "
+            "constant weights (one node per step)"
+        )
     params = tuple(getattr(field, name) for name in field.node_names)
-    return _ReversibleSteps.apply(field, solver, plan, stats, x, *params)
+    return _ReversibleSteps.apply(field, solver, steps, x, *params)

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from contham import HamiltonianBlock, ODEBlock
+from contham import Backprop, HamiltonianBlock, ODEBlock
 from contham.fields import (
     AntisymmetricField,
     HamiltonianField,
@@ -52,7 +52,7 @@ def test_j1_j2_block_is_report_eq_2_21(J, ks, sigma, fused):
     Jm = (j1_matrix(4) if J == "J1" else j2_matrix(4)).double()
     act = torch.tanh if sigma == "tanh" else torch.relu
     y = state(ks)
-    out = HamiltonianBlock(f, fused=fused)(y)
+    out = HamiltonianBlock(f, gradient=Backprop(higher_order=not fused))(y)
     for j in range(N):  # y_{j+1} = y_j + h J K_j^T sigma(K_j y_j + b_j)
         g = lin_t(f.K[j], act(lin(f.K[j], y, f.b[j])))
         y = y + H * torch.einsum("ij,bj...->bi...", Jm, g)
@@ -127,7 +127,7 @@ def test_blocks_are_layers():
         torch.nn.Conv2d(1, 4, 3, padding=1),
         HamiltonianBlock(TwoLayerField(4, "relu", kernel_size=3, n_nodes=3, dt=0.1)),
         ODEBlock(ODENetField(4, groups=2), T=0.5, solver="rk4", step_size=0.25),
-        ODEBlock(HamiltonianField(4, "J2", kernel_size=3), solver="dopri5", rtol=1e-3, atol=1e-3, adjoint=True),
+        ODEBlock(HamiltonianField(4, "J2", kernel_size=3), solver="dopri5", rtol=1e-3, atol=1e-3, gradient="adjoint"),
         torch.nn.AdaptiveAvgPool2d(1),
         torch.nn.Flatten(),
         torch.nn.Linear(4, 10),
@@ -140,7 +140,7 @@ def test_blocks_are_layers():
     assert net(x.double()).dtype == D
     text = repr(net)
     assert "n_steps=3, h=0.1, solver=symplectic_euler" in text and "T=0.5, solver=rk4" in text
-    assert "solver=dopri5, adjoint=True" in text
+    assert "solver=dopri5, gradient=Adjoint(rtol=None, atol=None, seminorm=False)" in text
 
 
 def test_block_state_dict_round_trip():
@@ -176,7 +176,7 @@ def test_j_is_folded_into_k_once_per_forward_not_per_step(ks, monkeypatch):
     calls = []
     real = type(field.J).forward
     monkeypatch.setattr(type(field.J), "forward", lambda self, x: calls.append(tuple(x.shape)) or real(self, x))
-    HamiltonianBlock(field, fused=False)(state(ks).float())
+    HamiltonianBlock(field, gradient=Backprop(higher_order=True))(state(ks).float())
     assert calls == [(6 * 4, 4, 3, 3) if ks else (6 * 4, 4)]  # one call on all six K's, none per step
 
 

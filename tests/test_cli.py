@@ -42,11 +42,11 @@ def test_train_from_a_config_file(tmp_path):
 
 
 def test_compare(tmp_path, capsys):
-    models = ["thesis_resnet2", "thesis_odenet:adjoint=true,rtol=0.01", "thesis_hamiltonian"]
+    models = ["thesis_resnet2", "thesis_odenet:gradient=adjoint,rtol=0.01", "thesis_hamiltonian"]
     args = ["compare", "--models", *models, "--epochs", "2", "--max-batches", "2", "--seeds", "0", "1"]
     assert main([*args, "--batch-size", "16", "test_fraction=0.2", "--out", str(tmp_path), "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert "| thesis_odenet:adjoint=true,rtol=0.01 | 208,266 |" in out
+    assert "| thesis_odenet:gradient=adjoint,rtol=0.01 | 208,266 |" in out
     rows = list(csv.DictReader(open(tmp_path / "compare.csv")))
     assert [r["model"] for r in rows] == models and all(r["runs"] == "2" for r in rows)
     assert float(rows[1]["nfe_backward"]) > 0 and rows[0]["nfe_forward"] == ""

@@ -96,7 +96,7 @@ def test_report_names_and_hand_written_yaml(tmp_path):
         (NetworkParameters, dict(second_final_fc=0), "second_final_fc"),
         (NetworkParameters, dict(batchnorm="yes"), "batchnorm must be True or False"),
         (NetworkParameters, dict(ham_params=3), "ham_params must be a HamiltonianParameters"),
-        (HamiltonianParameters, dict(function="J3"), "function must be one of 'TwoLayersHam', 'J1', 'J2'"),
+        (HamiltonianParameters, dict(function="J3"), "function must be one of 'J1', 'J2', 'TwoLayersHam'"),
         (HamiltonianParameters, dict(act="gelu"), "act must be one of 'ReLU', 'Tanh'"),
         (HamiltonianParameters, dict(init="Uniform"), "init must be one of"),
         (HamiltonianParameters, dict(h=0.0), "h must be a finite number > 0"),

@@ -106,12 +106,12 @@ def test_interrupted_distributed_run_resumes_exactly(tmp_path):
 
 def reversible_model():
     field = TwoLayerField(6, "tanh", n_nodes=5, dt=0.2)
-    return nn.Sequential(nn.Linear(3, 6), HamiltonianBlock(field, memory="reversible"), nn.Linear(6, 4))
+    return nn.Sequential(nn.Linear(3, 6), HamiltonianBlock(field, gradient="reversible"), nn.Linear(6, 4))
 
 
 def adjoint_model():
     field = HamiltonianField(6, "J1", "tanh", n_nodes=3, dt=1 / 3)
-    block = ODEBlock(field, T=1.0, solver="dopri5", rtol=1e-11, atol=1e-11, adjoint=True)
+    block = ODEBlock(field, T=1.0, solver="dopri5", rtol=1e-11, atol=1e-11, gradient="adjoint")
     return nn.Sequential(nn.Linear(3, 6), block, nn.Linear(6, 4))
 
 

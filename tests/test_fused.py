@@ -5,7 +5,14 @@ import copy
 import pytest
 import torch
 
-from contham import HamiltonianBlock, HamiltonianField, SeparableField, SymmetricField, TwoLayerField
+from contham import (
+    Backprop,
+    HamiltonianBlock,
+    HamiltonianField,
+    SeparableField,
+    SymmetricField,
+    TwoLayerField,
+)
 from contham.fields import ACTIVATIONS
 
 D = torch.float64
@@ -37,7 +44,10 @@ def pair(make, sigma, solver):
     with torch.no_grad():
         for p in field.parameters():
             p.normal_(0, 0.7)
-    fused, plain = HamiltonianBlock(field, solver), HamiltonianBlock(copy.deepcopy(field), solver, fused=False)
+    fused, plain = (
+        HamiltonianBlock(field, solver),
+        HamiltonianBlock(copy.deepcopy(field), solver, gradient=Backprop(higher_order=True)),
+    )
     assert fused.fused and not plain.fused
     return fused, plain
 
@@ -86,13 +96,14 @@ def test_backward_counts_evaluations():
     assert (block.last_stats.nfe_forward, block.last_stats.nfe_backward) == (15, 15)
 
 
-def test_double_backward_needs_fused_false():
+def test_double_backward_needs_higher_order():
     field = HamiltonianField(4, n_nodes=3, dt=0.1)
     x = torch.randn(2, 4, requires_grad=True)
     (g,) = torch.autograd.grad(HamiltonianBlock(field)(x).pow(2).sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match="once_differentiable"):
         g.sum().backward()
-    (g,) = torch.autograd.grad(HamiltonianBlock(field, fused=False)(x).pow(2).sum(), x, create_graph=True)
+    block = HamiltonianBlock(field, gradient=Backprop(higher_order=True))
+    (g,) = torch.autograd.grad(block(x).pow(2).sum(), x, create_graph=True)
     g.sum().backward()  # second derivatives through the step-by-step graph
     assert x.grad is not None and torch.isfinite(x.grad).all()
 
@@ -105,7 +116,7 @@ def test_double_backward_needs_fused_false():
         lambda: HamiltonianBlock(HamiltonianField(4, n_nodes=2), "rk4"),  # multi-stage solver
         lambda: HamiltonianBlock(TwoLayerField(4, n_nodes=2), "euler"),  # split field, Euler
         lambda: HamiltonianBlock(SymmetricField(4, n_nodes=2)),  # no sigma terms
-        lambda: HamiltonianBlock(HamiltonianField(4, n_nodes=2), fused=False),
+        lambda: HamiltonianBlock(HamiltonianField(4, n_nodes=2), gradient=Backprop(higher_order=True)),
     ],
     ids=["conv", "custom-sigma", "rk4", "split-euler", "symmetric", "off"],
 )
@@ -117,9 +128,9 @@ def test_named_sigma_passed_as_the_torch_function_is_fused():
     assert HamiltonianBlock(HamiltonianField(4, sigma=torch.tanh, n_nodes=2)).fused
 
 
-def test_fused_flag_is_checked():
-    with pytest.raises(ValueError, match="fused must be True or False; got 'yes'"):
-        HamiltonianBlock(HamiltonianField(4), fused="yes")
+def test_higher_order_flag_is_checked():
+    with pytest.raises(ValueError, match="higher_order must be True or False; got 'yes'"):
+        Backprop(higher_order="yes")
 
 
 def test_output_can_be_modified_in_place():

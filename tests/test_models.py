@@ -231,16 +231,18 @@ def test_network_inits():
 def test_overrides_reach_the_network():
     net = build("nominal", ks=5, h=0.1, act="tanh", n_blocks=2, pooling="max", in_channels=1, image_size=28)
     block = net.units[0].block
-    assert block.field.kernel_size == 5 and block.h == 0.1 and block.n_steps == 2 and block.field.sigma_name == "tanh"
+    assert (
+        block.field.kernel_size == 5 and block.h == 0.1 and block.n_steps == 2 and block.field.activation.name == "tanh"
+    )
     assert isinstance(net.units[0].pool, torch.nn.MaxPool2d) and net.conv.in_channels == 1
     assert net.fc.in_features == 112 * 3 * 3  # 28 -> 14 -> 7 -> 3
-    ode = build("thesis_hamiltonian_ode", rtol=1e-5, solver="bosh3", adjoint=True)
+    ode = build("thesis_hamiltonian_ode", rtol=1e-5, solver="bosh3", gradient="adjoint")
     assert ode.features.solver.name == "bosh3" and ode.features.solver.rtol == 1e-5
     assert ode.features.t[1] == pytest.approx(8 * 0.125) and ode.features.field.nodes.mode == "linear"
 
 
 def test_odenet_reports_nfe_forward_and_backward():
-    model = build("thesis_odenet", in_channels=1, adjoint=True)
+    model = build("thesis_odenet", in_channels=1, gradient="adjoint")
     loss = model(torch.randn(2, 1, 28, 28)).sum()
     (stats,) = collect_stats(model)
     assert stats.solver == "dopri5" and stats.nfe_forward > 0 and stats.nfe_backward == 0

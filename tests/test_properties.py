@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from contham.fields import TimeNodes
-from contham.integrate import fixed_step_plan
+from contham.solvers import plan_steps
 
 dts = st.floats(0.01, 2.0)
 ns = st.integers(2, 40)
@@ -35,7 +35,7 @@ def test_plan_tiles_interval_and_respects_breaks(n, dt, step_size, fracs):
     end = n * dt
     times = sorted({0.0, end, *(f * end for f in fracs)})
     times = [t for i, t in enumerate(times) if i == 0 or t - times[i - 1] > 1e-9]
-    plan, outputs = fixed_step_plan(times, nodes.breaks, step_size, nodes)
+    plan, outputs = plan_steps(times, nodes.breaks, step_size, nodes)
     assert abs(plan[0][0] - times[0]) < 1e-12
     for (s, h, node), nxt in zip(plan, plan[1:] + [(times[-1], 0.0, None)]):
         assert h > 0 and abs(s + h - nxt[0]) <= 1e-9 * max(1.0, end)

@@ -3,7 +3,15 @@
 import pytest
 import torch
 
-from contham import HamiltonianBlock, HamiltonianField, SeparableField, SymmetricField, TwoLayerField
+from contham import (
+    Backprop,
+    HamiltonianBlock,
+    HamiltonianField,
+    Reversible,
+    SeparableField,
+    SymmetricField,
+    TwoLayerField,
+)
 from contham.config import HamiltonianParameters
 from contham.experiments import SavedTensors
 from contham.models import build
@@ -30,8 +38,8 @@ def test_reversible_gradients_equal_backprop(cls, solver, kernel_size, dtype, to
     shape = (3, 6) if kernel_size is None else (2, 6, 5, 5)
     x = torch.randn(shape, dtype=dtype, requires_grad=True)
     weight = torch.randn(shape, dtype=dtype)
-    plain = gradients(HamiltonianBlock(field, solver, fused=False), x, weight)
-    reversible = gradients(HamiltonianBlock(field, solver, memory="reversible"), x, weight)
+    plain = gradients(HamiltonianBlock(field, solver, gradient=Backprop(higher_order=True)), x, weight)
+    reversible = gradients(HamiltonianBlock(field, solver, gradient="reversible"), x, weight)
     torch.testing.assert_close(reversible[0], plain[0], rtol=0, atol=0)  # same forward arithmetic
     for a, b in zip(reversible[1:], plain[1:]):
         assert relative_error(a, b) < tolerance
@@ -39,7 +47,7 @@ def test_reversible_gradients_equal_backprop(cls, solver, kernel_size, dtype, to
 
 def test_gradcheck_reversible_block():
     field = TwoLayerField(4, "tanh", n_nodes=3, dt=0.2).double()
-    block = HamiltonianBlock(field, "verlet", memory="reversible")
+    block = HamiltonianBlock(field, "verlet", gradient="reversible")
     x = torch.randn(2, 4, dtype=D, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x, *p: block(x), (x, *field.parameters()))
 
@@ -51,7 +59,7 @@ def test_activation_memory_does_not_grow_with_depth():
         for n in (16, 256):
             field = TwoLayerField(16, "relu", kernel_size=3, n_nodes=n, dt=0.05)
             with SavedTensors() as saved:
-                HamiltonianBlock(field, memory=mode)(x)
+                HamiltonianBlock(field, gradient=mode)(x)
             activations[mode, n] = saved.megabytes_without(field.parameters())
     # reversible keeps the output state only (besides the weights); backprop keeps every step's
     assert activations["reversible", 256] <= 1.2 * activations["reversible", 16]
@@ -61,30 +69,32 @@ def test_activation_memory_does_not_grow_with_depth():
 
 def test_statistics_modes_and_errors():
     field = TwoLayerField(4, n_nodes=5, dt=0.1)
-    block = HamiltonianBlock(field, memory="reversible")
+    block = HamiltonianBlock(field, gradient="reversible")
     out = block(torch.randn(2, 4, requires_grad=True))
-    assert block.last_stats.nfe_forward == 10 and block.last_stats.nfe_backward == 0
+    assert block.last_stats.nfe_forward == 10 and block.last_stats.nfe_backward == 10  # one per kick undone
     out.sum().backward()
-    assert block.last_stats.nfe_backward == 10
     with torch.no_grad():  # no graph wanted: the ordinary path
         torch.testing.assert_close(block(torch.ones(1, 4)), HamiltonianBlock(field)(torch.ones(1, 4)))
-    assert "memory=reversible" in repr(block)
-    with pytest.raises(ValueError, match="memory='reversible' needs a split solver"):
-        HamiltonianBlock(field, "rk4", memory="reversible")
-    with pytest.raises(ValueError, match="memory must be one of 'backprop', 'reversible'"):
-        HamiltonianBlock(field, memory="checkpoint")
+    assert "gradient=Reversible()" in repr(block)
+    with pytest.raises(ValueError, match="gradient='reversible' needs a split solver"):
+        HamiltonianBlock(field, "rk4", gradient="reversible")
+    with pytest.raises(ValueError, match="gradient must be one of 'backprop', 'reversible', 'adjoint'"):
+        HamiltonianBlock(field, gradient="checkpoint")
+    with pytest.raises(ValueError, match="gradient='adjoint' needs a torchdiffeq method"):
+        HamiltonianBlock(field, gradient="adjoint")
     with pytest.raises(ValueError, match="split solver"):
-        HamiltonianBlock(HamiltonianField(4, n_nodes=2), memory="reversible")
-    with pytest.raises(ValueError, match="memory='reversible' needs a split Hamiltonian"):
-        HamiltonianParameters("J1", memory="reversible")
+        HamiltonianBlock(HamiltonianField(4, n_nodes=2), gradient="reversible")
+    with pytest.raises(ValueError, match="gradient='reversible' needs a split Hamiltonian"):
+        HamiltonianParameters("J1", gradient="reversible")
+    assert HamiltonianParameters.from_dict({"function": "H2", "memory": "reversible"}).gradient == "reversible"
 
 
 def test_networks_use_the_reversible_mode_when_asked():
     torch.manual_seed(0)
     plain = build("nominal").double().eval()
     torch.manual_seed(0)
-    reversible = build("nominal", memory="reversible").double().eval()
-    assert all(u.block.memory == "reversible" for u in reversible.units)
+    reversible = build("nominal", gradient="reversible").double().eval()
+    assert all(isinstance(u.block.gradient, Reversible) for u in reversible.units)
     x = torch.randn(2, 3, 32, 32, dtype=D)
     grads = [torch.autograd.grad(m(x).sum(), list(m.parameters())) for m in (plain, reversible)]
     for a, b in zip(*grads):

@@ -7,7 +7,7 @@ import torch
 
 import contham
 from contham.fields import HamiltonianField, SeparableField, SymmetricField, TwoLayerField, j1_matrix
-from contham.solvers import FIXED_SOLVERS
+from contham.solvers import SOLVERS
 
 D = torch.float64
 T = 1.0
@@ -30,7 +30,7 @@ def fitted_order(solver_name, split, first=None):
     f, A = linear_hamiltonian(split)
     y0 = torch.randn(3, 4, dtype=D)
     exact = y0 @ torch.from_numpy(scipy.linalg.expm(A.detach().numpy() * T)).T
-    solver = FIXED_SOLVERS[solver_name]() if first is None else FIXED_SOLVERS[solver_name](first=first)
+    solver = SOLVERS[solver_name]() if first is None else SOLVERS[solver_name](first=first)
     ns = [8, 16, 32, 64] if solver_name == "rk4" else [32, 64, 128, 256]
     errors = []
     with torch.no_grad():

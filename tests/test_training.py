@@ -112,7 +112,7 @@ def test_early_stops_at_accuracy_or_training_time(tmp_path):
 
 
 def test_run_writes_results_and_does_not_rerun(tmp_path, monkeypatch):
-    config = RunConfig(model="thesis_odenet", epochs=1, max_batches=2, model_options={"adjoint": True})
+    config = RunConfig(model="thesis_odenet", epochs=1, max_batches=2, model_options={"gradient": "adjoint"})
     config.set("learning.batch_size", 16)
     metrics = run(config, tmp_path, progress=False)
     assert metrics["status"] == "finished" and metrics["parameters"] == 208_266

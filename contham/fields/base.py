@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -13,6 +14,28 @@ from .._checks import check_even, check_int
 from .time import TimeNodes
 
 Params = tuple[Tensor, ...]
+
+
+@runtime_checkable
+class CheckedField(Protocol):
+    """A field that checks a state before a solve (contham's fields do; :func:`~contham.integrate`
+    calls it on ``y0``)."""
+
+    def check_input(self, y: Tensor) -> None: ...
+
+
+@runtime_checkable
+class TimedField(Protocol):
+    """A field whose weights live on a node axis: solvers put step boundaries at its node times
+    (every :class:`NodeField`, and wrappers that expose their field's ``nodes``)."""
+
+    nodes: TimeNodes
+
+
+def other_half(u: str) -> str:
+    """The half that drives half ``u`` of a split state ("y" is driven by "z" and the reverse);
+    ``"x"`` (the whole state) drives itself."""
+    return {"y": "z", "z": "y", "x": "x"}[u]
 
 
 def linear_op(K: Tensor, x: Tensor, b: Tensor | None = None) -> Tensor:
@@ -49,6 +72,12 @@ class NodeField(nn.Module, ABC):
     node_names: tuple[str, ...] = ()
     is_split = False
     default_solver = "euler"
+
+    @classmethod
+    def needs_even_features(cls, **options: object) -> bool:
+        """Whether this field, built with ``options``, needs an even state width (a split state
+        or J1)."""
+        return cls.is_split
 
     def __init__(
         self,

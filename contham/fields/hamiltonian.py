@@ -21,39 +21,89 @@ from typing import NamedTuple
 from torch import Tensor
 
 from .activations import resolve_activation
-from .base import NodeField, Params, linear_op, linear_op_t
+from .base import NodeField, Params, SplitField, linear_op, linear_op_t, other_half
+from .registry import register_field
 from .skew import SkewMatrix
 
 
 class SigmaTerm(NamedTuple):
     """A term ``sign * J K^T sigma(K v + b)`` of a field, by the indices of its K and b in
-    ``node_names`` (J None: the identity). Fields made only of such terms list them in
-    ``_sigma_terms()`` (keyed by the half they drive: "y", "z", or "x" for the whole state), which
-    lets :mod:`contham.fused` run their dense blocks with hand-written gradients."""
+    ``node_names``; ``skew``: whether the field's J multiplies it (else J is the identity).
+
+    A field made of such terms declares them once in ``sigma_terms``, keyed by the half u they
+    drive ("y", "z", or "x" for the whole state); v is the other half (:func:`other_half`).
+    Evaluation, energy, the fused path (:mod:`contham.fused`) and the reversible path all read
+    this declaration."""
 
     K: int
     b: int
-    sign: float
-    J: Tensor | None
+    sign: float = 1.0
+    skew: bool = False
 
 
-class EnergyMixin:
-    """``energy(t, y)``: the Hamiltonian H per sample, for fields that define ``_energy``."""
+class SigmaTermField(NodeField):
+    """Base of the fields made of :class:`SigmaTerm`: ``f``, its halves and the energy
+    ``H = sum over terms of 1^T sigma~(K v + b)`` all follow from ``sigma_terms``.
 
-    def _init_sigma(self, sigma: str | Callable, antiderivative: Callable | None) -> None:
-        self.sigma, self._sigma_integral, self.sigma_name = resolve_activation(sigma, antiderivative)
+    A term with ``skew=True`` is read with ``K J^T`` (J on the small weight rather than on the
+    activation); :meth:`step_weights` computes it for every node at once and passes it after the
+    node weights."""
+
+    sigma_terms: dict[str, SigmaTerm]
+    J: SkewMatrix
+
+    def _init_sigma(self, sigma: str | Callable[[Tensor], Tensor], antiderivative: Callable | None) -> None:
+        self.activation = resolve_activation(sigma, antiderivative)
+        self.sigma = self.activation.fn
+
+    def drive(self, params: Params, u: str, v: Tensor) -> Tensor:
+        """The term driving half ``u`` (see :class:`SigmaTerm`) evaluated on half ``v``."""
+        term = self.sigma_terms[u]
+        K = params[term.K]
+        back = K
+        if term.skew:
+            back = params[len(self.node_names)] if len(params) > len(self.node_names) else self.J(K)
+        out = linear_op_t(back, self.sigma(linear_op(K, v, params[term.b])))
+        return out if term.sign > 0 else -out
+
+    def _f(self, params: Params, y: Tensor) -> Tensor:
+        if "x" in self.sigma_terms:
+            return self.drive(params, "x", y)
+        first, second = y.chunk(2, dim=1)
+        return SplitField.merge(self.drive(params, "y", second), self.drive(params, "z", first))
+
+    def step_weights(self) -> list[Params]:
+        weights = super().step_weights()
+        skew = [t for t in self.sigma_terms.values() if t.skew]
+        if not skew:
+            return weights
+        K = getattr(self, self.node_names[skew[0].K])
+        KJ = self.J(K.flatten(0, 1)).view_as(K)  # every node's K J^T at once
+        return [(*w, kj) for w, kj in zip(weights, KJ.unbind(0))]
 
     def energy(self, t: float | Tensor, y: Tensor) -> Tensor:
-        """``H(t, y) = 1^T sigma~(K(t) y + b(t))``, one value per sample (shape ``(batch,)``)."""
-        if self._sigma_integral is None:
-            raise ValueError("energy() needs sigma_antiderivative for a custom sigma")
+        """``H(t, y)``, one value per sample (shape ``(batch,)``)."""
+        if self.activation.antiderivative is None:
+            raise ValueError(
+                f"energy() needs the antiderivative of sigma={self.activation.name!r}: "
+                "pass sigma_antiderivative for a custom sigma"
+            )
         return self._energy(self.params_at(t), y)
 
-    def _sum(self, pre_activation: Tensor) -> Tensor:
-        return self._sigma_integral(pre_activation).flatten(1).sum(1)
+    def _energy(self, params: Params, y: Tensor) -> Tensor:
+        halves = {"x": y}
+        if "x" not in self.sigma_terms:
+            halves = dict(zip("yz", y.chunk(2, dim=1)))
+        total = 0
+        for u, term in self.sigma_terms.items():
+            z = linear_op(params[term.K], halves[other_half(u)], params[term.b])
+            total = total + self.activation.antiderivative(z).flatten(1).sum(1)
+        return total
 
 
-class HamiltonianField(EnergyMixin, NodeField):
+@register_field("J2", aliases=("H1_J2",), J="J2")
+@register_field("J1", aliases=("H1_J1",), J="J1")
+class HamiltonianField(SigmaTermField):
     """``f(t, y) = J K(t)^T sigma(K(t) y + b(t))`` with a free K ("H1" of Galimberti et al.).
 
     Node-axis parameters: ``K`` of shape ``(n_nodes, m, n)`` (dense) or
@@ -63,7 +113,7 @@ class HamiltonianField(EnergyMixin, NodeField):
         features: n, the state width (features or channels).
         J: ``"J1"`` (``[[0, I], [-I, 0]]``, needs even n), ``"J2"`` (+1 above the diagonal,
             -1 below) or a skew-symmetric ``(n, n)`` matrix.
-        sigma: ``"tanh"``, ``"relu"``, ``"sigmoid"``, ``"identity"`` or a callable.
+        sigma: a name of :data:`~contham.fields.ACTIVATIONS` or a callable.
         width: m, the output width of K (default n).
         kernel_size: None (dense) or an odd kernel size (convolutional K).
         n_nodes, dt, time_mode: the node layout (:class:`~contham.fields.TimeNodes`).
@@ -71,6 +121,7 @@ class HamiltonianField(EnergyMixin, NodeField):
     """
 
     node_names = ("K", "b")
+    sigma_terms = {"x": SigmaTerm(0, 1, 1.0, skew=True)}
 
     def __init__(
         self,
@@ -92,22 +143,9 @@ class HamiltonianField(EnergyMixin, NodeField):
         self.K = self._weight(self.width, features)
         self.b = self._bias(self.width)
 
-    def _f(self, params: Params, y: Tensor) -> Tensor:
-        # J K^T v = (K J^T)^T v, and K J^T is J applied along K's input axis (dim 1): J acts on
-        # the small weight instead of on the whole activation. step_weights() passes K J^T along.
-        K, b, *KJ = params
-        return linear_op_t(KJ[0] if KJ else self.J(K), self.sigma(linear_op(K, y, b)))
-
-    def step_weights(self) -> list[Params]:
-        KJ = self.J(self.K.flatten(0, 1)).view_as(self.K)  # every node's K J^T at once
-        return list(zip(self.K.unbind(0), self.b.unbind(0), KJ.unbind(0)))
-
-    def _energy(self, params: Params, y: Tensor) -> Tensor:
-        K, b, *_ = params
-        return self._sum(linear_op(K, y, b))
-
-    def _sigma_terms(self) -> dict[str, SigmaTerm]:
-        return {"x": SigmaTerm(0, 1, 1.0, self.J.J)}
+    @classmethod
+    def needs_even_features(cls, **options: object) -> bool:
+        return options.get("J", "J1") == "J1"
 
     def extra_repr(self) -> str:
-        return f"J={self.J.kind}, sigma={self.sigma_name}, width={self.width}, " + super().extra_repr()
+        return f"J={self.J.kind}, sigma={self.activation.name}, width={self.width}, " + super().extra_repr()

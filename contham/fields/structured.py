@@ -24,16 +24,14 @@ from torch import Tensor
 
 from .activations import resolve_activation
 from .base import NodeField, Params, SplitField, linear_op, linear_op_t
-from .hamiltonian import EnergyMixin, SigmaTerm
+from .hamiltonian import SigmaTerm, SigmaTermField
+from .registry import register_field
 from .skew import SkewMatrix
 
 
-class _SplitHamiltonian(EnergyMixin, SplitField):
-    """Shared code of the canonical split Hamiltonians: one operator reads z and drives y, the
-    other reads y and drives z; ``_on_z``/``_on_y`` index their (K, b) in ``node_names``."""
-
-    _on_z: tuple[int, int]
-    _on_y: tuple[int, int]
+class _SplitHamiltonian(SigmaTermField, SplitField):
+    """Shared constructor of the canonical split Hamiltonians: one (K, b) reads z and drives y,
+    the other reads y and drives z, as their ``sigma_terms`` say."""
 
     def __init__(
         self,
@@ -55,26 +53,16 @@ class _SplitHamiltonian(EnergyMixin, SplitField):
             setattr(self, name, self._weight(self.width, self.half) if name.startswith("K") else self._bias(self.width))
 
     def _dy(self, params: Params, z: Tensor) -> Tensor:
-        K, b = (params[i] for i in self._on_z)
-        return linear_op_t(K, self.sigma(linear_op(K, z, b)))
+        return self.drive(params, "y", z)
 
     def _dz(self, params: Params, y: Tensor) -> Tensor:
-        K, b = (params[i] for i in self._on_y)
-        return -linear_op_t(K, self.sigma(linear_op(K, y, b)))
-
-    def _energy(self, params: Params, x: Tensor) -> Tensor:
-        y, z = self.split(x)
-        Kz, bz = (params[i] for i in self._on_z)
-        Ky, by = (params[i] for i in self._on_y)
-        return self._sum(linear_op(Kz, z, bz)) + self._sum(linear_op(Ky, y, by))
-
-    def _sigma_terms(self) -> dict[str, SigmaTerm]:
-        return {"y": SigmaTerm(*self._on_z, 1.0, None), "z": SigmaTerm(*self._on_y, -1.0, None)}
+        return self.drive(params, "z", y)
 
     def extra_repr(self) -> str:
-        return f"sigma={self.sigma_name}, width={self.width}, " + super().extra_repr()
+        return f"sigma={self.activation.name}, width={self.width}, " + super().extra_repr()
 
 
+@register_field("TwoLayersHam", aliases=("MS3",))
 class TwoLayerField(_SplitHamiltonian):
     """Two-layer Hamiltonian of Chang et al. 2018: ``y' = K1^T sigma(K1 z + b1)``,
     ``z' = -K2^T sigma(K2 y + b2)``.
@@ -85,11 +73,11 @@ class TwoLayerField(_SplitHamiltonian):
     """
 
     node_names = ("K1", "b1", "K2", "b2")
-    _on_z = (0, 1)
-    _on_y = (2, 3)
+    sigma_terms = {"y": SigmaTerm(0, 1, 1.0), "z": SigmaTerm(2, 3, -1.0)}
     first = "y"
 
 
+@register_field("H2")
 class SeparableField(_SplitHamiltonian):
     """Separable Hamiltonian "H2" (Galimberti et al.): ``K = blockdiag(Kp, Kq)``, ``J = J1``;
     ``y' = Kq^T sigma(Kq z + bq)``, ``z' = -Kp^T sigma(Kp y + bp)``.
@@ -99,11 +87,11 @@ class SeparableField(_SplitHamiltonian):
     """
 
     node_names = ("Kp", "bp", "Kq", "bq")
-    _on_z = (2, 3)
-    _on_y = (0, 1)
+    sigma_terms = {"y": SigmaTerm(2, 3, 1.0), "z": SigmaTerm(0, 1, -1.0)}
     first = "z"
 
 
+@register_field("Symmetric", aliases=("MS1",))
 class SymmetricField(SplitField):
     """ "MS1" of Haber & Ruthotto 2017: ``y' = sigma(K0 z + b_y)``, ``z' = sigma(-K0^T y + b_z)``.
 
@@ -125,7 +113,8 @@ class SymmetricField(SplitField):
         time_mode: str | None = None,
     ):
         super().__init__(features, kernel_size, n_nodes, dt, time_mode)
-        self.sigma, _, self.sigma_name = resolve_activation(sigma)
+        self.activation = resolve_activation(sigma)
+        self.sigma = self.activation.fn
         self.K0 = self._weight(self.half, self.half)
         self.b = self._bias(features)
 
@@ -138,9 +127,10 @@ class SymmetricField(SplitField):
         return self.sigma(_add_bias(-linear_op_t(K0, y), b[self.half :]))
 
     def extra_repr(self) -> str:
-        return f"sigma={self.sigma_name}, " + super().extra_repr()
+        return f"sigma={self.activation.name}, " + super().extra_repr()
 
 
+@register_field("Antisymmetric", aliases=("MS2",))
 class AntisymmetricField(NodeField):
     """ "MS2" of Haber & Ruthotto 2017: ``f(t, y) = sigma((W - W^T - gamma I) y + b)``.
 
@@ -166,7 +156,8 @@ class AntisymmetricField(NodeField):
         if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not gamma >= 0:
             raise ValueError(f"gamma must be a number >= 0; got {gamma!r}")
         self.gamma = float(gamma)
-        self.sigma, _, self.sigma_name = resolve_activation(sigma)
+        self.activation = resolve_activation(sigma)
+        self.sigma = self.activation.fn
         self.W = self._weight(features, features)
         self.b = self._bias(features)
 
@@ -178,7 +169,7 @@ class AntisymmetricField(NodeField):
         return self.sigma(Ky)
 
     def extra_repr(self) -> str:
-        return f"sigma={self.sigma_name}, gamma={self.gamma:g}, " + super().extra_repr()
+        return f"sigma={self.activation.name}, gamma={self.gamma:g}, " + super().extra_repr()
 
 
 def _add_bias(x: Tensor, b: Tensor) -> Tensor:

@@ -11,14 +11,7 @@ from torch import Tensor, nn
 from .._checks import check_int
 from ..blocks import HamiltonianBlock
 from ..config import HamiltonianParameters, NetworkParameters
-from ..fields import (
-    AntisymmetricField,
-    HamiltonianField,
-    NodeField,
-    SeparableField,
-    SymmetricField,
-    TwoLayerField,
-)
+from ..fields import NodeField, field_entry
 
 
 def make_field(ham: HamiltonianParameters, channels: int, time_mode: str | None = None) -> NodeField:
@@ -26,25 +19,15 @@ def make_field(ham: HamiltonianParameters, channels: int, time_mode: str | None 
     nodes ``dt = h`` apart (piecewise constant unless ``time_mode`` says otherwise), K of kernel
     size ``ks``, sigma ``act``, K and b initialised by ``ham.init`` (see :func:`init_field`)."""
     ham.validate()
-    sigma = ham.act.lower()
     layout = dict(kernel_size=ham.ks, n_nodes=ham.n_blocks, dt=ham.h, time_mode=time_mode)
-    if ham.function in ("J1", "J2"):
-        field = HamiltonianField(channels, ham.function, sigma, **layout)
-    else:
-        cls = {
-            "TwoLayersHam": TwoLayerField,
-            "H2": SeparableField,
-            "Symmetric": SymmetricField,
-            "Antisymmetric": AntisymmetricField,
-        }[ham.function]
-        field = cls(channels, sigma, **layout)
+    field = field_entry(ham.function).build(channels, sigma=ham.act.lower(), **layout)
     init_field(field, ham.init, channels)
     return field
 
 
 def make_block(ham: HamiltonianParameters, channels: int) -> HamiltonianBlock:
     """The discrete Hamiltonian layer of a unit: ``n_blocks`` steps of ``ham.solver``."""
-    return HamiltonianBlock(make_field(ham, channels), ham.solver, memory=ham.memory)
+    return HamiltonianBlock(make_field(ham, channels), ham.solver, gradient=ham.gradient)
 
 
 def init_field(field: NodeField, method: str, channels: int) -> None:

@@ -11,6 +11,7 @@ Families:
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -20,11 +21,11 @@ from ..config import HamiltonianParameters, NetworkParameters
 from .hamiltonian_net import HamiltonianNet
 from .presets import PRESETS, preset
 from .resnet import CifarResNet
-from .thesis import thesis_hamiltonian, thesis_odenet, thesis_resnet
+from .thesis import ode_options, thesis_hamiltonian, thesis_odenet, thesis_resnet
 
 _HAM_FIELDS = tuple(f.name for f in dataclasses.fields(HamiltonianParameters))
 _NET_FIELDS = tuple(f.name for f in dataclasses.fields(NetworkParameters) if f.name != "ham_params")
-_ODE_OPTIONS = ("solver", "rtol", "atol", "adjoint", "step_size")
+_ODE_OPTIONS = tuple(inspect.signature(ode_options).parameters)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,7 +103,7 @@ _REGISTRY["thesis_hamiltonian"] = _Entry(
 _REGISTRY["thesis_hamiltonian_ode"] = _Entry(
     "thesis",
     "thesis segments around an ODE block of a two-layer Hamiltonian field (tanh, weights linear in t)",
-    (*(f for f in _HAM_FIELDS if f not in ("solver", "memory")), *_ODE_OPTIONS),
+    (*(f for f in _HAM_FIELDS if f not in ("solver", "gradient")), *_ODE_OPTIONS),
     _thesis_ham(True),
 )
 
@@ -134,7 +135,7 @@ def build(
     side ``image_size`` (only the report's networks depend on it) and ``num_classes`` classes.
 
     ``overrides`` change the network's own options (see :func:`describe`), e.g.
-    ``build("nominal", ks=5)``, ``build("thesis_odenet", adjoint=True, rtol=1e-4)``. For the
+    ``build("nominal", ks=5)``, ``build("thesis_odenet", gradient="adjoint", seminorm=True)``. For the
     report's networks they are fields of :class:`NetworkParameters` or
     :class:`HamiltonianParameters`; ``init`` sets both the conv/FC and the K/b initialisation.
     """

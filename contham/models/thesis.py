@@ -13,13 +13,16 @@ GN is GroupNorm with ``min(32, C)`` groups.
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import Tensor, nn
 
-from .._checks import check_int
+from .._checks import check_choice, check_int
 from ..blocks import ODEBlock
 from ..config import HamiltonianParameters
 from ..fields import ODENetField
-from ..solvers import FIXED_SOLVERS
+from ..gradients import Adjoint, Backprop
+from ..solvers import FixedStepSolver, get_solver
 from .hamiltonian_net import make_block, make_field
 
 CHANNELS = 64
@@ -92,23 +95,18 @@ def thesis_odenet(
     num_classes: int = 10,
     *,
     n_ode_blocks: int = 1,
-    solver: str = "dopri5",
-    rtol: float | None = 1e-3,
-    atol: float | None = 1e-3,
-    adjoint: bool = False,
-    step_size: float | None = None,
     activation: str = "relu",
+    **ode: Any,
 ) -> ThesisNet:
     """ODENet: ``n_ode_blocks`` :class:`~contham.ODEBlock` s of the ODENet field on [0, 1].
 
-    The thesis used dopri5 with relative tolerance 1e-3 (and the same absolute tolerance, as
-    Chen et al.'s code), with and without the adjoint method. ``rtol``/``atol`` apply to adaptive
-    solvers and are ignored by fixed-step ones (which take ``step_size``).
+    ``ode``: the solver options of :func:`ode_options`. The thesis used dopri5 with relative
+    tolerance 1e-3 (and the same absolute tolerance, as Chen et al.'s code), with and without
+    the adjoint method.
     """
+    options = ode_options(**ode)
     blocks = [
-        ODEBlock(
-            ODENetField(CHANNELS, activation=activation), 1.0, **_ode_options(solver, rtol, atol, adjoint, step_size)
-        )
+        ODEBlock(ODENetField(CHANNELS, activation=activation), 1.0, **options)
         for _ in range(check_int("n_ode_blocks", n_ode_blocks))
     ]
     return ThesisNet(nn.Sequential(*blocks), in_channels, num_classes)
@@ -120,11 +118,7 @@ def thesis_hamiltonian(
     ham: HamiltonianParameters | None = None,
     *,
     continuous: bool = False,
-    solver: str = "dopri5",
-    rtol: float | None = 1e-3,
-    atol: float | None = 1e-3,
-    adjoint: bool = False,
-    step_size: float | None = None,
+    **ode: Any,
 ) -> ThesisNet:
     """The thesis's segments around a convolutional Hamiltonian layer of ``ham`` on 64 channels.
 
@@ -132,19 +126,42 @@ def thesis_hamiltonian(
     ``ham.h``, exactly as in a unit of the report's network. Continuous: an
     :class:`~contham.ODEBlock` of the same field with weights linear in t between its nodes
     (``t_j = j h``; the last node holds on ``[(n-1) h, n h]``), integrated over
-    ``[0, n_blocks h]`` by ``solver``. Both have the parameter count of the discrete layer: with
-    the two-layer Hamiltonian that is ``n_blocks x 18,496``, so 8 blocks match ResNet-2's two
-    residual blocks (147,968) exactly.
+    ``[0, n_blocks h]`` as ``ode`` says (:func:`ode_options`). Both have the parameter count of
+    the discrete layer: with the two-layer Hamiltonian that is ``n_blocks x 18,496``, so 8 blocks
+    match ResNet-2's two residual blocks (147,968) exactly.
     """
     ham = HamiltonianParameters(n_blocks=8, h=0.125) if ham is None else ham
     if not continuous:
+        if ode:
+            raise ValueError(f"solver options ({', '.join(ode)}) apply to continuous=True only")
         return ThesisNet(make_block(ham, CHANNELS), in_channels, num_classes)
     field = make_field(ham, CHANNELS, time_mode="linear" if ham.n_blocks > 1 else None)
-    options = _ode_options(solver, rtol, atol, adjoint, step_size)
-    return ThesisNet(ODEBlock(field, ham.n_blocks * ham.h, **options), in_channels, num_classes)
+    return ThesisNet(ODEBlock(field, ham.n_blocks * ham.h, **ode_options(**ode)), in_channels, num_classes)
 
 
-def _ode_options(solver: str, rtol: float | None, atol: float | None, adjoint: bool, step_size: float | None) -> dict:
-    if solver in FIXED_SOLVERS:
+def ode_options(
+    solver: str = "dopri5",
+    rtol: float | None = 1e-3,
+    atol: float | None = 1e-3,
+    gradient: str = "backprop",
+    step_size: float | None = None,
+    adjoint_rtol: float | None = None,
+    adjoint_atol: float | None = None,
+    seminorm: bool = False,
+) -> dict[str, Any]:
+    """The keyword arguments of an :class:`~contham.ODEBlock` of the thesis's networks.
+
+    ``rtol``/``atol`` apply to adaptive solvers and are ignored by fixed-step ones (which take
+    ``step_size``). ``gradient`` is ``"backprop"`` or ``"adjoint"``; with the adjoint,
+    ``adjoint_rtol``/``adjoint_atol`` (default: the forward ones) are the backward solve's
+    tolerances and ``seminorm`` turns on the seminorm (:class:`~contham.gradients.Adjoint`).
+    """
+    check_choice("gradient", gradient, ("backprop", "adjoint"))
+    adjoint_only = {"adjoint_rtol": adjoint_rtol, "adjoint_atol": adjoint_atol, "seminorm": seminorm or None}
+    if gradient != "adjoint" and any(v is not None for v in adjoint_only.values()):
+        given = ", ".join(k for k, v in adjoint_only.items() if v is not None)
+        raise ValueError(f"{given} apply to gradient='adjoint'; got gradient={gradient!r}")
+    if isinstance(get_solver(solver), FixedStepSolver):
         rtol = atol = None
-    return dict(solver=solver, rtol=rtol, atol=atol, adjoint=adjoint, step_size=step_size)
+    chosen = Adjoint(adjoint_rtol, adjoint_atol, seminorm) if gradient == "adjoint" else Backprop()
+    return dict(solver=solver, rtol=rtol, atol=atol, gradient=chosen, step_size=step_size)

@@ -5,7 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+from torch import Tensor, nn
+from torchdiffeq import odeint, odeint_adjoint
+
 from .._checks import check_choice, check_positive
+from ..fields.base import TimedField
+from ..gradients import Adjoint, Reversible
+from .base import IntegrationError, Problem, Solution, Solver, Stats, register_solver
 
 #: torchdiffeq methods with error control; they honour ``jump_t`` (weight discontinuities).
 ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
@@ -30,8 +37,8 @@ ORDERS = {
 }
 
 
-@dataclass
-class TorchDiffEq:
+@dataclass(repr=False)
+class TorchDiffEq(Solver):
     """A torchdiffeq method with its tolerances and options.
 
     Args:
@@ -50,28 +57,131 @@ class TorchDiffEq:
         check_choice("solver", self.method, TORCHDIFFEQ_METHODS)
         check_positive("rtol", self.rtol)
         check_positive("atol", self.atol)
+        self.name = self.method
+        #: order of the method (None for ``scipy_solver``, which depends on its options)
+        self.order = ORDERS.get(self.method)
+        #: scipy's solvers run on NumPy arrays: no gradient flows through them
+        self.differentiable = self.method != "scipy_solver"
 
-    @property
-    def name(self) -> str:
-        """The torchdiffeq method name."""
-        return self.method
+    @classmethod
+    def from_name(cls, name: str, rtol: float | None = None, atol: float | None = None) -> Solver:
+        tolerances = {k: v for k, v in (("rtol", rtol), ("atol", atol)) if v is not None}
+        return cls(name, **tolerances)
 
-    @property
-    def order(self) -> int | None:
-        """Order of the method (None for ``scipy_solver``, which depends on its options)."""
-        return ORDERS.get(self.method)
+    def __repr__(self) -> str:
+        return f"TorchDiffEq({self.method!r}, rtol={self.rtol:g}, atol={self.atol:g}, options={self.options!r})"
 
     @property
     def adaptive(self) -> bool:
         """True for methods with error control (they honour weight jumps)."""
         return self.method in ADAPTIVE_METHODS
 
-    def check_field(self, f: Any) -> None:
+    def check_field(self, field: nn.Module) -> None:
         """Fixed-grid torchdiffeq methods would step across weight jumps: refuse piecewise fields."""
-        nodes = getattr(f, "nodes", None)
-        if not self.adaptive and nodes is not None and nodes.jumps:
+        if not self.adaptive and isinstance(field, TimedField) and field.nodes.jumps:
             raise ValueError(
                 f"solver={self.method!r} (torchdiffeq fixed grid) cannot align its steps with the weight jumps "
                 "of a piecewise field; use contham's 'euler', 'midpoint', 'rk4', 'symplectic_euler', 'verlet' "
                 f"or an adaptive method ({', '.join(ADAPTIVE_METHODS)})"
             )
+
+    def check_gradient(self, gradient: Any) -> None:
+        if isinstance(gradient, Reversible):
+            raise ValueError(
+                "gradient='reversible' needs a split fixed-step solver ('symplectic_euler', 'verlet'); "
+                f"got {self.name!r}"
+            )
+
+    def solve(self, problem: Problem) -> Solution:
+        if problem.step_size is not None:
+            raise ValueError(f"step_size applies to fixed-step solvers; for solver={self.name!r} use options")
+        return _solve(self, problem)
+
+
+register_solver(*TORCHDIFFEQ_METHODS, replace=False)(TorchDiffEq)
+
+
+class _Counted(nn.Module):
+    """Wraps a field for torchdiffeq: counts calls and steps, enforces ``max_nfe``."""
+
+    def __init__(self, field: nn.Module, stats: Stats, max_nfe: int):
+        super().__init__()
+        self.field = field
+        self.stats = stats
+        self.max_nfe = max_nfe
+        self.backward_pass = False
+
+    def forward(self, t: Tensor, y: Tensor) -> Tensor:
+        s = self.stats
+        n = s.nfe_backward if self.backward_pass else s.nfe_forward
+        if n >= self.max_nfe:
+            where = "backward (adjoint)" if self.backward_pass else "forward"
+            raise IntegrationError(
+                f"the {where} solve with {s.solver} reached max_nfe={self.max_nfe} field calls "
+                f"at t={float(t.detach()):.6g}; "
+                "the dynamics may be stiff or the tolerances too tight: loosen rtol/atol or raise max_nfe"
+            )
+        if self.backward_pass:
+            s.nfe_backward += 1
+        else:
+            s.nfe_forward += 1
+        return self.field(t, y)
+
+
+class _CountedSteps(_Counted):
+    """:class:`_Counted` with torchdiffeq's step callbacks (adaptive methods only: fixed-grid ones
+    warn that they do not support them)."""
+
+    def callback_accept_step(self, t0: Tensor, y0: Tensor, dt: Tensor) -> None:
+        self.stats.steps_accepted += 1
+
+    def callback_reject_step(self, t0: Tensor, y0: Tensor, dt: Tensor) -> None:
+        self.stats.steps_rejected += 1
+
+    def callback_accept_step_adjoint(self, t0: Tensor, y0: Tensor, dt: Tensor) -> None:
+        self.stats.steps_accepted_backward += 1
+
+    def callback_reject_step_adjoint(self, t0: Tensor, y0: Tensor, dt: Tensor) -> None:
+        self.stats.steps_rejected_backward += 1
+
+
+@torch.compiler.disable  # adaptive steps decide on the host: torch.compile runs around, not through, them
+def _solve(solver: TorchDiffEq, problem: Problem) -> Solution:
+    y0, gradient = problem.y0, problem.gradient
+    adjoint = isinstance(gradient, Adjoint)
+    stats = Stats(solver.name)
+    if solver.adaptive:
+        stats.steps_accepted, stats.steps_rejected = 0, 0
+        if adjoint:
+            stats.steps_accepted_backward, stats.steps_rejected_backward = 0, 0
+    ts = torch.tensor(problem.times, dtype=torch.float64, device=y0.device)
+    options = dict(solver.options)
+    if problem.breaks and solver.adaptive:
+        # jump_t: the weights are discontinuous there (evaluated from each side); step_t: a kink
+        key = "jump_t" if problem.nodes is not None and problem.nodes.mode == "piecewise" else "step_t"
+        options[key] = torch.tensor(problem.breaks, dtype=torch.float64, device=y0.device)
+    func = (_CountedSteps if solver.adaptive else _Counted)(problem.field, stats, problem.max_nfe)
+    kwargs: dict[str, Any] = dict(rtol=solver.rtol, atol=solver.atol, method=solver.method, options=options)
+    try:
+        if adjoint:
+            params = tuple(p for p in problem.field.parameters() if p.requires_grad)
+            backward: dict[str, Any] = {}
+            if gradient.rtol is not None:
+                backward["adjoint_rtol"] = gradient.rtol
+            if gradient.atol is not None:
+                backward["adjoint_atol"] = gradient.atol
+            if gradient.seminorm:  # the default adjoint options are the forward ones (with jump_t/step_t)
+                backward["adjoint_options"] = {**options, "norm": "seminorm"}
+            ys = odeint_adjoint(func, y0, ts, adjoint_params=params, **kwargs, **backward)
+            func.backward_pass = True
+        else:
+            ys = odeint(func, y0, ts, **kwargs)
+            if ys.requires_grad:
+                ys.register_hook(lambda grad: _count_backward(stats))
+    except AssertionError as err:  # torchdiffeq reports dt underflow and max_num_steps this way
+        raise IntegrationError(f"{solver.name} failed: {err}") from err
+    return Solution(ts, ys, stats)
+
+
+def _count_backward(stats: Stats) -> None:
+    stats.nfe_backward += stats.nfe_forward

@@ -1,47 +1,151 @@
-"""Fixed-step one-step methods.
+"""Fixed-step one-step methods and their integration loop.
 
-Each solver is one class with its ``order`` and one ``step(f, t, h, y)``. ``f`` is a field (or a
-field pinned to a node, :meth:`~contham.fields.NodeField.at_node`) called as ``f(t, y)``;
-split solvers instead update the halves ``(y, z)`` of a :class:`~contham.fields.SplitField`
+Each method is one class with its ``order`` and one ``step(f, t, h, y)``; the base class
+:class:`FixedStepSolver` owns the loop (:meth:`~FixedStepSolver.solve`, :meth:`~FixedStepSolver.run`)
+and the choice of the backward pass. ``f`` is a field (or a field pinned to a node,
+:meth:`~contham.fields.NodeField.at_node`) called as ``f(t, y)``; split methods instead update the
+halves ``(y, z)`` of a :class:`~contham.fields.SplitField` by :class:`~contham.solvers.Kick` s
 through ``f.dy(t, z)`` and ``f.dz(t, y)``.
 """
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+import math
+from abc import abstractmethod
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from torch import Tensor
+import torch
+from torch import Tensor, nn
 
 from .._checks import check_choice
+from ..fields.base import FrozenField, NodeField, SplitField
+from ..fields.time import TimeNodes
+from ..fused import FusedPlan, fused_plan, fused_steps
+from ..gradients import Adjoint, Backprop, Gradient, Reversible
+from ..reversible import reversible_steps
+from .base import IntegrationError, Kick, Problem, Solution, Solver, Stats, register_solver
+
+Step = tuple[float, float, "int | None"]
+"""One step ``(t, h, node)``: from time t by h (negative backwards in time), with the weights of
+``node`` for the whole step (None: the field is read at each stage time)."""
 
 
-class FixedStepSolver(ABC):
-    """Base class: a one-step method of constant step size h."""
+def plan_steps(
+    times: Sequence[float], breaks: Sequence[float], step_size: float | None, nodes: TimeNodes | None = None
+) -> tuple[list[Step], list[int]]:
+    """Steps covering ``times`` (increasing or decreasing) with the ``breaks`` as step boundaries.
 
-    name: ClassVar[str]
-    order: ClassVar[int]
+    ``node`` is the node whose weights a piecewise/constant field uses for the whole step (found
+    at the step's midpoint), None for fields read at each stage time. ``outputs[i]`` is the
+    number of steps done when ``times[i + 1]`` is reached. Each interval between boundaries is
+    cut in equal steps no longer than ``step_size`` (None: one step).
+    """
+    # a node time within rounding of an output time (3 * 0.1 vs 0.3) is the same step boundary
+    near = lambda s: any(abs(s - p) <= 1e-12 * max(1.0, abs(p)) for p in times)  # noqa: E731
+    points = sorted(set(times) | {s for s in breaks if not near(s)}, reverse=times[-1] < times[0])
+    per_node = nodes is not None and nodes.mode in ("piecewise", "constant")
+    steps: list[Step] = []
+    outputs = []
+    output_times = set(times[1:])
+    for a, b in zip(points, points[1:]):
+        m = 1 if step_size is None else max(1, math.ceil(abs(b - a) / step_size - 1e-9))
+        h = (b - a) / m
+        for k in range(m):
+            s = a + k * h
+            steps.append((s, h, nodes.locate(s + h / 2)[0] if nodes is not None and per_node else None))
+        if b in output_times:
+            outputs.append(len(steps))
+    return steps, outputs
+
+
+class Schedule:
+    """The steps of one fixed-step solve and where its outputs are, with what is worked out
+    once for them: the fused plan (None where the fused path does not apply)."""
+
+    def __init__(self, field: nn.Module, solver: FixedStepSolver, steps: list[Step], outputs: list[int]):
+        self.field, self.solver, self.steps, self.outputs = field, solver, steps, outputs
+        self.fused: FusedPlan | None = None
+        if isinstance(field, NodeField):
+            self.fused = fused_plan(field, solver.kicks(field), steps)
+
+    @property
+    def pinned(self) -> bool:
+        """True when every step uses one weight node."""
+        return all(node is not None for _, _, node in self.steps)
+
+
+class FixedStepSolver(Solver):
+    """Base class: a one-step method of constant step size h; owns the loop."""
+
     #: calls of the field (or of one half of it, for split solvers) per step
     evals_per_step: ClassVar[int]
     needs_split: ClassVar[bool] = False
 
-    def check_field(self, field: Any) -> None:
-        """Raise ``ValueError`` if this solver cannot integrate ``field``."""
-        if self.needs_split and not getattr(field, "is_split", False):
+    def check_field(self, field: nn.Module) -> None:
+        if self.needs_split and not isinstance(field, SplitField):
             raise ValueError(
                 f"solver={self.name!r} updates the halves (y, z) of a split state and needs a split field "
                 f"(TwoLayerField, SeparableField, SymmetricField); got {type(field).__name__}. "
                 "Use 'euler', 'midpoint', 'rk4' or an adaptive method for this field."
             )
 
+    def check_gradient(self, gradient: Gradient) -> None:
+        if isinstance(gradient, Adjoint):
+            raise ValueError(
+                "gradient='adjoint' needs a torchdiffeq method (e.g. solver='dopri5' or "
+                f"TorchDiffEq('rk4', options=...)); got the fixed-step solver={self.name!r}"
+            )
+        if isinstance(gradient, Reversible) and not isinstance(self, SplitSolver):
+            raise ValueError(
+                f"gradient='reversible' needs a split solver ('symplectic_euler', 'verlet'); got {self.name!r}"
+            )
+
+    def kicks(self, field: Any) -> list[Kick] | None:
+        """The step on ``field`` as a sequence of kicks, or None if it is not one."""
+        return None
+
     @abstractmethod
     def step(self, f: Any, t: float, h: float, y: Tensor) -> Tensor:
         """One step of size ``h`` from ``(t, y)``."""
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
+    def solve(self, problem: Problem) -> Solution:
+        steps, outputs = plan_steps(problem.times, problem.breaks, problem.step_size, problem.nodes)
+        if len(steps) * self.evals_per_step > problem.max_nfe:
+            raise IntegrationError(f"{len(steps)} steps of {self.name} exceed max_nfe={problem.max_nfe}")
+        stats = Stats(self.name)
+        schedule = Schedule(problem.field, self, steps, outputs)
+        ys = self.run(schedule, problem.y0, problem.gradient, stats)
+        ts = torch.tensor(problem.times, dtype=torch.float64, device=problem.y0.device)
+        return Solution(ts, torch.stack([problem.y0, *ys]), stats)
+
+    def run(self, schedule: Schedule, y: Tensor, gradient: Gradient, stats: Stats) -> list[Tensor]:
+        """The states at ``schedule.outputs`` from ``y``, computed as ``gradient`` says; fills
+        ``stats``. The fused path runs where it applies (unless ``Backprop(higher_order=True)``)."""
+        field, steps = schedule.field, schedule.steps
+        stats.nfe_forward = len(steps) * self.evals_per_step
+        stats.steps_accepted, stats.steps_rejected = len(steps), 0
+        wants_grad = torch.is_grad_enabled() and (y.requires_grad or any(p.requires_grad for p in field.parameters()))
+        stats.nfe_backward = stats.nfe_forward if wants_grad else 0
+        last_only = schedule.outputs == [len(steps)]
+        if isinstance(gradient, Reversible) and wants_grad:
+            if not last_only or not isinstance(self, SplitSolver):
+                raise ValueError(
+                    "gradient='reversible' needs a split solver and keeps only the final state: pass two times"
+                )
+            return [reversible_steps(field, self, y, steps)]
+        if schedule.fused is not None and last_only and not (isinstance(gradient, Backprop) and gradient.higher_order):
+            return [fused_steps(schedule.fused, y)]
+        frozen = [FrozenField(field, w) for w in field.step_weights()] if schedule.pinned else []
+        out = []
+        for i, (s, h, node) in enumerate(steps, 1):
+            y = self.step(field if node is None else frozen[node], s, h, y)
+            if i in schedule.outputs:
+                out.append(y)
+        return out
 
 
+@register_solver("euler")
 class Euler(FixedStepSolver):
     """Explicit (forward) Euler, ``y + h f(t, y)``. Order 1. Any field."""
 
@@ -49,10 +153,15 @@ class Euler(FixedStepSolver):
     order = 1
     evals_per_step = 1
 
+    def kicks(self, field: Any) -> list[Kick] | None:
+        """On a whole-state field, one kick of the whole state."""
+        return None if isinstance(field, SplitField) else [Kick("x", 1.0, 0.0)]
+
     def step(self, f: Any, t: float, h: float, y: Tensor) -> Tensor:
         return y + h * f(t, y)
 
 
+@register_solver("midpoint")
 class Midpoint(FixedStepSolver):
     """Explicit midpoint rule. Order 2. Any field."""
 
@@ -64,6 +173,7 @@ class Midpoint(FixedStepSolver):
         return y + h * f(t + h / 2, y + (h / 2) * f(t, y))
 
 
+@register_solver("rk4")
 class RK4(FixedStepSolver):
     """Classical fourth-order Runge-Kutta. Order 4. Any field."""
 
@@ -79,41 +189,49 @@ class RK4(FixedStepSolver):
         return y + (h / 6) * (k1 + 2 * k2 + 2 * k3 + k4)
 
 
-Kick = tuple[str, float, float]
-"""One update ``u <- u + (c h) f_u(t + d h, v)`` of half ``u`` ("y" or "z") from the other half
-``v``: ``(u, c, d)``. A split step is a sequence of kicks; each one is undone exactly by
-subtracting the same term, which makes split steps reversible (see :mod:`contham.reversible`)."""
+class SplitSolver(FixedStepSolver):
+    """Base of the split methods: a step is a sequence of kicks (``kicks_y_first`` when y goes
+    first; the roles swap when z does). ``first=None`` takes the field's own ``first``."""
 
-
-class _SplitSolver(FixedStepSolver):
     needs_split = True
-    _kicks_y_first: ClassVar[tuple[Kick, ...]]
+    symplectic = True
+    kicks_y_first: ClassVar[tuple[Kick, ...]]
 
     def __init__(self, first: str | None = None):
         self.first = None if first is None else check_choice("first", first, ("y", "z"))
 
-    def kicks(self, f: Any) -> tuple[Kick, ...]:
-        """This step's kicks on field ``f`` (roles of y and z swapped when z goes first)."""
-        if (self.first or f.first) == "y":
-            return self._kicks_y_first
-        return tuple(("z" if u == "y" else "y", c, d) for u, c, d in self._kicks_y_first)
+    def kicks(self, field: Any) -> list[Kick]:
+        """This step's kicks on ``field`` (roles of y and z swapped when z goes first)."""
+        if (self.first or field.first) == "y":
+            return list(self.kicks_y_first)
+        return [Kick("z" if k.u == "y" else "y", k.c, k.d) for k in self.kicks_y_first]
+
+    @staticmethod
+    def term(f: Any, kick: Kick, t: float, h: float, v: Tensor) -> Tensor:
+        """The term of ``kick`` read on half ``v``: ``f_u(t + d h, v)``; the kick adds
+        ``c h`` times it to half u."""
+        drive = f.dy if kick.u == "y" else f.dz
+        return drive(t + kick.d * h, v)
 
     def step(self, f: Any, t: float, h: float, x: Tensor) -> Tensor:
         halves = dict(zip("yz", f.split(x)))
-        for u, c, d in self.kicks(f):
-            halves[u] = halves[u] + (c * h) * kick_field(f, u)(t + d * h, halves["z" if u == "y" else "y"])
+        for k in self.kicks(f):
+            halves[k.u] = halves[k.u] + (k.c * h) * self.term(f, k, t, h, halves["z" if k.u == "y" else "y"])
+        return f.merge(halves["y"], halves["z"])
+
+    def unstep(self, f: Any, t: float, h: float, x: Tensor) -> Tensor:
+        """The exact inverse of :meth:`step` (up to rounding): the kicks undone in reverse order."""
+        halves = dict(zip("yz", f.split(x)))
+        for k in reversed(self.kicks(f)):
+            halves[k.u] = halves[k.u] - (k.c * h) * self.term(f, k, t, h, halves["z" if k.u == "y" else "y"])
         return f.merge(halves["y"], halves["z"])
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(first={self.first!r})"
 
 
-def kick_field(f: Any, u: str) -> Any:
-    """The half-field that drives half ``u``: ``f.dy`` (reads z) or ``f.dz`` (reads y)."""
-    return f.dy if u == "y" else f.dz
-
-
-class SymplecticEuler(_SplitSolver):
+@register_solver("symplectic_euler")
+class SymplecticEuler(SplitSolver):
     """Symplectic (semi-implicit) Euler on a split state. Order 1. Split fields only.
 
     With ``first="y"``: ``y+ = y + h f_y(t, z)``, then ``z+ = z + h f_z(t, y+)`` (from the *new*
@@ -125,10 +243,11 @@ class SymplecticEuler(_SplitSolver):
     name = "symplectic_euler"
     order = 1
     evals_per_step = 2
-    _kicks_y_first = (("y", 1.0, 0.0), ("z", 1.0, 0.0))
+    kicks_y_first = (Kick("y", 1.0, 0.0), Kick("z", 1.0, 0.0))
 
 
-class Verlet(_SplitSolver):
+@register_solver("verlet", "leapfrog")
+class Verlet(SplitSolver):
     """Stormer-Verlet / leapfrog on a split state. Order 2. Split fields only.
 
     With ``first="y"``: half step of y from z, full step of z from the new y, half step of y
@@ -139,14 +258,4 @@ class Verlet(_SplitSolver):
     name = "verlet"
     order = 2
     evals_per_step = 3
-    _kicks_y_first = (("y", 0.5, 0.0), ("z", 1.0, 0.5), ("y", 0.5, 1.0))
-
-
-FIXED_SOLVERS: dict[str, type[FixedStepSolver]] = {
-    "euler": Euler,
-    "midpoint": Midpoint,
-    "rk4": RK4,
-    "symplectic_euler": SymplecticEuler,
-    "verlet": Verlet,
-    "leapfrog": Verlet,
-}
+    kicks_y_first = (Kick("y", 0.5, 0.0), Kick("z", 1.0, 0.5), Kick("y", 0.5, 1.0))

@@ -1,0 +1,165 @@
+"""What every solver shares: the registry, the problem it is handed, what it returns.
+
+A solver is one class: it declares its ``order`` (and ``symplectic``), checks the fields and the
+gradient strategies it accepts, and owns its integration loop in :meth:`Solver.solve`. It becomes
+reachable by name through :func:`register_solver`; :func:`~contham.integrate` only checks the
+arguments, builds a :class:`Problem` and hands it over.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NamedTuple, TypeVar
+
+from torch import Tensor, nn
+
+from ..fields.time import TimeNodes
+from ..gradients import Backprop, Gradient
+
+
+class IntegrationError(RuntimeError):
+    """An integration that cannot finish: step limit reached or step size underflow."""
+
+
+@dataclass
+class Stats:
+    """Statistics of one integration.
+
+    ``nfe_forward``: calls of the field in the forward solve (a split solver's half update counts
+    one call). ``nfe_backward``: calls of the field in the backward pass: with the adjoint, those
+    of the adjoint solve (counted as it runs); with backprop or the reversible scheme through
+    fixed steps, the calls backpropagated through or replayed (known in advance: set by the
+    forward pass when its result requires gradients); with backprop through torchdiffeq, the
+    forward calls once ``backward()`` has run. Steps accepted/rejected: fixed-step solvers accept
+    every step; torchdiffeq's adaptive methods report theirs (also for the adjoint solve); None
+    where a method does not tell.
+    """
+
+    solver: str
+    nfe_forward: int = 0
+    nfe_backward: int = 0
+    steps_accepted: int | None = None
+    steps_rejected: int | None = None
+    steps_accepted_backward: int | None = None
+    steps_rejected_backward: int | None = None
+
+
+@dataclass
+class Solution:
+    """``ys[i]`` is the state at ``ts[i]``; ``y`` the final state; ``stats`` the statistics."""
+
+    ts: Tensor
+    ys: Tensor
+    stats: Stats
+
+    @property
+    def y(self) -> Tensor:
+        """The state at the last output time."""
+        return self.ys[-1]
+
+
+@dataclass
+class Problem:
+    """A checked initial value problem ``y' = field(t, y)``, ``y(times[0]) = y0``.
+
+    ``times`` are strictly monotone (increasing, or decreasing for a solve backwards in time);
+    ``breaks`` the node times of the field's weights strictly between ``times[0]`` and
+    ``times[-1]`` (step boundaries), ``nodes`` the field's node layout or None.
+    """
+
+    field: nn.Module
+    y0: Tensor
+    times: list[float]
+    breaks: list[float]
+    nodes: TimeNodes | None
+    gradient: Gradient = Backprop()
+    step_size: float | None = None
+    max_nfe: int = 100_000
+
+
+class Kick(NamedTuple):
+    """One update ``u <- u + (c h) f_u(t + d h, v)`` of half ``u`` ("y" or "z", or "x": the whole
+    state) by the term that drives it, read on the other half v. Split steps are sequences of
+    kicks with u != v; each is undone exactly by subtracting the same term, which makes them
+    reversible (:mod:`contham.reversible`) and lets :mod:`contham.fused` run them."""
+
+    u: str
+    c: float
+    d: float
+
+
+class Solver(ABC):
+    """Base of all solvers: ``name``, ``order``, the checks, and :meth:`solve`."""
+
+    name: str
+    #: order of accuracy of the solution (None where it depends on options)
+    order: int | None = None
+    #: True for methods that preserve the symplectic form of canonical Hamiltonian split fields
+    symplectic: bool = False
+    #: True for methods through which gradients can flow (by backprop or the adjoint)
+    differentiable: bool = True
+
+    @classmethod
+    def from_name(cls, name: str, rtol: float | None = None, atol: float | None = None) -> Solver:
+        """The solver registered as ``name`` (``rtol``/``atol`` for methods with error control)."""
+        if rtol is not None or atol is not None:
+            raise ValueError(f"rtol/atol apply to adaptive methods, not to the fixed-step solver={name!r}")
+        return cls()
+
+    def check_field(self, field: nn.Module) -> None:  # noqa: B027 (accepts every field)
+        """Raise ``ValueError`` if this solver cannot integrate ``field``."""
+
+    def check_gradient(self, gradient: Gradient) -> None:  # noqa: B027 (accepts every strategy)
+        """Raise ``ValueError`` if this solver cannot compute gradients with ``gradient``."""
+
+    @abstractmethod
+    def solve(self, problem: Problem) -> Solution:
+        """Integrate ``problem`` and return the states at its times."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+S = TypeVar("S", bound=type[Solver])
+
+SOLVERS: dict[str, type[Solver]] = {}
+"""Every solver class by the names it was registered under."""
+
+
+def register_solver(*names: str, replace: bool = True) -> Callable[[S], S]:
+    """Class decorator: make the solver reachable by ``names`` in :func:`get_solver`.
+    ``replace=False`` keeps a name someone registered before (contham's own fixed-step methods
+    keep ``euler``, ``midpoint`` and ``rk4`` from torchdiffeq's)."""
+
+    def register(cls: S) -> S:
+        for name in names:
+            if replace or name not in SOLVERS:
+                SOLVERS[name] = cls
+        return cls
+
+    return register
+
+
+def solver_names() -> tuple[str, ...]:
+    """Every name :func:`get_solver` accepts."""
+    return tuple(SOLVERS)
+
+
+def get_solver(solver: str | Solver, rtol: float | None = None, atol: float | None = None) -> Solver:
+    """A solver from its registered name or itself.
+
+    Names of contham's fixed-step methods (``euler``, ``midpoint``, ``rk4``,
+    ``symplectic_euler``, ``verlet``/``leapfrog``) give those; any other torchdiffeq method name
+    (``dopri5``, ``bosh3``, ``adaptive_heun``, ...) gives :class:`~contham.solvers.TorchDiffEq`
+    with ``rtol`` and ``atol``. (For torchdiffeq's own ``rk4`` use
+    ``TorchDiffEq("rk4", options=...)``.)
+    """
+    if isinstance(solver, Solver):
+        if rtol is not None or atol is not None:
+            raise ValueError("rtol/atol must be set on the solver object (TorchDiffEq(method, rtol=..., atol=...))")
+        return solver
+    if isinstance(solver, str) and solver in SOLVERS:
+        return SOLVERS[solver].from_name(solver, rtol, atol)
+    raise ValueError(f"solver must be one of {', '.join(map(repr, SOLVERS))} or a Solver object; got {solver!r}")
