@@ -19,7 +19,8 @@ ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
 #: torchdiffeq methods on a fixed grid (``options={"step_size": h}``).
 FIXED_GRID_METHODS = ("euler", "midpoint", "rk4", "heun2", "heun3", "explicit_adams", "implicit_adams", "fixed_adams")
 TORCHDIFFEQ_METHODS = ADAPTIVE_METHODS + FIXED_GRID_METHODS + ("scipy_solver",)
-#: order of accuracy of each method's solution (the Adams methods: their maximum order)
+#: order of accuracy of each method's solution. The Adams methods have none: they change order as
+#: they go (torchdiffeq's explicit_adams does not even converge monotonically as h shrinks).
 ORDERS = {
     "dopri5": 5,
     "dopri8": 8,
@@ -31,9 +32,6 @@ ORDERS = {
     "rk4": 4,
     "heun2": 2,
     "heun3": 3,
-    "explicit_adams": 4,
-    "implicit_adams": 4,
-    "fixed_adams": 4,
 }
 
 
@@ -58,7 +56,7 @@ class TorchDiffEq(Solver):
         check_positive("rtol", self.rtol)
         check_positive("atol", self.atol)
         self.name = self.method
-        #: order of the method (None for ``scipy_solver``, which depends on its options)
+        #: order of the method (None for the Adams methods and ``scipy_solver``)
         self.order = ORDERS.get(self.method)
         #: scipy's solvers run on NumPy arrays: no gradient flows through them
         self.differentiable = self.method != "scipy_solver"

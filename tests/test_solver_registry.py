@@ -1,0 +1,128 @@
+"""Every registered solver, tested from its declarations: order, symplecticity, gradients.
+
+A new solver registered with :func:`contham.solvers.register_solver` is picked up here without new
+test code: its declared ``order`` is measured, its ``symplectic`` flag checked both ways, and its
+gradients checked (``gradcheck`` in float64; adjoint and reversible against backprop).
+"""
+
+import math
+import warnings
+
+import pytest
+import torch
+
+from contham import TwoLayerField, integrate
+from contham.analysis import symplecticity_defect
+from contham.solvers import SOLVERS, FixedStepSolver, SplitSolver, TorchDiffEq, get_solver
+
+D = torch.float64
+NAMES = list(SOLVERS)
+
+
+def solver_at(name: str, h: float):
+    """The solver ``name`` stepping by ``h`` (fixed-step methods), or at tolerance ``h``."""
+    solver = get_solver(name)
+    if isinstance(solver, FixedStepSolver):
+        return solver, dict(step_size=h)
+    if solver.adaptive or name == "scipy_solver":
+        return TorchDiffEq(name, rtol=h, atol=h), {}
+    return TorchDiffEq(name, options={"step_size": h}), {}
+
+
+@pytest.fixture(scope="module")
+def problem():
+    """A time-invariant two-layer field with O(1) weights, and its solution at t = 1 (dopri8)."""
+    torch.manual_seed(0)
+    field = TwoLayerField(4, "tanh").double()
+    with torch.no_grad():
+        for p in field.parameters():
+            p.normal_()
+    y0 = torch.randn(3, 4, dtype=D)
+    reference = integrate(field, y0, [0, 1], "dopri8", rtol=1e-13, atol=1e-14).y
+    return field, y0, reference
+
+
+def error(problem, name: str, h: float) -> float:
+    field, y0, reference = problem
+    solver, kw = solver_at(name, h)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scipy's and torchdiffeq's notes about options
+        return float((integrate(field, y0, [0, 1], solver, **kw).y - reference).abs().max())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_declared_order_is_observed(problem, name):
+    solver = get_solver(name)
+    if isinstance(solver, TorchDiffEq) and (solver.adaptive or name == "scipy_solver"):
+        # error control: the error follows the tolerance
+        loose, tight = error(problem, name, 1e-5), error(problem, name, 1e-9)
+        assert tight < 1e-5 and tight < loose / 30
+    elif solver.order is None:  # no fixed order (Adams): it converges
+        assert error(problem, name, 1 / 128) < 1e-7
+    else:
+        e1, e2 = error(problem, name, 1 / 8), error(problem, name, 1 / 16)
+        assert math.log2(e1 / e2) == pytest.approx(solver.order, abs=0.25)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_symplectic_flag_is_true_to_the_method(problem, name):
+    field, y0, _ = problem
+    solver, kw = solver_at(name, 0.5)
+    if not isinstance(solver, FixedStepSolver):
+        assert not solver.symplectic
+        return
+    defect = symplecticity_defect(lambda y: integrate(field, y, [0, 0.5], solver, **kw).y, y0[:1])
+    if solver.symplectic:
+        assert defect < 1e-12
+    else:
+        assert defect > 1e-6
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_gradients(name):
+    """Fixed grids: ``gradcheck``. Error control: the steps depend on the state but are not
+    differentiated (finite differences see them move), so the gradients, by backprop and by the
+    adjoint, are compared with those of the exact flow (rk4 at h = 1/256, itself gradchecked)."""
+    torch.manual_seed(1)
+    field = TwoLayerField(4, "tanh", n_nodes=2, dt=0.25, time_mode="linear").double()
+    y0 = torch.randn(2, 4, dtype=D, requires_grad=True)
+    params = list(field.parameters())
+    weight = torch.randn(2, 4, dtype=D)
+
+    def run(solver, gradient="backprop", **kw):
+        return lambda y, *_: integrate(field, y, [0, 0.5], solver, gradient=gradient, **kw).y
+
+    def grads(f):
+        return torch.autograd.grad((f(y0) * weight).sum(), [y0, *params])
+
+    solver = get_solver(name)
+    if not solver.differentiable:
+        assert not run(solver)(y0).requires_grad  # scipy runs on NumPy: nothing to differentiate
+        return
+    if isinstance(solver, FixedStepSolver):
+        assert torch.autograd.gradcheck(run(solver, step_size=0.125), (y0, *params))
+        return
+    if not solver.adaptive:
+        assert torch.autograd.gradcheck(run(TorchDiffEq(name, options={"step_size": 0.125})), (y0, *params))
+        return
+    exact = run("rk4", step_size=1 / 256)
+    assert torch.autograd.gradcheck(exact, (y0, *params))
+    tol, agree = (1e-11, 1e-6) if solver.order >= 5 else (1e-7, 1e-3)  # low orders: many steps
+    tight = TorchDiffEq(name, rtol=tol, atol=tol)
+    for gradient in ("backprop", "adjoint"):
+        for a, b in zip(grads(run(tight, gradient)), grads(exact)):
+            torch.testing.assert_close(a, b, rtol=agree, atol=agree)
+
+
+@pytest.mark.parametrize("name", [n for n, cls in SOLVERS.items() if issubclass(cls, SplitSolver)])
+def test_reversible_gradients_equal_backprop(name):
+    torch.manual_seed(2)
+    field = TwoLayerField(4, "tanh", n_nodes=3, dt=0.2).double()
+    y0 = torch.randn(2, 4, dtype=D, requires_grad=True)
+    weight = torch.randn(2, 4, dtype=D)
+    grads = []
+    for gradient in ("backprop", "reversible"):
+        out = integrate(field, y0, [0, 0.6], name, gradient=gradient).y
+        grads.append(torch.autograd.grad((out * weight).sum(), [y0, *field.parameters()]))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
