@@ -17,7 +17,6 @@ nodes are read is the *mode*:
 
 from __future__ import annotations
 
-import bisect
 import math
 from dataclasses import dataclass
 
@@ -76,7 +75,7 @@ class TimeNodes:
             return 0, 0.0
         if not math.isfinite(t):
             raise ValueError(f"t must be finite; got {t!r}")
-        j = bisect.bisect_right(self.times, t) - 1
+        j = sum(1 for s in self.times if s <= t) - 1  # bisect_right, in a form torch.compile traces
         if self.mode == "piecewise":
             return min(max(j, 0), self.n - 1), 0.0
         if j < 0:
