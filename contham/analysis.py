@@ -22,6 +22,7 @@ sensitivity functions also take a batch and return one result per sample.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -80,7 +81,7 @@ def top_eigenvalues(
 
     def matvec(v: np.ndarray) -> np.ndarray:
         tangent = torch.as_tensor(np.real(v), dtype=y.dtype, device=y.device)
-        _, out = torch.func.jvp(flat, (point,), (tangent,))
+        _, out = torch.func.jvp(flat, (point,), (tangent,))  # type: ignore[misc]
         return out.detach().cpu().double().numpy()
 
     operator = scipy.sparse.linalg.LinearOperator((n, n), matvec=matvec, dtype=np.float64)
@@ -135,7 +136,7 @@ def sensitivities(block: Any, y: Tensor) -> Tensor:
     n = y.numel()
     out = [torch.eye(n, dtype=y.dtype, device=y.device)]
     for j in reversed(range(block.n_steps)):
-        step = jacobian(lambda v, j=j: block.step(j, v), states[j])
+        step = jacobian(partial(block.step, j), states[j])
         out.append(out[-1] @ step)
     return torch.stack(out[::-1])
 
@@ -197,7 +198,7 @@ def _canonical_j(y: Tensor) -> Tensor:
     return torch.kron(J, torch.eye(per_channel, dtype=y.dtype, device=y.device))
 
 
-def energy_drift(field: nn.Module, times: Sequence[float], states: Tensor) -> np.ndarray:
+def energy_drift(field: Any, times: Sequence[float], states: Tensor) -> np.ndarray:
     """``H(t_i, y_i) - H(t_0, y_0)`` along a trajectory (per time, averaged over the batch)."""
     energies = torch.stack([field.energy(float(t), y).mean() for t, y in zip(times, states)])
     return (energies - energies[0]).detach().cpu().double().numpy()
@@ -210,6 +211,7 @@ def reversibility_error(block: HamiltonianBlock, y: Tensor) -> float:
     y_end = block(y)
     x = y_end
     for s, h, node in reversed(block.schedule.steps):
+        assert node is not None  # a block's steps are pinned to its nodes
         x = block.solver.step(block.field.at_node(node), s + h, -h, x)
     return float((x - y).abs().max())
 

@@ -32,13 +32,17 @@ class BatchPreprocess(nn.Module):
     """The preprocessing of one split of an image set, for batches.
 
     Args:
-        mean, std: per-channel statistics for the standardisation.
+        mean: per-channel means for the standardisation.
+        std: per-channel standard deviations for the standardisation.
         image_size: the set's image height and width.
         preprocessing: "report", "thesis" or "plain".
         train: the training split (random augmentation where the preprocessing has one).
         augment: False turns the augmentation off (``learning.crop_and_flip``).
         crop_padding: the report's zero padding.
     """
+
+    mean: Tensor
+    std: Tensor
 
     def __init__(
         self,

@@ -52,16 +52,16 @@ class HamiltonianBlock(nn.Module):
                 f"got {type(field).__name__}" + (" with time_mode='linear'" if isinstance(field, NodeField) else "")
             )
         self.field = field
-        solver = get_solver(field.default_solver if solver is None else solver)
-        if not isinstance(solver, FixedStepSolver):
-            raise ValueError(f"solver must be a fixed-step solver for a HamiltonianBlock; got {solver.name!r}")
-        self.solver = solver
+        chosen = get_solver(field.default_solver if solver is None else solver)
+        if not isinstance(chosen, FixedStepSolver):
+            raise ValueError(f"solver must be a fixed-step solver for a HamiltonianBlock; got {chosen.name!r}")
+        self.solver = chosen
         self.gradient = get_gradient(gradient)
-        solver.check_field(field)
-        solver.check_gradient(self.gradient)
+        chosen.check_field(field)
+        chosen.check_gradient(self.gradient)
         self.n_steps, self.h = field.nodes.n, field.nodes.dt
         steps, outputs = plan_steps([0.0, self.n_steps * self.h], field.nodes.breaks, None, field.nodes)
-        self.schedule = Schedule(field, solver, steps, outputs)
+        self.schedule = Schedule(field, chosen, steps, outputs)
         self.last_stats: Stats | None = None
 
     def forward(self, y: Tensor) -> Tensor:
@@ -84,6 +84,7 @@ class HamiltonianBlock(nn.Module):
     def step(self, j: int, y: Tensor) -> Tensor:
         """Step ``j`` alone (0-based): ``y_{j+1}`` from ``y_j = y`` (used by :mod:`contham.analysis`)."""
         s, h, node = self.schedule.steps[self._index(j)]
+        assert node is not None  # a block's steps are pinned to its nodes
         return self.solver.step(self.field.at_node(node), s, h, y)
 
     def inverse(self, y: Tensor) -> Tensor:
@@ -96,6 +97,7 @@ class HamiltonianBlock(nn.Module):
             )
         self.field.check_input(y)
         for s, h, node in reversed(self.schedule.steps):
+            assert node is not None
             y = self.solver.unstep(self.field.at_node(node), s, h, y)
         return y
 
@@ -124,8 +126,13 @@ class ODEBlock(nn.Module):
     Args:
         field: an ``nn.Module`` with ``forward(t, y)``.
         T: the end time.
-        solver, gradient, step_size, rtol, atol, max_nfe: as in :func:`~contham.integrate`
+        solver: a registered name or a solver object (see :func:`~contham.integrate`).
+        gradient: how gradients are computed, as in :func:`~contham.integrate`
             (e.g. ``gradient=Adjoint(rtol=1e-4, seminorm=True)``).
+        step_size: the largest fixed step (fixed-step solvers).
+        rtol: relative tolerance of an adaptive method named by string.
+        atol: absolute tolerance of an adaptive method named by string.
+        max_nfe: field calls allowed per pass.
 
     ``last_stats`` holds the :class:`~contham.solvers.Stats` of the latest forward (its
     ``nfe_backward`` fills in during ``backward()``).

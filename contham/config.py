@@ -90,14 +90,14 @@ class Parameters:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of lists, numbers, strings and nested dicts (YAML/JSON-ready)."""
-        return _plain(dataclasses.asdict(self))
+        return _plain(dataclasses.asdict(self))  # type: ignore[call-overload]
 
     @classmethod
     def from_dict(cls: type[P], data: dict[str, Any]) -> P:
         """Build from a dict with contham's or the report's names (see :data:`REPORT_NAMES`)."""
         if not isinstance(data, dict):
             raise ValueError(f"{cls.__name__} data must be a dict; got {type(data).__name__}")
-        names = [f.name for f in dataclasses.fields(cls)]
+        names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
         kwargs = {}
         for key, value in data.items():
             name = REPORT_NAMES.get(key, key)
@@ -121,7 +121,7 @@ class Parameters:
         file_format = _format(path)
         try:
             text = path.read_text()
-            data = json.loads(text) if file_format == "json" else yaml.load(text, _Loader)
+            data = json.loads(text) if file_format == "json" else read_yaml(text)
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError) as error:
             detail = " ".join(str(error).split())
             raise ValueError(f"cannot read {cls.__name__} file {str(path)!r}: {detail}") from None
@@ -143,6 +143,11 @@ _Loader.add_implicit_resolver(
     re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
     list("-+0123456789"),
 )
+
+
+def read_yaml(text: str) -> Any:
+    """YAML as contham reads it: safe, and ``2e-4`` (no dot) a float as in JSON."""
+    return yaml.load(text, _Loader)
 
 
 def _format(path: Path) -> str:
@@ -240,7 +245,9 @@ class NetworkParameters(Parameters):
         nb_units: number of units.
         nb_features: channels of the input image, then at the input of each unit
             (``nb_units + 1`` values, never decreasing; even for J1 and the split Hamiltonians).
-        ks_conv, strd_conv, pd_conv: kernel size, stride and zero padding of the first conv.
+        ks_conv: kernel size of the first conv.
+        strd_conv: stride of the first conv.
+        pd_conv: zero padding of the first conv.
         pooling: "Avg" or "Max"; ks_pool, strd_pool: its kernel size and stride.
         init: initialisation of the conv and FC weights, one of :data:`INITS` ("Xavier" is
             PyTorch's Xavier-uniform; biases start at zero).
@@ -314,8 +321,10 @@ class LearningParameters(Parameters):
         lr: initial learning rate; ``lr_decay_at``: epochs after which it is multiplied by
             ``lr_decay``.
         wd: weight decay (inside the optimiser).
-        alpha, b_in_reg, h_div: the weight smoothness regularisation (eq. A.1-A.3, see
+        alpha: weight of the smoothness regularisation (eq. A.1-A.3, see
             :func:`contham.regularization.smoothness`).
+        b_in_reg: include the biases b in the regularisation.
+        h_div: divide the differences between layers by h.
         optimiser: "SGD" or "Adam"; momentum: SGD's momentum, or Adam's ``(beta1, beta2)``.
         crop_and_flip: random crop (after zero padding) and horizontal flip of training images.
     """
@@ -351,7 +360,8 @@ class LearningParameters(Parameters):
         else:
             if not isinstance(self.momentum, (list, tuple)) or len(self.momentum) != 2:
                 raise ValueError(f"momentum must be a pair (beta1, beta2) for optimiser 'Adam'; got {self.momentum!r}")
-            self.momentum = tuple(check_probability(f"momentum[{i}]", b) for i, b in enumerate(self.momentum))
+            beta1, beta2 = (check_probability(f"momentum[{i}]", b) for i, b in enumerate(self.momentum))
+            self.momentum = (beta1, beta2)
         check_bool("crop_and_flip", self.crop_and_flip)
 
 

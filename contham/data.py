@@ -114,7 +114,7 @@ def load_dataset(
     if name == "stl10":
         cls, kwargs = torchvision.datasets.STL10, dict(split=split)
     elif name == "qmnist":
-        cls, kwargs = torchvision.datasets.QMNIST, dict(what=split, train=train)
+        cls, kwargs = torchvision.datasets.QMNIST, dict(what=split, train=train)  # type: ignore[dict-item]
     else:
         cls = {
             "mnist": torchvision.datasets.MNIST,
@@ -122,7 +122,7 @@ def load_dataset(
             "cifar10": torchvision.datasets.CIFAR10,
             "cifar100": torchvision.datasets.CIFAR100,
         }[name]
-        kwargs = dict(train=train)
+        kwargs = dict(train=train)  # type: ignore[dict-item]
     try:
         return cls(root, transform=tf, download=download or _has_local_archives(root, name), **kwargs)
     except RuntimeError as error:
@@ -216,7 +216,8 @@ def load_images(
         stored = torch.load(cache, weights_only=True)
         return stored["images"], stored["labels"]
     raw = load_dataset(name, root, train=train, download=download, preprocessing="plain")
-    data = raw.data if isinstance(raw.data, Tensor) else torch.from_numpy(np.asarray(raw.data))
+    data = raw.data  # type: ignore[attr-defined]  # torchvision keeps the decoded images in .data
+    data = data if isinstance(data, Tensor) else torch.from_numpy(np.asarray(data))
     if data.dim() == 3:  # MNIST-like: (N, H, W)
         data = data[:, None]
     elif data.shape[-1] == 3:  # CIFAR: (N, H, W, C)

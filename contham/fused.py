@@ -48,6 +48,8 @@ class FusedPlan:
     of u (after the kick) and of v (read). ``reads[u]``: the rows of v read by u's kicks.
     Build it with :func:`fused_plan`."""
 
+    field: Any  # a SigmaTermField (split for split steps)
+
     def __init__(self, field: SigmaTermField, step: list[PlanKick]):
         self.field, self.activation, n = field, field.activation, field.nodes.n
         parts = sorted({u for u, _, _ in step})
@@ -121,6 +123,7 @@ def _run(plan: FusedPlan, x: Tensor, params: tuple[Tensor, ...]) -> tuple[Tensor
     w = {u: t.flatten(0, 1).unbind(0) for u, t in W.items()}
     rows = {h: t.unbind(0) for h, t in hist.items()}
     act = plan.activation.inplace
+    assert act is not None  # fused_plan checked that the activation is fusable
     for u, v, coef, j, i, row_u, row_v in plan.kicks:
         out = act(torch.addmm(b[u][j], rows[v][row_v], Kt[u][j], out=w[u][i]))
         torch.addmm(rows[u][row_u - 1], out, M[u][j], alpha=coef, out=rows[u][row_u])
@@ -145,7 +148,9 @@ class _FusedSteps(torch.autograd.Function):
         hist = dict(zip(terms, ctx.saved_tensors[k : k + m]))
         W = dict(zip(terms, ctx.saved_tensors[k + m :]))
         # D = c h sign * sigma'(z) per kick; GZ receives dL/dz per kick
-        D = {u: plan.activation.derivative(w) for u, w in W.items()}
+        derivative = plan.activation.derivative
+        assert derivative is not None  # fused_plan checked that the activation is fusable
+        D = {u: derivative(w) for u, w in W.items()}
         for (u, slot), c in plan.coef.items():
             D[u][:, slot] *= c
         GZ = {u: torch.empty_like(w) for u, w in W.items()}
@@ -183,7 +188,7 @@ class _FusedSteps(torch.autograd.Function):
 def fused_steps(plan: FusedPlan, x: Tensor) -> Tensor:
     """Run the steps of :func:`fused_plan` from ``x``: one autograd node when gradients are
     needed."""
-    params = tuple(getattr(plan.field, name) for name in plan.field.node_names)
+    params = plan.field.node_params()
     if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
         return _FusedSteps.apply(plan, x, *params)
     return _run(plan, x, params)[0]

@@ -48,7 +48,8 @@ class Adjoint:
     """torchdiffeq's adjoint method (``odeint_adjoint``).
 
     Args:
-        rtol, atol: tolerances of the backward (adjoint) solve; None takes the forward solve's.
+        rtol: relative tolerance of the backward (adjoint) solve; None takes the forward solve's.
+        atol: absolute tolerance of the backward solve; None takes the forward solve's.
         seminorm: measure the error of the adjoint solve on the state and its adjoint only, not on
             the parameter gradients (Kidger et al. 2021, torchdiffeq's
             ``adjoint_options=dict(norm="seminorm")``): fewer backward steps, same gradients to

@@ -43,7 +43,8 @@ def integrate(
         step_size: fixed-step solvers only: the largest step; each interval between output
             times and weight jumps is cut in equal steps no larger than this. None: one step per
             such interval (the discrete mode of a piecewise field).
-        rtol, atol: tolerances of an adaptive method named by string.
+        rtol: relative tolerance of an adaptive method named by string.
+        atol: absolute tolerance of an adaptive method named by string.
         max_nfe: field calls allowed per pass; more raises :class:`IntegrationError`.
 
     The node times of piecewise and linear fields (``field.nodes.breaks``) become step

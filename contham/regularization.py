@@ -31,10 +31,9 @@ def smoothness(model: nn.Module, alpha: float = 1.0, *, b_in_reg: bool = True, h
             continue
         h = field.nodes.dt
         scale = 1.0 / h if h_div else h
-        for name in field.node_names:
+        for name, weight in zip(field.node_names, field.node_params()):
             if name in field.bias_names and not b_in_reg:
                 continue
-            weight = getattr(field, name)
             terms.append(scale * torch.diff(weight, dim=0).square().sum())
     if not terms:
         reference = next(model.parameters(), None)

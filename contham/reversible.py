@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 class _ReversibleSteps(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, field: NodeField, solver: SplitSolver, steps: list[Step], x: Tensor, *params: Tensor):
+    def forward(ctx: Any, field: Any, solver: SplitSolver, steps: list[Step], x: Tensor, *params: Tensor):
         for s, h, node in steps:
             x = solver.step(FrozenField(field, tuple(p[node] for p in params)), s, h, x)
         ctx.field, ctx.solver, ctx.steps = field, solver, steps
@@ -50,7 +50,7 @@ class _ReversibleSteps(torch.autograd.Function):
                 def term(source: Tensor, *w: Tensor) -> Tensor:
                     return solver.term(FrozenField(field, w), kick, s, h, source)  # noqa: B023
 
-                push, pull = torch.func.vjp(term, state[v], *weights)
+                push, pull = torch.func.vjp(term, state[v], *weights)  # type: ignore[misc]
                 state[u] = state[u] - (kick.c * h) * push
                 g_source, *g_weights = pull((kick.c * h) * adjoint[u])
                 adjoint[v] = adjoint[v] + g_source
@@ -65,11 +65,10 @@ def reversible_steps(field: NodeField, solver: SplitSolver, x: Tensor, steps: li
 
     ``field`` must keep all its trainable weights on the node axis (``node_names``), and every
     step must name its node."""
-    names = {id(getattr(field, name)) for name in field.node_names}
-    if any(id(p) not in names for p in field.parameters()) or any(node is None for _, _, node in steps):
+    params = field.node_params()
+    if any(all(p is not q for q in params) for p in field.parameters()) or any(node is None for _, _, node in steps):
         raise ValueError(
             "gradient='reversible' needs a field whose parameters all lie on the node axis, with piecewise or "
             "constant weights (one node per step)"
         )
-    params = tuple(getattr(field, name) for name in field.node_names)
     return _ReversibleSteps.apply(field, solver, steps, x, *params)

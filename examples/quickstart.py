@@ -15,11 +15,11 @@ import contham
 from contham.fields import TwoLayerField
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--T", type=float, default=50.0, help="end time of the energy run")
     parser.add_argument("--h", type=float, default=0.05, help="step size of the fixed-step solvers")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.manual_seed(0)
 
     # 1) The discrete mode: 6 layers of Chang et al.'s two-layer Hamiltonian as one layer.

@@ -41,6 +41,22 @@ def test_train_from_a_config_file(tmp_path):
     assert json.loads((tmp_path / "r" / "config.json").read_text())["learning"]["lr"] == 0.01
 
 
+def test_seminorm_adjoint_from_the_command_line(tmp_path):
+    out = tmp_path / "run"
+    options = ["gradient=adjoint", "seminorm=true", "adjoint_atol=1e-5", "rtol=0.01", "atol=0.01"]
+    assert main(["train", "thesis_odenet", *options, *FAST, "--out", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_options"] == {
+        "gradient": "adjoint",
+        "seminorm": True,
+        "adjoint_atol": 1e-5,
+        "rtol": 0.01,
+        "atol": 0.01,
+    }
+    assert json.loads((out / "metrics.json").read_text())["nfe_backward"] > 0
+    assert main(["train", "thesis_odenet", "seminorm=true", *FAST, "--out", str(tmp_path / "bad")]) == 2
+
+
 def test_compare(tmp_path, capsys):
     models = ["thesis_resnet2", "thesis_odenet:gradient=adjoint,rtol=0.01", "thesis_hamiltonian"]
     args = ["compare", "--models", *models, "--epochs", "2", "--max-batches", "2", "--seeds", "0", "1"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,11 +82,13 @@ class CompiledOrEager(nn.Module):
     compilation fails (the first call, or any later recompilation, raises). Parameters and
     state are ``module``'s."""
 
+    compiled: Callable[..., Any]
+
     def __init__(self, module: nn.Module, backend: bool | str = True):
         super().__init__()
         self.module = module
         # kept out of the submodules: the compiled wrapper shares module's parameters
-        self.__dict__["compiled"] = torch.compile(module, backend="inductor" if backend is True else backend)
+        self.__dict__["compiled"] = torch.compile(module, backend=backend if isinstance(backend, str) else "inductor")
         self.failed: str | None = None
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:

@@ -193,7 +193,7 @@ def _feature_maps(folder: Path) -> list[Path]:
     if not isinstance(model, HamiltonianNet) or not (folder / "checkpoint.pt").exists():
         return []
     model.load_state_dict(load_checkpoint(folder / "checkpoint.pt", map_location="cpu")["model"])
-    test = load_dataset(config.dataset, config.root, train=False, preprocessing=config.preprocessing)
+    test = load_dataset(config.dataset, config.root, train=False, preprocessing=config.preprocessing or "report")
     return [plot_feature_maps(model, test[0][0], folder / "feature_maps.png")]
 
 

@@ -194,6 +194,7 @@ class GlooSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         var = differentiable_all_reduce(centred.pow(2).sum(dims)) / count
         if self.track_running_stats and self.running_mean is not None and self.running_var is not None:
             with torch.no_grad():
+                assert self.num_batches_tracked is not None  # tracked with the running statistics
                 self.num_batches_tracked.add_(1)
                 momentum = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
                 n = float(count)

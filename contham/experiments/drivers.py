@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 import yaml
 
+from ..config import read_yaml
 from .files import RunBusy, RunFolderError, prepare_folder, read_json, write_json
 from .plots import plot_curves, plot_grid
 from .runconfig import RunConfig
@@ -43,9 +44,9 @@ COLUMNS = (
 
 
 def parse_value(text: str) -> Any:
-    """A command-line value as YAML: ``0.1`` -> float, ``true`` -> bool, ``[3, 40]`` -> list."""
+    """A command-line value as YAML: ``0.1`` and ``1e-5`` -> float, ``true`` -> bool, ``[3, 40]`` -> list."""
     try:
-        return yaml.safe_load(text)
+        return read_yaml(text)
     except yaml.YAMLError as error:
         raise ValueError(f"cannot read value {text!r}: {error}") from None
 
@@ -279,7 +280,7 @@ def _format(value: Any, key: str) -> str:
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     """The comparison as a Markdown table (accuracy in %, mean +/- std over seeds)."""
-    names = ("model", "parameters", "test accuracy (%)", "runs", "s/epoch", "NFE fwd", "NFE bwd")
+    names: tuple[str, ...] = ("model", "parameters", "test accuracy (%)", "runs", "s/epoch", "NFE fwd", "NFE bwd")
     names += ("autograd MB", "peak MB", "status")
     lines = ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
     for r in rows:

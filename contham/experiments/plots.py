@@ -140,7 +140,7 @@ def plot_confusion(confusion: list[list[int]], path: str | Path, classes: Sequen
     return _save(fig, path)
 
 
-def plot_feature_maps(model: torch.nn.Module, image: Tensor, path: str | Path, channels: int = 4) -> Path:
+def plot_feature_maps(model: Any, image: Tensor, path: str | Path, channels: int = 4) -> Path:
     """``image`` (C, H, W) through a :class:`~contham.models.HamiltonianNet`: the input, then
     ``channels`` channels after the first conv and after each unit (rows)."""
     model.eval()

@@ -60,10 +60,12 @@ class RayRunner:
         address: a Ray cluster's address (``"auto"`` or ``host:port``); None starts a local Ray
             instance for the experiment. An already initialised Ray (``ray.init`` in the caller's
             script) is used as it is.
-        cpus_per_run, gpus_per_run: resources each run reserves (fractions allowed for GPUs).
+        cpus_per_run: CPUs each run reserves.
+        gpus_per_run: GPUs each run reserves (fractions allowed).
         early_stop: ASHA early stopping on test accuracy (Ray Tune); grace_epochs: epochs every
             run gets before it can be stopped; reduction_factor: ASHA's rung ratio.
-        wait, restart: as in :func:`~contham.experiments.fit`, for every run.
+        wait: as in :func:`~contham.experiments.fit`, for every run.
+        restart: as in :func:`~contham.experiments.fit`, for every run.
     """
 
     address: str | None = None
@@ -143,7 +145,7 @@ class RayRunner:
                 reported.append(entry["epoch"])
                 tune.report({"test_accuracy": entry["test_accuracy"], "epoch": entry["epoch"], "status": "running"})
 
-            result = _run_remote(*payload[params["job"]], threads, wait, restart, report)
+            result = _run_remote(*payload[params["job"]], threads, wait, restart, report)  # type: ignore[call-arg]
             if not reported or result.get("status") != "finished":
                 tune.report({"test_accuracy": result.get("test_accuracy") or 0.0,
                              "epoch": result.get("epochs_done") or 0, "status": result.get("status")})  # fmt: skip
@@ -170,7 +172,7 @@ class RayRunner:
         finally:
             shutil.rmtree(storage, ignore_errors=True)
         results: list[dict[str, Any]] = [{} for _ in jobs]
-        for outcome in grid:
+        for outcome in grid:  # type: ignore[attr-defined]
             i = outcome.config["job"]
             results[i] = _settle(jobs[i], outcome.error)
             on_result(jobs[i], results[i])

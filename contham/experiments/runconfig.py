@@ -47,11 +47,13 @@ class RunConfig(Parameters):
         learning: the protocol; None: the report preset's, or :data:`THESIS_LEARNING`.
         seed, device ("auto", "cpu", "cuda[:i]"), deterministic.
         gradient_norms: record per-epoch gradient norms of block states and parameters.
-        stop_at_accuracy, max_train_seconds: end the run early (see :func:`~contham.experiments.fit`).
+        stop_at_accuracy: end the run once the test accuracy reaches it (see :func:`~contham.experiments.fit`).
+        max_train_seconds: end the run after this training time (see :func:`~contham.experiments.fit`).
         sync_batchnorm: in a distributed run, normalise with the statistics of the global batch
             (:func:`~contham.experiments.distributed.convert_sync_batchnorm`), as one process does.
-        amp, channels_last, compile: accelerator options (:mod:`contham.experiments.accelerate`):
-            mixed precision None/"bf16"/"fp16", NHWC layout, ``torch.compile`` (true or a backend).
+        amp: mixed precision None/"bf16"/"fp16" (:mod:`contham.experiments.accelerate`).
+        channels_last: the NHWC memory layout.
+        compile: ``torch.compile`` (true or a backend name).
     """
 
     _nested = {"learning": LearningParameters}

@@ -24,9 +24,10 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sized
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -100,9 +101,12 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 
 def make_optimizer(model: nn.Module, learning: LearningParameters) -> torch.optim.Optimizer:
     """SGD with momentum or Adam with betas = ``momentum``; weight decay ``wd`` inside."""
+    momentum = learning.momentum  # validate(): a float for SGD, a pair for Adam
     if learning.optimiser == "SGD":
-        return torch.optim.SGD(model.parameters(), learning.lr, momentum=learning.momentum, weight_decay=learning.wd)
-    return torch.optim.Adam(model.parameters(), learning.lr, betas=learning.momentum, weight_decay=learning.wd)
+        assert isinstance(momentum, float)
+        return torch.optim.SGD(model.parameters(), learning.lr, momentum=momentum, weight_decay=learning.wd)
+    assert isinstance(momentum, tuple)
+    return torch.optim.Adam(model.parameters(), learning.lr, betas=momentum, weight_decay=learning.wd)
 
 
 def epochs_for(learning: LearningParameters, train_size: int) -> int:
@@ -126,7 +130,7 @@ def evaluate(
     ranks = ranks or Ranks()
     options = options or Accelerator()
     model.eval()
-    mine = distributed.shard_indices(len(dataset), ranks)
+    mine = distributed.shard_indices(len(cast(Sized, dataset)), ranks)
     if isinstance(dataset, ImageSet):
         batches: Iterable[tuple[Tensor, Tensor]] = (dataset.batch(part, device) for part in mine.split(batch_size))
     else:
@@ -200,8 +204,9 @@ def fit(
             training time (evaluation excluded) reaches this. ``metrics["stop_reason"]`` says
             which ended the run: "epochs", "accuracy" or "time".
         sync_batchnorm: in a distributed run, batch norm with global-batch statistics.
-        amp, channels_last, compile: mixed precision (None, "bf16", "fp16"), NHWC layout and
-            ``torch.compile`` (see :mod:`contham.experiments.accelerate`).
+        amp: mixed precision None, "bf16" or "fp16" (see :mod:`contham.experiments.accelerate`).
+        channels_last: the NHWC memory layout.
+        compile: ``torch.compile`` (true or a backend name).
         wait: if another process holds ``run_dir``, wait for it instead of raising
             :class:`~contham.experiments.files.RunBusy`.
         restart: discard what ``run_dir`` holds (a broken or unwanted run) and start afresh.
@@ -215,7 +220,7 @@ def fit(
     learning.validate()
     check_stops(stop_at_accuracy, max_train_seconds)
     options = Accelerator(check_amp(amp), check_bool("channels_last", channels_last), check_compile(compile))
-    epochs = epochs_for(learning, len(train_set)) if epochs is None else check_int("epochs", epochs)
+    epochs = epochs_for(learning, len(cast(Sized, train_set))) if epochs is None else check_int("epochs", epochs)
     if max_batches is not None:
         check_int("max_batches", max_batches)
     ranks = distributed.ranks_from_env()
@@ -413,7 +418,7 @@ def _train_epoch(
     more in the fp16 gradient scaler's step."""
     trained.train()
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    batches = GlobalBatches(len(train_set), learning.batch_size, generator, ranks, max_batches)
+    batches = GlobalBatches(len(cast(Sized, train_set)), learning.batch_size, generator, ranks, max_batches)
     augmentation = torch.Generator().manual_seed(seed * 100_003 + epoch + 2**40)
     reset_peak_memory(device)
     total = correct = 0
@@ -552,11 +557,12 @@ def run(
     config.validate()
     prepare_folder(run_dir)
     info = dataset_info(config.dataset)
-    load = dict(root=config.root, download=config.download, preprocessing=config.preprocessing)
-    train_set = load_image_set(config.dataset, train=True, augment=config.learning.crop_and_flip, **load)
-    test_set = load_image_set(config.dataset, train=False, **load)
-    train_set = balanced_subset(train_set, config.fraction, config.seed)
-    test_set = balanced_subset(test_set, config.test_fraction, config.seed)
+    assert config.preprocessing is not None  # validate() resolved it
+    load = partial(load_image_set, config.dataset, config.root, download=config.download)
+    train_images = load(train=True, preprocessing=config.preprocessing, augment=config.learning.crop_and_flip)
+    test_images = load(train=False, preprocessing=config.preprocessing)
+    train_set = balanced_subset(train_images, config.fraction, config.seed)
+    test_set = balanced_subset(test_images, config.test_fraction, config.seed)
     image_size = 28 if config.preprocessing == "thesis" else info.image_size
     seed_everything(config.seed, config.deterministic)
     model = build(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -65,8 +65,10 @@ class NodeField(nn.Module, ABC):
     Args:
         features: state width n (features of a dense state, channels of a conv state).
         kernel_size: None for dense weights, an odd int for convolutions.
-        n_nodes, dt, time_mode: the node layout, see :class:`~contham.fields.TimeNodes`
-            (``time_mode`` defaults to "constant" for one node, "piecewise" otherwise).
+        n_nodes: number of weight nodes (see :class:`~contham.fields.TimeNodes`).
+        dt: time between nodes.
+        time_mode: "constant", "piecewise" or "linear"; default "constant" for one node,
+            "piecewise" otherwise.
     """
 
     node_names: tuple[str, ...] = ()
@@ -116,16 +118,20 @@ class NodeField(nn.Module, ABC):
         """The node-axis biases (b): the entries of ``node_names`` of shape ``(n_nodes, width)``."""
         return tuple(name for name in self.node_names if getattr(self, name).dim() == 2)
 
+    def node_params(self) -> Params:
+        """The node-axis weights (all nodes), in the order of ``node_names``."""
+        return tuple(getattr(self, name) for name in self.node_names)
+
     def node(self, j: int) -> Params:
         """The weights of node ``j``, in the order of ``node_names``."""
-        return tuple(getattr(self, name)[j] for name in self.node_names)
+        return tuple(p[j] for p in self.node_params())
 
     def step_weights(self) -> list[Params]:
         """The weights of every node as :meth:`_f` takes them, for a run of fixed steps: computed
         once per run for all nodes, and split per node once (``unbind``: backprop then gathers each
         weight's gradient in one stack instead of one full-size scatter per step). Fields add
         derived weights here (H1: ``J`` folded into ``K``) so no step rebuilds them."""
-        return list(zip(*(getattr(self, name).unbind(0) for name in self.node_names)))
+        return list(zip(*(p.unbind(0) for p in self.node_params())))
 
     def params_at(self, t: float | Tensor) -> Params:
         """The weights at time ``t`` according to the node layout."""
@@ -134,9 +140,10 @@ class NodeField(nn.Module, ABC):
         j, w = self.nodes.locate(float(t.detach()) if isinstance(t, Tensor) else float(t))
         if w == 0.0:
             return self.node(j)
+        weight: float | Tensor = w
         if isinstance(t, Tensor):  # keep df/dt in the graph: solvers may differentiate through t
-            w = ((t - j * self.nodes.dt) / self.nodes.dt).to(self.node(j)[0].dtype)
-        return tuple(torch.lerp(a, b, w) for a, b in zip(self.node(j), self.node(j + 1)))
+            weight = ((t - j * self.nodes.dt) / self.nodes.dt).to(self.node(j)[0].dtype)
+        return tuple(torch.lerp(a, b, weight) for a, b in zip(self.node(j), self.node(j + 1)))
 
     def at_node(self, j: int) -> FrozenField:
         """This field with its weights pinned to node ``j`` (used by fixed-step solvers)."""
@@ -153,7 +160,8 @@ class NodeField(nn.Module, ABC):
     def check_input(self, y: Tensor) -> None:
         """Raise ``ValueError`` if ``y`` is not a state of this field's shape, dtype and device.
         (Values are not inspected: that would cost a host sync per call on a GPU.)"""
-        check_state(y, self.features, 4 if self.conv else 2, self.node_names and getattr(self, self.node_names[0]))
+        like = self.node_params()[0] if self.node_names else None
+        check_state(y, self.features, 4 if self.conv else 2, like)
 
     def extra_repr(self) -> str:
         kind = f"conv {self.kernel_size}x{self.kernel_size}" if self.conv else "dense"
@@ -190,7 +198,7 @@ class SplitField(NodeField):
         check_int("features", features)
         check_even("features", features, "the state is split in two halves (y, z)")
         super().__init__(features, *args, **kwargs)
-        self.half = features // 2
+        self.half_features = features // 2
 
     @staticmethod
     def split(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -229,7 +237,7 @@ class FrozenField:
     __slots__ = ("field", "params")
 
     def __init__(self, field: NodeField, params: Params):
-        self.field = field
+        self.field: Any = field  # a SplitField for dy/dz/split/merge/first
         self.params = params
 
     def __call__(self, t: float | Tensor, y: Tensor) -> Tensor:

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import NamedTuple
 
+import torch
 from torch import Tensor
 
 from .activations import resolve_activation
@@ -91,14 +92,16 @@ class SigmaTermField(NodeField):
         return self._energy(self.params_at(t), y)
 
     def _energy(self, params: Params, y: Tensor) -> Tensor:
+        antiderivative = self.activation.antiderivative
+        assert antiderivative is not None  # energy() checked
         halves = {"x": y}
         if "x" not in self.sigma_terms:
             halves = dict(zip("yz", y.chunk(2, dim=1)))
-        total = 0
-        for u, term in self.sigma_terms.items():
-            z = linear_op(params[term.K], halves[other_half(u)], params[term.b])
-            total = total + self.activation.antiderivative(z).flatten(1).sum(1)
-        return total
+        terms = [
+            antiderivative(linear_op(params[t.K], halves[other_half(u)], params[t.b])).flatten(1).sum(1)
+            for u, t in self.sigma_terms.items()
+        ]
+        return torch.stack(terms).sum(0)
 
 
 @register_field("J2", aliases=("H1_J2",), J="J2")
@@ -116,7 +119,9 @@ class HamiltonianField(SigmaTermField):
         sigma: a name of :data:`~contham.fields.ACTIVATIONS` or a callable.
         width: m, the output width of K (default n).
         kernel_size: None (dense) or an odd kernel size (convolutional K).
-        n_nodes, dt, time_mode: the node layout (:class:`~contham.fields.TimeNodes`).
+        n_nodes: number of weight nodes (see :class:`~contham.fields.TimeNodes`).
+        dt: time between nodes.
+        time_mode: "constant", "piecewise" or "linear" (default by ``n_nodes``).
         sigma_antiderivative: sigma~ for a callable sigma (needed only by :meth:`energy`).
     """
 

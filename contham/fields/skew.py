@@ -33,6 +33,8 @@ class SkewMatrix(nn.Module):
     are applied in O(n) per position (a swap, a cumulative sum) instead of a matrix product.
     """
 
+    J: Tensor
+
     def __init__(self, J: str | Tensor, n: int):
         super().__init__()
         if isinstance(J, str):

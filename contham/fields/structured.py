@@ -47,10 +47,14 @@ class _SplitHamiltonian(SigmaTermField, SplitField):
     ):
         super().__init__(features, kernel_size, n_nodes, dt, time_mode)
         self._init_sigma(sigma, sigma_antiderivative)
-        self.width = self.half if width is None else width
+        self.width = self.half_features if width is None else width
         self.J = SkewMatrix("J1", features)
         for name in self.node_names:
-            setattr(self, name, self._weight(self.width, self.half) if name.startswith("K") else self._bias(self.width))
+            setattr(
+                self,
+                name,
+                self._weight(self.width, self.half_features) if name.startswith("K") else self._bias(self.width),
+            )
 
     def _dy(self, params: Params, z: Tensor) -> Tensor:
         return self.drive(params, "y", z)
@@ -115,16 +119,16 @@ class SymmetricField(SplitField):
         super().__init__(features, kernel_size, n_nodes, dt, time_mode)
         self.activation = resolve_activation(sigma)
         self.sigma = self.activation.fn
-        self.K0 = self._weight(self.half, self.half)
+        self.K0 = self._weight(self.half_features, self.half_features)
         self.b = self._bias(features)
 
     def _dy(self, params: Params, z: Tensor) -> Tensor:
         K0, b = params
-        return self.sigma(linear_op(K0, z, b[: self.half]))
+        return self.sigma(linear_op(K0, z, b[: self.half_features]))
 
     def _dz(self, params: Params, y: Tensor) -> Tensor:
         K0, b = params
-        return self.sigma(_add_bias(-linear_op_t(K0, y), b[self.half :]))
+        return self.sigma(_add_bias(-linear_op_t(K0, y), b[self.half_features :]))
 
     def extra_repr(self) -> str:
         return f"sigma={self.activation.name}, " + super().extra_repr()

@@ -37,8 +37,8 @@ def init_field(field: NodeField, method: str, channels: int) -> None:
     N(0, sigma^2) with ``sigma = sqrt(2 / (N ks^2))``, N = ``channels`` (eq. A.6).
     """
     ks = field.kernel_size or 1
-    for name in field.node_names:
-        _init_tensor(getattr(field, name), method, math.sqrt(2.0 / (channels * ks * ks)))
+    for weight in field.node_params():
+        _init_tensor(weight, method, math.sqrt(2.0 / (channels * ks * ks)))
 
 
 def init_layer(layer: nn.Conv2d | nn.Linear, method: str) -> None:
@@ -115,7 +115,7 @@ class HamiltonianNet(nn.Module):
         pool = nn.AvgPool2d if params.pooling == "Avg" else nn.MaxPool2d
         units = []
         for i, channels in enumerate(widths[1:]):
-            unit = OrderedDict(
+            unit: OrderedDict[str, nn.Module] = OrderedDict(
                 block=make_block(params.ham_params, channels), pool=pool(params.ks_pool, params.strd_pool)
             )
             if i + 1 < params.nb_units:
@@ -130,6 +130,7 @@ class HamiltonianNet(nn.Module):
         self.units = nn.ModuleList(units)
         self.dropout_out = nn.Identity() if p_out is None else nn.Dropout(p_out)
         flat = widths[-1] * size * size
+        self.fc: nn.Module
         if params.second_final_fc is None:
             self.fc = nn.Linear(flat, num_classes)
         else:

@@ -41,7 +41,8 @@ class TorchDiffEq(Solver):
 
     Args:
         method: any torchdiffeq method name (see ``TORCHDIFFEQ_METHODS``).
-        rtol, atol: relative and absolute error tolerances (adaptive methods).
+        rtol: relative error tolerance (adaptive methods).
+        atol: absolute error tolerance (adaptive methods).
         options: passed to torchdiffeq as ``options`` (e.g. ``{"step_size": 0.1}`` for a
             fixed-grid method, ``{"first_step": 1e-3}``).
     """
@@ -63,8 +64,8 @@ class TorchDiffEq(Solver):
 
     @classmethod
     def from_name(cls, name: str, rtol: float | None = None, atol: float | None = None) -> Solver:
-        tolerances = {k: v for k, v in (("rtol", rtol), ("atol", atol)) if v is not None}
-        return cls(name, **tolerances)
+        default = cls(name)
+        return cls(name, default.rtol if rtol is None else rtol, default.atol if atol is None else atol)
 
     def __repr__(self) -> str:
         return f"TorchDiffEq({self.method!r}, rtol={self.rtol:g}, atol={self.atol:g}, options={self.options!r})"
@@ -131,26 +132,26 @@ class _CountedSteps(_Counted):
     warn that they do not support them)."""
 
     def callback_accept_step(self, t0: Tensor, y0: Tensor, dt: Tensor) -> None:
-        self.stats.steps_accepted += 1
+        self.stats.steps_accepted = (self.stats.steps_accepted or 0) + 1
 
     def callback_reject_step(self, t0: Tensor, y0: Tensor, dt: Tensor) -> None:
-        self.stats.steps_rejected += 1
+        self.stats.steps_rejected = (self.stats.steps_rejected or 0) + 1
 
     def callback_accept_step_adjoint(self, t0: Tensor, y0: Tensor, dt: Tensor) -> None:
-        self.stats.steps_accepted_backward += 1
+        self.stats.steps_accepted_backward = (self.stats.steps_accepted_backward or 0) + 1
 
     def callback_reject_step_adjoint(self, t0: Tensor, y0: Tensor, dt: Tensor) -> None:
-        self.stats.steps_rejected_backward += 1
+        self.stats.steps_rejected_backward = (self.stats.steps_rejected_backward or 0) + 1
 
 
 @torch.compiler.disable  # adaptive steps decide on the host: torch.compile runs around, not through, them
 def _solve(solver: TorchDiffEq, problem: Problem) -> Solution:
     y0, gradient = problem.y0, problem.gradient
-    adjoint = isinstance(gradient, Adjoint)
+    adjoint = gradient if isinstance(gradient, Adjoint) else None
     stats = Stats(solver.name)
     if solver.adaptive:
         stats.steps_accepted, stats.steps_rejected = 0, 0
-        if adjoint:
+        if adjoint is not None:
             stats.steps_accepted_backward, stats.steps_rejected_backward = 0, 0
     ts = torch.tensor(problem.times, dtype=torch.float64, device=y0.device)
     options = dict(solver.options)
@@ -161,14 +162,14 @@ def _solve(solver: TorchDiffEq, problem: Problem) -> Solution:
     func = (_CountedSteps if solver.adaptive else _Counted)(problem.field, stats, problem.max_nfe)
     kwargs: dict[str, Any] = dict(rtol=solver.rtol, atol=solver.atol, method=solver.method, options=options)
     try:
-        if adjoint:
+        if adjoint is not None:
             params = tuple(p for p in problem.field.parameters() if p.requires_grad)
             backward: dict[str, Any] = {}
-            if gradient.rtol is not None:
-                backward["adjoint_rtol"] = gradient.rtol
-            if gradient.atol is not None:
-                backward["adjoint_atol"] = gradient.atol
-            if gradient.seminorm:  # the default adjoint options are the forward ones (with jump_t/step_t)
+            if adjoint.rtol is not None:
+                backward["adjoint_rtol"] = adjoint.rtol
+            if adjoint.atol is not None:
+                backward["adjoint_atol"] = adjoint.atol
+            if adjoint.seminorm:  # the default adjoint options are the forward ones (with jump_t/step_t)
                 backward["adjoint_options"] = {**options, "norm": "seminorm"}
             ys = odeint_adjoint(func, y0, ts, adjoint_params=params, **kwargs, **backward)
             func.backward_pass = True

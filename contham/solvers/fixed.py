@@ -19,7 +19,8 @@ import torch
 from torch import Tensor, nn
 
 from .._checks import check_choice
-from ..fields.base import FrozenField, NodeField, SplitField
+from ..fields.base import FrozenField, SplitField
+from ..fields.hamiltonian import SigmaTermField
 from ..fields.time import TimeNodes
 from ..fused import FusedPlan, fused_plan, fused_steps
 from ..gradients import Adjoint, Backprop, Gradient, Reversible
@@ -66,7 +67,7 @@ class Schedule:
     def __init__(self, field: nn.Module, solver: FixedStepSolver, steps: list[Step], outputs: list[int]):
         self.field, self.solver, self.steps, self.outputs = field, solver, steps, outputs
         self.fused: FusedPlan | None = None
-        if isinstance(field, NodeField):
+        if isinstance(field, SigmaTermField):
             self.fused = fused_plan(field, solver.kicks(field), steps)
 
     @property
@@ -122,7 +123,8 @@ class FixedStepSolver(Solver):
     def run(self, schedule: Schedule, y: Tensor, gradient: Gradient, stats: Stats) -> list[Tensor]:
         """The states at ``schedule.outputs`` from ``y``, computed as ``gradient`` says; fills
         ``stats``. The fused path runs where it applies (unless ``Backprop(higher_order=True)``)."""
-        field, steps = schedule.field, schedule.steps
+        field: Any = schedule.field  # a NodeField wherever a step names a node
+        steps = schedule.steps
         stats.nfe_forward = len(steps) * self.evals_per_step
         stats.steps_accepted, stats.steps_rejected = len(steps), 0
         wants_grad = torch.is_grad_enabled() and (y.requires_grad or any(p.requires_grad for p in field.parameters()))
