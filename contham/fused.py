@@ -51,7 +51,9 @@ class FusedPlan:
     field: Any  # a SigmaTermField (split for split steps)
 
     def __init__(self, field: SigmaTermField, step: list[PlanKick]):
-        self.field, self.activation, n = field, field.activation, field.nodes.n
+        self.field, n = field, field.nodes.n
+        # sigma in place, and sigma' from sigma's output (plain attributes: torch.compile traces them)
+        self.inplace, self.derivative = field.activation.inplace, field.activation.derivative
         parts = sorted({u for u, _, _ in step})
         self.per_step = {u: sum(k[0] == u for k in step) for u in parts}
         self.rows = {h: 1 + n * sum(k[0] == h for k in step) for h in parts}  # states of h
@@ -122,7 +124,7 @@ def _run(plan: FusedPlan, x: Tensor, params: tuple[Tensor, ...]) -> tuple[Tensor
     b = {u: params[t.b].unbind(0) for u, t in terms.items()}
     w = {u: t.flatten(0, 1).unbind(0) for u, t in W.items()}
     rows = {h: t.unbind(0) for h, t in hist.items()}
-    act = plan.activation.inplace
+    act = plan.inplace
     assert act is not None  # fused_plan checked that the activation is fusable
     for u, v, coef, j, i, row_u, row_v in plan.kicks:
         out = act(torch.addmm(b[u][j], rows[v][row_v], Kt[u][j], out=w[u][i]))
@@ -148,7 +150,7 @@ class _FusedSteps(torch.autograd.Function):
         hist = dict(zip(terms, ctx.saved_tensors[k : k + m]))
         W = dict(zip(terms, ctx.saved_tensors[k + m :]))
         # D = c h sign * sigma'(z) per kick; GZ receives dL/dz per kick
-        derivative = plan.activation.derivative
+        derivative = plan.derivative
         assert derivative is not None  # fused_plan checked that the activation is fusable
         D = {u: derivative(w) for u, w in W.items()}
         for (u, slot), c in plan.coef.items():

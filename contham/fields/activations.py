@@ -57,6 +57,20 @@ def _identity(x: Tensor) -> Tensor:
     return x
 
 
+# the in-place forms as plain functions (torch.compile of older torch cannot call Tensor.tanh_ and
+# the like when they are stored as attributes)
+def _tanh_(x: Tensor) -> Tensor:
+    return x.tanh_()
+
+
+def _relu_(x: Tensor) -> Tensor:
+    return x.relu_()
+
+
+def _sigmoid_(x: Tensor) -> Tensor:
+    return x.sigmoid_()
+
+
 def _softplus_(x: Tensor) -> Tensor:
     return x.copy_(F.softplus(x))
 
@@ -70,7 +84,7 @@ ACTIVATIONS: dict[str, Activation] = {
             F.relu,
             lambda x: 0.5 * F.relu(x) ** 2,
             lambda w: (w > 0).to(w.dtype),
-            Tensor.relu_,
+            _relu_,
         ),
         Activation(
             "tanh",
@@ -78,7 +92,7 @@ ACTIVATIONS: dict[str, Activation] = {
             torch.tanh,
             _log_cosh,
             lambda w: torch.mul(w, w).neg_().add_(1),
-            Tensor.tanh_,
+            _tanh_,
         ),
         Activation(
             "sigmoid",
@@ -86,7 +100,7 @@ ACTIVATIONS: dict[str, Activation] = {
             torch.sigmoid,
             F.softplus,
             lambda w: torch.sub(1, w).mul_(w),
-            Tensor.sigmoid_,
+            _sigmoid_,
         ),
         # softplus' = sigmoid = 1 - exp(-softplus) (1 where F.softplus returns its input, above 20);
         # its antiderivative (a dilogarithm) is not in torch

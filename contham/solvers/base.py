@@ -16,7 +16,7 @@ from typing import NamedTuple, TypeVar
 from torch import Tensor, nn
 
 from ..fields.time import TimeNodes
-from ..gradients import Backprop, Gradient
+from ..gradients import Gradient
 
 
 class IntegrationError(RuntimeError):
@@ -74,9 +74,9 @@ class Problem:
     times: list[float]
     breaks: list[float]
     nodes: TimeNodes | None
-    gradient: Gradient = Backprop()
-    step_size: float | None = None
-    max_nfe: int = 100_000
+    gradient: Gradient
+    step_size: float | None
+    max_nfe: int
 
 
 class Kick(NamedTuple):
