@@ -65,7 +65,7 @@ class Schedule:
     once for them: the fused plan (None where the fused path does not apply)."""
 
     def __init__(self, field: nn.Module, solver: FixedStepSolver, steps: list[Step], outputs: list[int]):
-        self.field, self.solver, self.steps, self.outputs = field, solver, steps, outputs
+        self.field, self.steps, self.outputs = field, steps, outputs
         self.fused: FusedPlan | None = None
         if isinstance(field, SigmaTermField):
             self.fused = fused_plan(field, solver.kicks(field), steps)
@@ -127,7 +127,8 @@ class FixedStepSolver(Solver):
         steps = schedule.steps
         stats.nfe_forward = len(steps) * self.evals_per_step
         stats.steps_accepted, stats.steps_rejected = len(steps), 0
-        wants_grad = torch.is_grad_enabled() and (y.requires_grad or any(p.requires_grad for p in field.parameters()))
+        params = field.parameters() if isinstance(field, nn.Module) else ()
+        wants_grad = torch.is_grad_enabled() and (y.requires_grad or any(p.requires_grad for p in params))
         stats.nfe_backward = stats.nfe_forward if wants_grad else 0
         last_only = schedule.outputs == [len(steps)]
         if isinstance(gradient, Reversible) and wants_grad:
