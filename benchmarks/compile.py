@@ -8,7 +8,7 @@ channels, 8 steps, 16x16 images, batch 32). Each is timed eager and compiled (in
 training step (forward, ``sum().backward()``), interleaved, median of ``--repeats`` after the
 compilation's own warm-up. The ratio is eager time / compiled time.
 
-    python benchmarks/compile.py [--device cpu|cuda] [--repeats 20]
+    python benchmarks/compile.py [--device cpu|cuda] [--repeats 20] [--only conv]
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--features", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--only", help="time only the blocks whose name contains this text (e.g. conv)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -56,6 +57,8 @@ def main(argv: list[str] | None = None) -> None:
     print("| block | eager (ms) | compiled (ms) | eager / compiled |")
     print("|---|---|---|---|")
     for name, (block, shape) in blocks(args.features).items():
+        if args.only is not None and args.only not in name:
+            continue
         block = block.to(device)
         x = torch.randn(*shape, device=device, requires_grad=True)
         compiled = torch.compile(block, fullgraph=True)
