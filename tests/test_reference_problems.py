@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from contham import integrate
-from contham.solvers import SOLVERS, FixedStepSolver, TorchDiffEq, get_solver
+from contham.solvers import SOLVERS, TorchDiffEq, get_solver
 
 
 class Constant(nn.Module):
@@ -149,9 +149,3 @@ def test_adjoint_gradients_equal_direct(ode, eps, reverse):
         grads.append(torch.autograd.grad((ys * weight).sum(), [y0, *f.parameters()]))
     for a, b in zip(*grads):
         assert float((a - b).abs().max()) < eps
-
-
-def test_fixed_step_solvers_cover_the_suite():
-    # every non-split solver of the registry is exercised above, fixed-step ones included
-    assert {"euler", "midpoint", "rk4", "dopri5", "scipy_solver"} <= set(METHODS)
-    assert any(isinstance(get_solver(m), FixedStepSolver) for m in METHODS)
