@@ -42,9 +42,10 @@ class _ReversibleSteps(torch.autograd.Function):
         grads = [torch.zeros_like(p) for p in params]
         state = dict(zip("yz", field.split(x)))
         adjoint = dict(zip("yz", field.split(grad)))
+        kicks = solver.kicks(field)[::-1]
         for s, h, node in reversed(ctx.steps):
             weights = tuple(p[node] for p in params)
-            for kick in reversed(solver.kicks(field)):
+            for kick in kicks:
                 u, v = kick.u, other_half(kick.u)
 
                 def term(source: Tensor, *w: Tensor) -> Tensor:

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from .activations import resolve_activation
-from .base import NodeField, Params, SplitField, linear_op, linear_op_t, other_half
+from .base import NodeField, Params, linear_op, linear_op_t, other_half
 from .registry import register_field
 from .skew import SkewMatrix
 
@@ -66,12 +66,6 @@ class SigmaTermField(NodeField):
             back = params[len(self.node_names)] if len(params) > len(self.node_names) else self.J(K)
         out = linear_op_t(back, self.sigma(linear_op(K, v, params[term.b])))
         return out if term.sign > 0 else -out
-
-    def _f(self, params: Params, y: Tensor) -> Tensor:
-        if "x" in self.sigma_terms:
-            return self.drive(params, "x", y)
-        first, second = y.chunk(2, dim=1)
-        return SplitField.merge(self.drive(params, "y", second), self.drive(params, "z", first))
 
     def step_weights(self) -> list[Params]:
         weights = super().step_weights()
@@ -151,6 +145,9 @@ class HamiltonianField(SigmaTermField):
     @classmethod
     def needs_even_features(cls, **options: object) -> bool:
         return options.get("J", "J1") == "J1"
+
+    def _f(self, params: Params, y: Tensor) -> Tensor:
+        return self.drive(params, "x", y)
 
     def extra_repr(self) -> str:
         return f"J={self.J.kind}, sigma={self.activation.name}, width={self.width}, " + super().extra_repr()

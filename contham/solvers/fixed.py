@@ -62,18 +62,17 @@ def plan_steps(
 
 class Schedule:
     """The steps of one fixed-step solve and where its outputs are, with what is worked out
-    once for them: the fused plan (None where the fused path does not apply)."""
+    once for them: whether only the final state is wanted, whether every step uses one weight
+    node, and the fused plan (None where the fused path does not apply: it returns the final
+    state only)."""
 
     def __init__(self, field: nn.Module, solver: FixedStepSolver, steps: list[Step], outputs: list[int]):
         self.field, self.steps, self.outputs = field, steps, outputs
+        self.final_only = outputs == [len(steps)]
+        self.pinned = all(node is not None for _, _, node in steps)
         self.fused: FusedPlan | None = None
-        if isinstance(field, SigmaTermField):
+        if self.final_only and isinstance(field, SigmaTermField):
             self.fused = fused_plan(field, solver.kicks(field), steps)
-
-    @property
-    def pinned(self) -> bool:
-        """True when every step uses one weight node."""
-        return all(node is not None for _, _, node in self.steps)
 
 
 class FixedStepSolver(Solver):
@@ -130,14 +129,13 @@ class FixedStepSolver(Solver):
         params = field.parameters() if isinstance(field, nn.Module) else ()
         wants_grad = torch.is_grad_enabled() and (y.requires_grad or any(p.requires_grad for p in params))
         stats.nfe_backward = stats.nfe_forward if wants_grad else 0
-        last_only = schedule.outputs == [len(steps)]
         if isinstance(gradient, Reversible) and wants_grad:
-            if not last_only or not isinstance(self, SplitSolver):
+            if not schedule.final_only or not isinstance(self, SplitSolver):
                 raise ValueError(
                     "gradient='reversible' needs a split solver and keeps only the final state: pass two times"
                 )
             return [reversible_steps(field, self, y, steps)]
-        if schedule.fused is not None and last_only and not (isinstance(gradient, Backprop) and gradient.higher_order):
+        if schedule.fused is not None and not (isinstance(gradient, Backprop) and gradient.higher_order):
             return [fused_steps(schedule.fused, y)]
         frozen = [FrozenField(field, w) for w in field.step_weights()] if schedule.pinned else []
         out = []
