@@ -99,12 +99,16 @@ class RayRunner:
                 except ConnectionError as error:
                     raise ValueError(f"cannot reach the Ray cluster at address={self.address!r}: {error}") from None
         try:
-            return self._tune(jobs, on_result) if self.early_stop else self._tasks(ray, jobs, on_result)
+            return (
+                self._tune(jobs, on_result)
+                if self.early_stop
+                else self._tasks(ray, jobs, on_result, own_instance=started)
+            )
         finally:
             if started:
                 ray.shutdown()
 
-    def _tasks(self, ray: Any, jobs: Sequence[Job], on_result: OnResult) -> list[dict[str, Any]]:
+    def _tasks(self, ray: Any, jobs: Sequence[Job], on_result: OnResult, own_instance: bool) -> list[dict[str, Any]]:
         remote = ray.remote(_run_remote).options(num_cpus=self.cpus_per_run, num_gpus=self.gpus_per_run, max_retries=0)
         refs = {
             remote.remote(
@@ -126,8 +130,13 @@ class RayRunner:
                     results[i] = {"status": "failed", "error": f"{type(error).__name__}: {error}"}
                 on_result(jobs[i], results[i])
         except BaseException:
-            for ref in pending:
-                ray.cancel(ref, force=True)
+            # A Ray instance of our own is stopped by ray.shutdown(). Cancelling its tasks first
+            # races with the replies of runs that Ctrl-C already stopped, and Ray 2.x then aborts
+            # the driver ("Tried to complete task that was not pending"). Tasks on a caller's Ray
+            # are cancelled; a plain cancel interrupts each run, which then checkpoints.
+            if not own_instance:
+                for ref in pending:
+                    ray.cancel(ref)
             raise
         return results
 
