@@ -327,6 +327,13 @@ class LearningParameters(Parameters):
         h_div: divide the differences between layers by h.
         optimiser: "SGD" or "Adam"; momentum: SGD's momentum, or Adam's ``(beta1, beta2)``.
         crop_and_flip: random crop (after zero padding) and horizontal flip of training images.
+        inner_steps: 0, or the H-DNN papers' 2-D protocol for a network with a ``classifier``
+            (:class:`~contham.models.hdnn.HDNN2d`): before each update of the rest of the
+            network, a fresh classifier is fitted to the batch's features by ``inner_steps``
+            Adam iterations; after the last epoch the classifier is fitted afresh on all the
+            training data (as many epochs, one Adam step per batch). The optimiser then trains
+            every parameter but the classifier's.
+        classifier_penalty: weight of ``(||W||^2 + ||mu||^2) / 2`` in those classifier fits.
     """
 
     training_steps_max: int = 80_000
@@ -341,6 +348,8 @@ class LearningParameters(Parameters):
     optimiser: str = "SGD"
     momentum: float | tuple[float, float] = 0.9
     crop_and_flip: bool = True
+    inner_steps: int = 0
+    classifier_penalty: float = 0.0
 
     def validate(self) -> None:
         check_int("training_steps_max", self.training_steps_max)
@@ -363,6 +372,8 @@ class LearningParameters(Parameters):
             beta1, beta2 = (check_probability(f"momentum[{i}]", b) for i, b in enumerate(self.momentum))
             self.momentum = (beta1, beta2)
         check_bool("crop_and_flip", self.crop_and_flip)
+        check_int("inner_steps", self.inner_steps, 0)
+        self.classifier_penalty = check_nonnegative("classifier_penalty", self.classifier_penalty)
 
 
 @dataclasses.dataclass

@@ -23,8 +23,8 @@ Preprocessing (``preprocessing=``):
   ``augment``), test images resized to 28; standardised.
 * ``"plain"``: standardisation only.
 
-2-D point sets of the Hamiltonian-network papers: :func:`points` (``swiss_roll``,
-``double_circles``, ``double_moons``). Reduced data: :func:`balanced_subset`.
+2-D point sets of the H-DNN papers: :func:`points` and its train/test split :func:`point_set`
+(``swiss_roll``, ``double_circles``, ``double_moons``). Reduced data: :func:`balanced_subset`.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from torch import Tensor
 from torch.utils.data import Dataset, Subset, TensorDataset
 from torchvision.transforms import v2
 
-from ._checks import check_choice, check_int, check_positive
+from ._checks import check_choice, check_int, check_nonnegative, check_positive
 from .augment import PREPROCESSINGS, BatchPreprocess
 
 POINT_SETS = ("swiss_roll", "double_circles", "double_moons")
@@ -276,6 +276,19 @@ def labels_of(dataset: Dataset) -> Tensor:
     raise ValueError(f"dataset of type {type(dataset).__name__} has no targets/labels to balance")
 
 
+def tensors_of(dataset: Dataset) -> tuple[Tensor, ...] | None:
+    """The stacked tensors of a :class:`TensorDataset` (or a ``Subset`` of one), for batches by
+    indexing instead of item by item; None for any other dataset."""
+    if isinstance(dataset, TensorDataset):
+        return dataset.tensors
+    if isinstance(dataset, Subset):
+        inner = tensors_of(dataset.dataset)
+        if inner is not None:
+            indices = torch.as_tensor(dataset.indices, dtype=torch.long)
+            return tuple(t[indices] for t in inner)
+    return None
+
+
 def balanced_subset(dataset: Dataset, fraction: float, seed: int = 0) -> Dataset:
     """A class-balanced random ``fraction`` of ``dataset``: from each class, ``round(fraction * n_c)``
     items (at least one), drawn with ``seed``. ``fraction=1`` returns ``dataset`` itself."""
@@ -295,28 +308,62 @@ def balanced_subset(dataset: Dataset, fraction: float, seed: int = 0) -> Dataset
     return dataset.subset(indices) if isinstance(dataset, ImageSet) else Subset(dataset, indices.tolist())
 
 
-def points(name: str, n: int = 1000, *, noise: float = 0.05, seed: int = 0) -> TensorDataset:
-    """A 2-D two-class point set: ``(x of shape (n, 2), labels)``, labels 0/1 in equal numbers.
+def points(name: str, n: int = 8000, *, noise: float = 0.0, seed: int = 0) -> TensorDataset:
+    """A 2-D two-class point set in the geometry of Galimberti et al.'s H-DNN experiments:
+    ``(x of shape (n, 2), labels)``, shuffled with ``seed``.
 
-    ``swiss_roll``: two interleaved spirals of two turns (Haber & Ruthotto 2017);
-    ``double_circles``: two concentric circles (radii 1 and 0.5); ``double_moons``: two
-    interleaving half circles. Gaussian ``noise`` is added to the coordinates.
+    * ``swiss_roll``: two spirals of two turns, ``r (cos theta, sin theta)`` with theta evenly
+      spaced in ``[0, 4 pi)``, r from 0 to 1 (class 1) and from 0.2 to 1.2 (class 0); n/2 each.
+    * ``double_circles``: four rings of radii 1, 2, 3, 4 (classes 0, 1, 0, 1), n/4 points each
+      at evenly spaced angles, each coordinate jittered uniformly by +-0.3.
+    * ``double_moons``: four half circles of radius 1 (two interleaved pairs of moons, the
+      second pair shifted by 2 along x), n/4 points each, jittered uniformly by +-0.15.
+
+    ``noise``: standard deviation of Gaussian noise added to both coordinates. The train/test
+    split of the experiments is :func:`point_set`.
     """
     check_choice("name", name, POINT_SETS)
-    check_int("n", n, 2)
+    check_int("n", n, 8)
+    check_nonnegative("noise", noise)
     generator = torch.Generator().manual_seed(seed)
-    labels = torch.arange(n) % 2
-    s = torch.rand(n, generator=generator, dtype=torch.float64)
+
+    def jitter(shape: tuple[int, ...], width: float) -> Tensor:
+        return width * (torch.rand(shape, generator=generator, dtype=torch.float64) - 0.5)
+
     if name == "swiss_roll":
-        radius, angle = 0.2 + s, 4 * math.pi * s + math.pi * labels
-        x = torch.stack((radius * torch.cos(angle), radius * torch.sin(angle)), 1)
-    elif name == "double_circles":
-        radius, angle = 1.0 - 0.5 * labels, 2 * math.pi * s
-        x = torch.stack((radius * torch.cos(angle), radius * torch.sin(angle)), 1)
+        half = n // 2
+        theta = torch.arange(half, dtype=torch.float64) * (4 * math.pi / half)
+        radius = torch.cat((torch.linspace(0.2, 1.2, half, dtype=torch.float64), torch.linspace(0, 1, half)))
+        theta = theta.repeat(2)
+        x = torch.stack((radius * torch.cos(theta), radius * torch.sin(theta)), 1)
+        labels = torch.cat((torch.zeros(half), torch.ones(half))).long()
     else:
-        angle = math.pi * s
-        upper = torch.stack((torch.cos(angle), torch.sin(angle)), 1)
-        lower = torch.stack((1 - torch.cos(angle), 0.5 - torch.sin(angle)), 1)
-        x = torch.where(labels[:, None] == 0, upper, lower)
-    x = x + noise * torch.randn(n, 2, generator=generator, dtype=torch.float64)
-    return TensorDataset(x.float(), labels)
+        quarter = n // 4
+        ring = torch.arange(4).repeat_interleave(quarter)
+        labels = ring % 2
+        if name == "double_circles":
+            theta = (torch.arange(quarter, dtype=torch.float64) * (4 * math.pi / quarter)).repeat(4)
+            radius = 1.0 + ring.double()
+            x = torch.stack((radius * torch.cos(theta), radius * torch.sin(theta)), 1) + jitter((4 * quarter, 2), 0.6)
+        else:
+            theta = (torch.arange(quarter, dtype=torch.float64) * (math.pi / quarter)).repeat(4)
+            upper = torch.stack((torch.cos(theta), torch.sin(theta)), 1)
+            lower = torch.stack((1 - torch.cos(theta), 0.5 - torch.sin(theta)), 1)
+            x = torch.where(labels[:, None] == 0, upper, lower) + jitter((4 * quarter, 2), 0.3)
+            x[:, 0] += 2.0 * (ring >= 2)
+    order = torch.randperm(len(x), generator=generator)
+    if noise:
+        x = x + noise * torch.randn(x.shape, generator=generator, dtype=torch.float64)
+    return TensorDataset(x[order].float(), labels[order])
+
+
+POINT_DOMAINS = {"swiss_roll": (-1.2, 1.2, -1.2, 1.2), "double_circles": (-5.0, 5.0, -5.0, 5.0),
+                 "double_moons": (-2.0, 5.0, -1.0, 2.0)}  # fmt: skip
+"""The plotting window ``(x_min, x_max, y_min, y_max)`` of each point set."""
+
+
+def point_set(name: str, size: int = 8000, *, noise: float = 0.0, seed: int = 0) -> tuple[Subset, Subset]:
+    """``(train, test)``: :func:`points` split as in the H-DNN experiments, the even positions of
+    the shuffled set for training and the odd ones for testing (4,000 each by default)."""
+    data = points(name, size, noise=noise, seed=seed)
+    return Subset(data, list(range(0, len(data), 2))), Subset(data, list(range(1, len(data), 2)))

@@ -6,7 +6,7 @@ import torch
 from torch.utils.data import TensorDataset
 from torchvision.transforms import v2
 
-from contham.data import DATASETS, balanced_subset, labels_of, load_dataset, points, transform
+from contham.data import DATASETS, balanced_subset, labels_of, load_dataset, transform
 
 
 def test_plain_test_transform_is_standardisation():
@@ -67,20 +67,3 @@ def test_balanced_subsets_are_balanced_and_seeded():
     for bad in (0, 1.5, -0.1):
         with pytest.raises(ValueError, match="fraction"):
             balanced_subset(data, bad)
-
-
-@pytest.mark.parametrize("name", ["swiss_roll", "double_circles", "double_moons"])
-def test_point_sets(name):
-    data = points(name, 200, seed=3)
-    x, y = data.tensors
-    assert x.shape == (200, 2) and y.bincount().tolist() == [100, 100]
-    torch.testing.assert_close(points(name, 200, seed=3).tensors[0], x)
-    assert not torch.equal(points(name, 200, seed=4).tensors[0], x)
-    means = torch.stack([x[y == c].mean(0) for c in (0, 1)])
-    if name == "double_moons":  # the moons sit apart; circles and spirals share a centre
-        assert (means[0] - means[1]).norm() > 0.5
-    clean = points(name, 200, noise=0.0).tensors[0]
-    radius = clean.norm(dim=1)
-    if name == "double_circles":
-        assert radius.max() == pytest.approx(1.0, abs=1e-6)
-        assert radius.min() == pytest.approx(0.5, abs=1e-6)

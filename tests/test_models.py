@@ -78,7 +78,8 @@ def test_registry_covers_every_family():
     assert set(REPORT_COUNTS) == set(available("report"))
     assert available("cifar_resnet") == [f"resnet{d}" for d in RESNET_COUNTS]
     assert {n for n, *_ in THESIS_COUNTS} == set(available("thesis"))
-    assert len(available()) == len(REPORT_COUNTS) + len(RESNET_COUNTS) + len(available("thesis"))
+    assert available("hdnn") == ["hdnn_2d", "hdnn_mnist"]
+    assert len(available()) == len(REPORT_COUNTS) + len(RESNET_COUNTS) + len(available("thesis")) + 2
 
 
 SHAPE_NAMES = ["nominal", "j2_reduced", "nominal_fc100", "resnet20", "thesis_resnet2", "thesis_odenet"]
@@ -263,7 +264,7 @@ def test_odenet_reports_nfe_forward_and_backward():
         (lambda: build("thesis_hamiltonian", function="J1", solver="verlet"), "needs a split Hamiltonian"),
         (lambda: build("thesis_odenet", solver="rk45"), "solver must be one of"),
         (lambda: build("nominal", num_classes=0), "num_classes must be an integer >= 1"),
-        (lambda: available("vit"), "family must be one of 'cifar_resnet', 'report', 'thesis'"),
+        (lambda: available("vit"), "family must be one of 'cifar_resnet', 'hdnn', 'report', 'thesis'"),
     ],
 )
 def test_bad_builds_raise(call, match):

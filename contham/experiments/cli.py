@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..data import DATASETS, dataset_info, load_dataset
+from ..data import DATASETS, POINT_SETS, dataset_info, load_dataset
 from ..models import HamiltonianNet, available, build, describe
 from .distributed import ranks_from_env, shutdown
 from .drivers import Executor, Sequential, compare, format_table, grid, parse_model, parse_value, safe_name
@@ -187,6 +187,9 @@ def cmd_plot(args: argparse.Namespace) -> None:
 def _feature_maps(folder: Path) -> list[Path]:
     """Report figures 5.2-5.3 for a finished HamiltonianNet run: one test image through the units."""
     config = RunConfig.from_dict(read_json(folder / "config.json"))
+    assert config.dataset is not None  # resolved by validate()
+    if config.dataset in POINT_SETS:
+        return []
     info = dataset_info(config.dataset)
     image_size = 28 if config.preprocessing == "thesis" else info.image_size
     model = build(config.model, in_channels=info.channels, num_classes=info.num_classes, image_size=image_size)

@@ -6,9 +6,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from .._checks import check_bool, check_choice, check_int, check_positive
+from .._checks import check_bool, check_choice, check_int, check_nonnegative, check_positive
 from ..config import LearningParameters, Parameters
-from ..data import DATASETS, PREPROCESSINGS
+from ..data import DATASETS, POINT_SETS, PREPROCESSINGS
 from ..models import available, describe, options, preset
 from .accelerate import check_amp, check_compile
 
@@ -22,6 +22,45 @@ THESIS_LEARNING = LearningParameters(
 )
 """The thesis's protocol (section 5.3): SGD, momentum 0.9, lr 0.1, 30 epochs on MNIST; its
 augmentation (``crop_and_flip``) is the "thesis" preprocessing's upscale-and-crop."""
+
+
+HDNN_2D_LEARNING = LearningParameters(
+    training_steps_max=1_600,  # 50 epochs of 4,000 points in batches of 125
+    batch_size=125,
+    lr=0.05,
+    lr_decay_at=[],
+    wd=0.0,
+    alpha=2.5e-4,  # the papers' 5e-4 on (||dK||^2 + ||db||^2) / 2
+    b_in_reg=True,
+    h_div=False,
+    optimiser="Adam",
+    momentum=(0.9, 0.999),
+    crop_and_flip=False,
+    inner_steps=10,
+    classifier_penalty=1e-4,
+)
+"""The H-DNN papers' 2-D protocol (their ``train_2d_example``): Adam lr 0.05, batches of 125,
+50 epochs; per batch 10 Adam iterations of a fresh classifier on the frozen features, then one
+step of the H-DNN; the classifier refitted on all the data at the end; smoothness
+``alpha h (||K_j+1 - K_j||^2 + ||b_j+1 - b_j||^2) / 2`` with alpha 5e-4, classifier penalty 1e-4."""
+
+HDNN_MNIST_LEARNING = LearningParameters(
+    training_steps_max=6_000,  # 10 epochs of 60,000 images in batches of 100
+    batch_size=100,
+    lr=0.04,
+    lr_decay_at=list(range(1, 10)),
+    lr_decay=0.8,
+    wd=4e-3,
+    alpha=4e-3,  # the papers' 8e-3 on (||dK||^2 + ||db||^2) / 2
+    b_in_reg=True,
+    h_div=False,
+    optimiser="Adam",
+    momentum=(0.9, 0.999),
+    crop_and_flip=False,
+)
+"""The H-DNN papers' MNIST protocol for H1_J1 (their ``run_MNIST``): Adam lr 0.04 with weight
+decay 4e-3, lr x 0.8 after every epoch, batches of 100, 10 epochs, smoothness alpha 8e-3 (h 0.5 is
+the network's default). MS1 and H1_J2 use other values: see docs/hdnn.md."""
 
 
 def check_stops(stop_at_accuracy: float | None, max_train_seconds: float | None) -> None:
@@ -38,13 +77,18 @@ class RunConfig(Parameters):
 
     Attributes:
         model: a :func:`contham.models.build` name; model_options: its overrides.
-        dataset: a :data:`contham.data.DATASETS` name; root, download: for torchvision.
+        dataset: a :data:`contham.data.DATASETS` name, or for ``hdnn_2d`` a point set of
+            :data:`contham.data.POINT_SETS`; None: ``swiss_roll`` for ``hdnn_2d``, ``mnist`` for
+            ``hdnn_mnist``, else ``digits``. root, download: for torchvision.
+        data_size, noise: a point set's size (default 8,000: 4,000 train, 4,000 test) and
+            Gaussian noise (see :func:`contham.data.point_set`).
         preprocessing: "report", "thesis", "plain"; None: "thesis" for the thesis's networks,
-            else "report".
+            "plain" for the H-DNNs, else "report".
         fraction: class-balanced fraction of the training set (report figure 4.13);
             test_fraction: of the test set (short runs).
         epochs: None: from ``learning`` (report algorithm 1); max_batches: per epoch.
-        learning: the protocol; None: the report preset's, or :data:`THESIS_LEARNING`.
+        learning: the protocol; None: the report preset's, :data:`HDNN_2D_LEARNING`,
+            :data:`HDNN_MNIST_LEARNING`, or :data:`THESIS_LEARNING`.
         seed, device ("auto", "cpu", "cuda[:i]"), deterministic.
         gradient_norms: record per-epoch gradient norms of block states and parameters.
         stop_at_accuracy: end the run once the test accuracy reaches it (see :func:`~contham.experiments.fit`).
@@ -60,7 +104,7 @@ class RunConfig(Parameters):
 
     model: str = "thesis_resnet2"
     model_options: dict[str, Any] = dataclasses.field(default_factory=dict)
-    dataset: str = "digits"
+    dataset: str | None = None
     root: str | None = None
     download: bool = False
     preprocessing: str | None = None
@@ -68,6 +112,8 @@ class RunConfig(Parameters):
     test_fraction: float = 1.0
     epochs: int | None = None
     max_batches: int | None = None
+    data_size: int | None = None
+    noise: float = 0.0
     learning: LearningParameters = None  # type: ignore[assignment]
     seed: int = 0
     device: str = "auto"
@@ -82,7 +128,11 @@ class RunConfig(Parameters):
 
     def __post_init__(self) -> None:
         if self.learning is None:
-            self.learning = preset(self.model).learning if self.model in available("report") else THESIS_LEARNING
+            defaults = {"hdnn_2d": HDNN_2D_LEARNING, "hdnn_mnist": HDNN_MNIST_LEARNING}
+            if self.model in available("report"):
+                self.learning = preset(self.model).learning
+            else:
+                self.learning = defaults.get(self.model, THESIS_LEARNING)
             self.learning = dataclasses.replace(self.learning)
         super().__post_init__()
 
@@ -90,12 +140,27 @@ class RunConfig(Parameters):
         check_choice("model", self.model, available())
         if not isinstance(self.model_options, dict):
             raise ValueError(f"model_options must be a dict; got {self.model_options!r}")
-        check_choice("dataset", self.dataset, DATASETS)
+        if self.dataset is None:
+            self.dataset = {"hdnn_2d": "swiss_roll", "hdnn_mnist": "mnist"}.get(self.model, "digits")
+        check_choice("dataset", self.dataset, (*DATASETS, *POINT_SETS))
+        if (self.model == "hdnn_2d") != (self.dataset in POINT_SETS):
+            raise ValueError(
+                f"dataset must be a point set ({', '.join(POINT_SETS)}) for model 'hdnn_2d' and an image set "
+                f"for the other networks; got dataset={self.dataset!r} for model={self.model!r}"
+            )
+        if self.data_size is not None:
+            if self.dataset not in POINT_SETS:
+                raise ValueError(f"data_size is an option of the point sets ({', '.join(POINT_SETS)}); use fraction")
+            check_int("data_size", self.data_size, 8)
+        self.noise = check_nonnegative("noise", self.noise)
+        if self.noise and self.dataset not in POINT_SETS:
+            raise ValueError(f"noise is an option of the point sets ({', '.join(POINT_SETS)})")
         if self.root is not None and not isinstance(self.root, str):
             raise ValueError(f"root must be a folder path or None; got {self.root!r}")
         check_bool("download", self.download)
         if self.preprocessing is None:
-            self.preprocessing = "thesis" if self.model in available("thesis") else "report"
+            family = {"thesis": "thesis", "hdnn": "plain"}
+            self.preprocessing = next((p for f, p in family.items() if self.model in available(f)), "report")
         check_choice("preprocessing", self.preprocessing, PREPROCESSINGS)
         for name in ("fraction", "test_fraction"):
             value = check_positive(name, getattr(self, name))

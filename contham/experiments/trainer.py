@@ -33,13 +33,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 from tqdm.auto import tqdm
 
 from .._checks import check_bool, check_int
 from ..analysis import GradientNorms
 from ..config import LearningParameters
-from ..data import ImageSet, balanced_subset, dataset_info, load_image_set
+from ..data import POINT_SETS, ImageSet, balanced_subset, dataset_info, load_image_set, point_set, tensors_of
 from ..models import build, count_parameters
 from ..regularization import smoothness
 from . import distributed
@@ -100,13 +100,42 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 
 
 def make_optimizer(model: nn.Module, learning: LearningParameters) -> torch.optim.Optimizer:
-    """SGD with momentum or Adam with betas = ``momentum``; weight decay ``wd`` inside."""
+    """SGD with momentum or Adam with betas = ``momentum``; weight decay ``wd`` inside. With
+    ``learning.inner_steps`` the classifier is left out (it is fitted on its own)."""
     momentum = learning.momentum  # validate(): a float for SGD, a pair for Adam
+    params = list(model.parameters())
+    if learning.inner_steps:
+        own = {id(p) for p in _classifier(model).parameters()}
+        params = [p for p in params if id(p) not in own]
     if learning.optimiser == "SGD":
         assert isinstance(momentum, float)
-        return torch.optim.SGD(model.parameters(), learning.lr, momentum=momentum, weight_decay=learning.wd)
+        return torch.optim.SGD(params, learning.lr, momentum=momentum, weight_decay=learning.wd)
     assert isinstance(momentum, tuple)
-    return torch.optim.Adam(model.parameters(), learning.lr, betas=momentum, weight_decay=learning.wd)
+    return torch.optim.Adam(params, learning.lr, betas=momentum, weight_decay=learning.wd)
+
+
+def _classifier(model: nn.Module) -> nn.Module:
+    classifier = getattr(model, "classifier", None)
+    if not callable(getattr(classifier, "fit", None)) or not callable(getattr(model, "features", None)):
+        raise ValueError(
+            "learning.inner_steps > 0 needs a network with a `features` method and a `classifier` with a `fit` "
+            f"method (e.g. hdnn_2d); got {type(model).__name__}"
+        )
+    assert isinstance(classifier, nn.Module)
+    return classifier
+
+
+def fit_classifier(
+    model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], learning: LearningParameters, steps_per_batch: int
+) -> None:
+    """Fit ``model.classifier`` afresh to ``model.features`` of each batch (frozen),
+    ``steps_per_batch`` Adam iterations per batch at ``learning.lr`` and betas ``learning.momentum``,
+    with ``learning.classifier_penalty`` (the H-DNN 2-D protocol, see ``learning.inner_steps``)."""
+    betas = learning.momentum if isinstance(learning.momentum, tuple) else (0.9, 0.999)
+    network: Any = model
+    features = ((network.features(x).detach(), y) for x, y in batches)
+    classifier: Any = _classifier(model)
+    classifier.fit(features, steps_per_batch, learning.lr, betas, learning.classifier_penalty)
 
 
 def epochs_for(learning: LearningParameters, train_size: int) -> int:
@@ -131,8 +160,11 @@ def evaluate(
     options = options or Accelerator()
     model.eval()
     mine = distributed.shard_indices(len(cast(Sized, dataset)), ranks)
+    tensors = tensors_of(dataset)
     if isinstance(dataset, ImageSet):
         batches: Iterable[tuple[Tensor, Tensor]] = (dataset.batch(part, device) for part in mine.split(batch_size))
+    elif tensors is not None:
+        batches = ((tensors[0][part], tensors[1][part]) for part in mine.split(batch_size))
     else:
         batches = DataLoader(Subset(dataset, mine.tolist()) if ranks.distributed else dataset, batch_size)
     classes = num_classes or 1
@@ -226,6 +258,10 @@ def fit(
     ranks = distributed.ranks_from_env()
     dev = distributed.rank_device(select_device(device), ranks)
     distributed.setup(ranks, dev)
+    if learning.inner_steps and ranks.distributed:
+        raise ValueError(
+            "learning.inner_steps > 0 (the H-DNN 2-D protocol) runs in one process only; run without torchrun"
+        )
     if learning.batch_size < ranks.world_size:
         raise ValueError(
             f"learning.batch_size must be at least the number of ranks ({ranks.world_size}); got {learning.batch_size}"
@@ -350,6 +386,10 @@ def _fit_locked(
             if entry.get("diverged"):
                 metrics.update(status="diverged", diverged_epoch=epoch, diverged_loss=entry["train_loss"])
                 break
+            if learning.inner_steps and epoch == epochs:  # the classifier, refitted on all the data
+                model.eval()
+                refit = torch.Generator().manual_seed(seed * 100_003 + 2**41)
+                fit_classifier(model, _epochs_of_batches(train_set, learning, epochs, refit, dev), learning, 1)
             scheduler.step()
             test = evaluate(model, test_set, dev, eval_batch_size, classes, ranks, options)
             entry.update(test_loss=test["loss"], test_accuracy=test["accuracy"])
@@ -428,6 +468,8 @@ def _train_epoch(
     bar = tqdm(total=len(batches), desc=f"epoch {epoch}/{epochs}", disable=not progress, leave=False)
     for i, (x, y, size) in enumerate(_training_batches(train_set, batches, generator, augmentation, device)):
         x = memory_format(x, options.channels_last)
+        if learning.inner_steps:
+            fit_classifier(model, [(x, y)], learning, learning.inner_steps)
         with autocast(device, options.amp):
             with SavedTensors() if i == 0 else contextlib.nullcontext() as memory:
                 out = trained(x)
@@ -499,9 +541,30 @@ def _training_batches(
             params = train_set.preprocess.draw(size, augmentation)[position]
             yield *train_set.batch(indices, device, params), size
         return
+    tensors = tensors_of(train_set)
+    if tensors is not None:  # tensors in memory: a batch is one gather
+        x_all, y_all = tensors
+        for batch, size in zip(batches, batches.global_sizes):
+            rows = torch.tensor(batch)
+            yield x_all[rows].to(device, non_blocking=True), y_all[rows].to(device, non_blocking=True), size
+        return
     loader = DataLoader(train_set, batch_sampler=batches, generator=generator)  # the order of shuffle=True
     for (x, y), size in zip(loader, batches.global_sizes):
         yield x.to(device, non_blocking=True), y.to(device, non_blocking=True), size
+
+
+def _epochs_of_batches(
+    train_set: Dataset, learning: LearningParameters, epochs: int, generator: torch.Generator, device: torch.device
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """``epochs`` shuffled passes over ``train_set`` in batches of ``learning.batch_size``."""
+    tensors = tensors_of(train_set)
+    for _ in range(epochs):
+        for part in torch.randperm(len(cast(Sized, train_set)), generator=generator).split(learning.batch_size):
+            if tensors is not None:
+                x, y = tensors[0][part], tensors[1][part]
+            else:
+                x, y = default_collate([train_set[int(i)] for i in part])
+            yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
 
 def summarize(history: list[dict[str, Any]]) -> dict[str, Any]:
@@ -543,6 +606,29 @@ def _set_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
+def load_run_data(config: RunConfig) -> tuple[Dataset, Dataset, dict[str, int]]:
+    """The training and test sets of ``config`` (its fractions applied) and the input shape the
+    network is built for (``in_channels``, ``num_classes``, ``image_size``)."""
+    assert config.preprocessing is not None and config.dataset is not None  # validate() resolved them
+    train: Dataset
+    test: Dataset
+    if config.dataset in POINT_SETS:
+        train, test = point_set(config.dataset, config.data_size or 8000, noise=config.noise, seed=config.seed)
+        shape = dict(in_channels=2, num_classes=2, image_size=1)
+    else:
+        info = dataset_info(config.dataset)
+        load = partial(load_image_set, config.dataset, config.root, download=config.download)
+        train = load(train=True, preprocessing=config.preprocessing, augment=config.learning.crop_and_flip)
+        test = load(train=False, preprocessing=config.preprocessing)
+        image_size = 28 if config.preprocessing == "thesis" else info.image_size
+        shape = dict(in_channels=info.channels, num_classes=info.num_classes, image_size=image_size)
+    return (
+        balanced_subset(train, config.fraction, config.seed),
+        balanced_subset(test, config.test_fraction, config.seed),
+        shape,
+    )
+
+
 def run(
     config: RunConfig,
     run_dir: str | Path,
@@ -556,22 +642,10 @@ def run(
     (``wait``, ``restart`` and ``on_epoch`` as in :func:`fit`)."""
     config.validate()
     prepare_folder(run_dir)
-    info = dataset_info(config.dataset)
-    assert config.preprocessing is not None  # validate() resolved it
-    load = partial(load_image_set, config.dataset, config.root, download=config.download)
-    train_images = load(train=True, preprocessing=config.preprocessing, augment=config.learning.crop_and_flip)
-    test_images = load(train=False, preprocessing=config.preprocessing)
-    train_set = balanced_subset(train_images, config.fraction, config.seed)
-    test_set = balanced_subset(test_images, config.test_fraction, config.seed)
-    image_size = 28 if config.preprocessing == "thesis" else info.image_size
+    assert config.preprocessing is not None and config.dataset is not None  # validate() resolved them
+    train_set, test_set, shape = load_run_data(config)
     seed_everything(config.seed, config.deterministic)
-    model = build(
-        config.model,
-        in_channels=info.channels,
-        num_classes=info.num_classes,
-        image_size=image_size,
-        **config.model_options,
-    )
+    model = build(config.model, **shape, **config.model_options)
     return fit(
         model,
         train_set,
@@ -582,7 +656,7 @@ def run(
         max_batches=config.max_batches,
         seed=config.seed,
         device=config.device,
-        num_classes=info.num_classes,
+        num_classes=shape["num_classes"],
         progress=progress,
         config=config.to_dict(),
         gradient_norms=config.gradient_norms,

@@ -19,8 +19,10 @@ A free K with J1 or J2 ("H1") is :class:`~contham.fields.HamiltonianField`.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
-from torch import Tensor
+import torch
+from torch import Tensor, nn
 
 from .activations import resolve_activation
 from .base import NodeField, Params, SplitField, linear_op, linear_op_t
@@ -93,6 +95,52 @@ class SeparableField(_SplitHamiltonian):
     node_names = ("Kp", "bp", "Kq", "bq")
     sigma_terms = {"y": SigmaTerm(2, 3, 1.0), "z": SigmaTerm(0, 1, -1.0)}
     first = "z"
+    Kp: nn.Parameter
+    bp: nn.Parameter
+    Kq: nn.Parameter
+    bq: nn.Parameter
+    K_mask: Tensor | None
+
+    def __init__(
+        self,
+        features: int,
+        sigma: str | Callable[[Tensor], Tensor] = "tanh",
+        *,
+        K_mask: Tensor | None = None,
+        **options: Any,
+    ):
+        """Arguments as :class:`TwoLayerField`, and ``K_mask``: None, or a 0/1 tensor of shape
+        ``(2, m, n/2[, k, k])`` that zeroes entries of Kp (``K_mask[0]``) and Kq (``K_mask[1]``)
+        at every node: the sparse H2 of Galimberti et al.'s distributed-control example. Masked
+        entries start at zero and get no gradient, so they stay zero through training;
+        :meth:`effective_parameters` counts the others."""
+        super().__init__(features, sigma, **options)
+        if K_mask is not None:
+            shape = (2, *self.Kp.shape[1:])
+            if not isinstance(K_mask, Tensor) or tuple(K_mask.shape) != shape:
+                got = tuple(K_mask.shape) if isinstance(K_mask, Tensor) else type(K_mask).__name__
+                raise ValueError(f"K_mask must be a 0/1 tensor of shape {shape}; got {got}")
+            if not bool(((K_mask == 0) | (K_mask == 1)).all()):
+                raise ValueError("K_mask must hold only 0 and 1")
+            mask = K_mask.to(self.Kp.dtype)
+            self.register_buffer("K_mask", mask)
+            with torch.no_grad():
+                self.Kp.mul_(mask[0])
+                self.Kq.mul_(mask[1])
+        else:
+            self.K_mask = None
+
+    def node_params(self) -> Params:
+        if self.K_mask is None:
+            return super().node_params()
+        return (self.Kp * self.K_mask[0], self.bp, self.Kq * self.K_mask[1], self.bq)
+
+    def effective_parameters(self) -> int:
+        """Trainable entries that the mask leaves free (all of them without a mask)."""
+        total: int = sum(p.numel() for p in (self.Kp, self.bp, self.Kq, self.bq))
+        if self.K_mask is None:
+            return total
+        return total - self.nodes.n * int((self.K_mask == 0).sum())
 
 
 @register_field("Symmetric", aliases=("MS1",))

@@ -4,6 +4,8 @@ Families:
 
 * ``report``: the report's Hamiltonian classifiers (:mod:`.presets`), :class:`HamiltonianNet`.
 * ``cifar_resnet``: He et al.'s ``resnet20`` ... ``resnet1202`` (:class:`CifarResNet`).
+* ``hdnn``: Galimberti et al.'s H-DNNs, ``hdnn_2d`` (2-D benchmarks) and ``hdnn_mnist``
+  (:mod:`.hdnn`).
 * ``thesis``: the thesis's ``thesis_resnet2/4/8``, ``thesis_odenet``, and the same segments around
   a Hamiltonian layer, ``thesis_hamiltonian`` (discrete) and ``thesis_hamiltonian_ode``.
 """
@@ -19,6 +21,7 @@ from torch import nn
 
 from ..config import HamiltonianParameters, NetworkParameters
 from .hamiltonian_net import HamiltonianNet
+from .hdnn import HDNN2d, HDNNMnist
 from .presets import PRESETS, preset
 from .resnet import CifarResNet
 from .thesis import ode_options, thesis_hamiltonian, thesis_odenet, thesis_resnet
@@ -105,6 +108,21 @@ _REGISTRY["thesis_hamiltonian_ode"] = _Entry(
     "thesis segments around an ODE block of a two-layer Hamiltonian field (tanh, weights linear in t)",
     (*(f for f in _HAM_FIELDS if f not in ("solver", "gradient")), *_ODE_OPTIONS),
     _thesis_ham(True),
+)
+
+
+_REGISTRY["hdnn_2d"] = _Entry(
+    "hdnn",
+    "Galimberti et al.'s 2-D H-DNN: points embedded into nf features, n_layers H-DNN layers to t_end, "
+    "linear classifier",
+    ("nf", "n_layers", "t_end", "function", "inputs", "init", "mask"),
+    lambda in_channels, num_classes, image_size, **kw: HDNN2d(in_channels, num_classes, **kw),
+)
+_REGISTRY["hdnn_mnist"] = _Entry(
+    "hdnn",
+    "Galimberti et al.'s MNIST H-DNN: conv3x3 to nf channels, a per-pixel H-DNN, FC to the classes",
+    ("nf", "n_layers", "h", "function", "init"),
+    HDNNMnist,
 )
 
 
