@@ -273,3 +273,13 @@ def test_run_config_pairs_point_sets_with_hdnn_2d():
         RunConfig(model="hdnn_2d", noise=-0.1)
     with pytest.raises(ValueError, match="inner_steps must be an integer >= 0"):
         RunConfig(model="hdnn_2d").set("learning.inner_steps", -1)
+
+
+def test_cli_trains_and_plots_a_2d_run(tmp_path):
+    from contham.experiments.cli import main
+
+    out = tmp_path / "run"
+    args = ["train", "hdnn_2d", "dataset=double_moons", "data_size=400", "n_layers=4", "epochs=1", "--quiet"]
+    assert main([*args, "--out", str(out)]) == 0
+    assert main(["plot", str(out)]) == 0
+    assert (out / "points_2d.png").stat().st_size > 10_000

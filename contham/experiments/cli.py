@@ -18,15 +18,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..data import DATASETS, POINT_SETS, dataset_info, load_dataset
+from ..data import DATASETS, POINT_DOMAINS, POINT_SETS, dataset_info, load_dataset, tensors_of
 from ..models import HamiltonianNet, available, build, describe
 from .distributed import ranks_from_env, shutdown
 from .drivers import Executor, Sequential, compare, format_table, grid, parse_model, parse_value, safe_name
 from .files import RunBusy, load_checkpoint, read_json
-from .plots import plot_confusion, plot_curves, plot_feature_maps, plot_gradient_norms, plot_grid
+from .plots import plot_confusion, plot_curves, plot_feature_maps, plot_gradient_norms, plot_grid, plot_points_2d
 from .ray_runner import RayRunner
 from .runconfig import RunConfig
-from .trainer import run
+from .trainer import load_run_data, run
 
 DEFAULT_MODELS = ("thesis_resnet2", "thesis_odenet", "thesis_hamiltonian")
 
@@ -176,7 +176,7 @@ def cmd_plot(args: argparse.Namespace) -> None:
             metrics = read_json(folder / "metrics.json")
             if "confusion" in metrics:
                 written.append(plot_confusion(metrics["confusion"], folder / "confusion.png"))
-            written += _feature_maps(folder)
+            written += _model_figures(folder)
         if not written:
             raise UsageError(
                 f"{str(folder)!r} holds no run (history.json), comparison (compare.csv) or grid (grid.json)"
@@ -184,12 +184,13 @@ def cmd_plot(args: argparse.Namespace) -> None:
         print("\n".join(map(str, written)))
 
 
-def _feature_maps(folder: Path) -> list[Path]:
-    """Report figures 5.2-5.3 for a finished HamiltonianNet run: one test image through the units."""
+def _model_figures(folder: Path) -> list[Path]:
+    """Report figures 5.2-5.3 for a finished HamiltonianNet run (one test image through the units),
+    the H-DNN papers' figures for a 2-D run."""
     config = RunConfig.from_dict(read_json(folder / "config.json"))
     assert config.dataset is not None  # resolved by validate()
     if config.dataset in POINT_SETS:
-        return []
+        return _points_2d(folder, config)
     info = dataset_info(config.dataset)
     image_size = 28 if config.preprocessing == "thesis" else info.image_size
     model = build(config.model, in_channels=info.channels, num_classes=info.num_classes, image_size=image_size)
@@ -198,6 +199,18 @@ def _feature_maps(folder: Path) -> list[Path]:
     model.load_state_dict(load_checkpoint(folder / "checkpoint.pt", map_location="cpu")["model"])
     test = load_dataset(config.dataset, config.root, train=False, preprocessing=config.preprocessing or "report")
     return [plot_feature_maps(model, test[0][0], folder / "feature_maps.png")]
+
+
+def _points_2d(folder: Path, config: RunConfig) -> list[Path]:
+    """The H-DNN papers' figures for a finished 2-D run: decision regions and hidden states."""
+    if not (folder / "checkpoint.pt").exists():
+        return []
+    _, test, shape = load_run_data(config)
+    model = build(config.model, **shape, **config.model_options)
+    model.load_state_dict(load_checkpoint(folder / "checkpoint.pt", map_location="cpu")["model"])
+    x, labels = tensors_of(test) or (None, None)
+    assert x is not None and labels is not None
+    return [plot_points_2d(model, x, labels, POINT_DOMAINS[config.dataset], folder / "points_2d.png")]
 
 
 def cmd_list(args: argparse.Namespace) -> None:

@@ -9,6 +9,8 @@ pyplot, so the user's backend is left alone).
   per-epoch gradient norms across blocks and parameters.
 * :func:`plot_feature_maps`: one image after the first conv and after each unit of a
   :class:`~contham.models.HamiltonianNet`: figures 5.2-5.3.
+* :func:`plot_points_2d`: a 2-D classifier (``hdnn_2d``): its decision regions with the test
+  points, and the propagation of the hidden states through the layers (the H-DNN papers' figures).
 """
 
 from __future__ import annotations
@@ -163,6 +165,35 @@ def plot_feature_maps(model: Any, image: Tensor, path: str | Path, channels: int
         for col, c in enumerate(energy.argsort(descending=True)[:channels].tolist()):
             axes[row, col].imshow(maps[c].numpy(), cmap="magma")
             axes[row, col].set_title(f"{name}, ch {c}", fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+@torch.no_grad()
+def plot_points_2d(
+    model: Any, x: Tensor, labels: Tensor, domain: Sequence[float], path: str | Path, snapshots: int = 5
+) -> Path:
+    """Left: the class ``model`` predicts over ``domain`` = (x_min, x_max, y_min, y_max), with the
+    points ``x`` coloured by ``labels``. Then the hidden states at ``snapshots`` layers evenly
+    spaced from input to output (``model.hidden_states``), shown in the two features that receive
+    the coordinates (``model.inputs``)."""
+    model.eval()
+    x_min, x_max, y_min, y_max = domain
+    u, v = torch.meshgrid(torch.linspace(x_min, x_max, 300), torch.linspace(y_min, y_max, 300), indexing="xy")
+    grid = torch.stack((u.flatten(), v.flatten()), 1).to(x.dtype)
+    regions = model(grid).argmax(1).view(u.shape)
+    states = model.hidden_states(x)
+    layers = np.unique(np.linspace(0, len(states) - 1, snapshots).round().astype(int))
+    fig = Figure(figsize=(3.2 * (len(layers) + 1), 3.2))
+    axes = fig.subplots(1, len(layers) + 1)
+    axes[0].contourf(u.numpy(), v.numpy(), regions.numpy(), levels=[-0.5, 0.5, 1.5], colors=["#c6dbef", "#fdd0a2"])
+    colors = np.where(labels.numpy() == 0, "tab:blue", "tab:orange")
+    axes[0].scatter(x[:, 0].numpy(), x[:, 1].numpy(), c=colors, s=2)
+    axes[0].set(xlim=(x_min, x_max), ylim=(y_min, y_max), title="decision regions, test points")
+    first, second = model.inputs.tolist()
+    for ax, layer in zip(axes[1:], layers):
+        ax.scatter(states[layer, :, first].numpy(), states[layer, :, second].numpy(), c=colors, s=2)
+        ax.set(title=f"layer {layer}", xlabel=f"feature {first}", ylabel=f"feature {second}")
     fig.tight_layout()
     return _save(fig, path)
 

@@ -1,0 +1,130 @@
+"""The H-DNN papers' 2-D experiments, contham beside the papers' own code: test accuracy and
+wall time of every (implementation, dataset, function, layers, seed).
+
+contham runs ``hdnn_2d`` with its default protocol (the papers', see docs/hdnn.md) plus any
+``--set key=value`` overrides; ``--reference PATH`` also runs the papers' ``train_2d_example``
+from a checkout of DecodEPFL/HamiltonianNet at PATH (patched for torch 2.x as docs/hdnn.md lists),
+each run in its own process with one thread, as contham's. Rows are appended to
+``<out>/hdnn_2d.csv`` as they finish; a rerun skips the rows already there, so the sweep resumes
+after an interrupt. At the end a table of means over the seeds is printed (Markdown).
+
+    python analysis/hdnn_2d_reproduction.py --out docs/results [--reference ../HamiltonianNet]
+        [--datasets swiss_roll double_circles] [--functions H1_J1 MS3 H2] [--layers 16 64]
+        [--seeds 1 2 3] [--set learning.lr=0.01 --label lr0.01]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from contham.experiments import RunConfig
+from contham.experiments.drivers import parse_value
+from contham.experiments.trainer import run
+from contham.models.hdnn import FUNCTIONS
+
+FIELDS = ("implementation", "dataset", "function", "layers", "seed", "test_accuracy", "seconds")
+T_END, NF = 1.2, 4  # the papers' run.py defaults
+
+REFERENCE_RUN = """
+import json, sys, time, torch
+torch.set_num_threads(1)
+sys.path.insert(0, {path!r})
+from examples.train_2d_example import train_2d_example
+start = time.perf_counter()
+out = train_2d_example({dataset!r}, {function!r}, {nf}, {layers}, {t_end}, False, None, {seed})
+print(json.dumps(dict(test=float(out[3]), seconds=time.perf_counter() - start)))
+"""
+
+
+def contham_run(dataset: str, function: str, layers: int, seed: int, settings: list[tuple[str, object]]) -> dict:
+    config = RunConfig(model="hdnn_2d", dataset=dataset, seed=seed, device="cpu")
+    for key, value in [("nf", NF), ("t_end", T_END), ("n_layers", layers), ("function", function), *settings]:
+        config.set(key, value)
+    with tempfile.TemporaryDirectory() as folder:
+        start = time.perf_counter()
+        metrics = run(config, folder, progress=False)
+        return {"test_accuracy": metrics["test_accuracy"], "seconds": time.perf_counter() - start}
+
+
+def reference_run(path: Path, dataset: str, function: str, layers: int, seed: int) -> dict:
+    code = REFERENCE_RUN.format(path=str(path), dataset=dataset, function=function, nf=NF, layers=layers,
+                                t_end=T_END, seed=seed)  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=path)
+    if done.returncode != 0:
+        return {"test_accuracy": "", "seconds": "", "error": done.stderr.strip().splitlines()[-1]}
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return {"test_accuracy": result["test"], "seconds": result["seconds"]}
+
+
+def table(rows: list[dict]) -> str:
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        if row["test_accuracy"] != "":
+            key = (row["dataset"], row["function"], int(row["layers"]), row["implementation"])
+            groups.setdefault(key, []).append(row)
+    lines = ["| dataset | function | layers | implementation | test accuracy per seed (%) | mean (%) | s per run |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for (dataset, function, layers, implementation), group in sorted(groups.items()):
+        accuracies = [100 * float(r["test_accuracy"]) for r in sorted(group, key=lambda r: int(r["seed"]))]
+        seconds = sum(float(r["seconds"]) for r in group) / len(group)
+        lines.append(
+            f"| {dataset} | {function} | {layers} | {implementation} | {' / '.join(f'{a:.1f}' for a in accuracies)} "
+            f"| {sum(accuracies) / len(accuracies):.1f} | {seconds:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="analysis/out")
+    parser.add_argument("--reference", type=Path, help="a checkout of DecodEPFL/HamiltonianNet to run beside contham")
+    parser.add_argument("--datasets", nargs="+", default=["swiss_roll", "double_circles"])
+    parser.add_argument("--functions", nargs="+", default=list(FUNCTIONS), choices=list(FUNCTIONS))
+    parser.add_argument("--layers", nargs="+", type=int, default=[16, 64])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    parser.add_argument("--set", nargs="*", default=[], help="contham overrides key=value (e.g. learning.lr=0.01)")
+    parser.add_argument("--label", default="contham", help="implementation name of the contham rows")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    settings = [(k, parse_value(v)) for k, _, v in (s.partition("=") for s in args.set)]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "hdnn_2d.csv"
+    rows = list(csv.DictReader(path.open())) if path.exists() else []
+    done = {(r["implementation"], r["dataset"], r["function"], r["layers"], r["seed"]) for r in rows}
+    implementations = [args.label] + (["reference"] if args.reference else [])
+    with path.open("a", newline="") as file:
+        writer = csv.DictWriter(file, FIELDS, extrasaction="ignore")
+        if not rows:
+            writer.writeheader()
+        for layers in args.layers:
+            for dataset in args.datasets:
+                for function in args.functions:
+                    for seed in args.seeds:
+                        for implementation in implementations:  # side by side, alternating
+                            key = (implementation, dataset, function, str(layers), str(seed))
+                            if key in done:
+                                continue
+                            if implementation == "reference":
+                                result = reference_run(args.reference.resolve(), dataset, function, layers, seed)
+                            else:
+                                result = contham_run(dataset, function, layers, seed, settings)
+                            row = dict(zip(FIELDS, key)) | result
+                            writer.writerow(row)
+                            file.flush()
+                            rows.append(row)
+                            print(json.dumps(row), flush=True)
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
