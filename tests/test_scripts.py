@@ -41,8 +41,9 @@ def test_counterexample_sensitivities_grow_but_never_fall_below_one(tmp_path):
 @pytest.mark.parametrize(
     "script, args, outputs",
     [
-        ("analysis/classification_2d.py", ["--layers", 4, "--iterations", 2],
-         ["classification_2d.png", "classification_2d.csv"]),
+        ("analysis/classification_2d.py", ["--layers", 4, "--epochs", 1],
+         ["classification_2d_swiss_roll_H1_J1.png", "classification_2d_double_circles_H2.png",
+          "classification_2d.csv"]),
         ("analysis/odenet_tolerance.py", ["--tolerances", 0.1, "--epochs", 1, "--max-batches", 1],
          ["odenet_tolerance.png", "odenet_tolerance.csv"]),
     ],

@@ -190,7 +190,7 @@ def _model_figures(folder: Path) -> list[Path]:
     config = RunConfig.from_dict(read_json(folder / "config.json"))
     assert config.dataset is not None  # resolved by validate()
     if config.dataset in POINT_SETS:
-        return _points_2d(folder, config)
+        return _points_2d(folder, config, config.dataset)
     info = dataset_info(config.dataset)
     image_size = 28 if config.preprocessing == "thesis" else info.image_size
     model = build(config.model, in_channels=info.channels, num_classes=info.num_classes, image_size=image_size)
@@ -201,7 +201,7 @@ def _model_figures(folder: Path) -> list[Path]:
     return [plot_feature_maps(model, test[0][0], folder / "feature_maps.png")]
 
 
-def _points_2d(folder: Path, config: RunConfig) -> list[Path]:
+def _points_2d(folder: Path, config: RunConfig, dataset: str) -> list[Path]:
     """The H-DNN papers' figures for a finished 2-D run: decision regions and hidden states."""
     if not (folder / "checkpoint.pt").exists():
         return []
@@ -210,7 +210,7 @@ def _points_2d(folder: Path, config: RunConfig) -> list[Path]:
     model.load_state_dict(load_checkpoint(folder / "checkpoint.pt", map_location="cpu")["model"])
     x, labels = tensors_of(test) or (None, None)
     assert x is not None and labels is not None
-    return [plot_points_2d(model, x, labels, POINT_DOMAINS[config.dataset], folder / "points_2d.png")]
+    return [plot_points_2d(model, x, labels, POINT_DOMAINS[dataset], folder / "points_2d.png")]
 
 
 def cmd_list(args: argparse.Namespace) -> None:
@@ -231,7 +231,7 @@ def parser() -> argparse.ArgumentParser:
 
     comp = sub.add_parser("compare", help="train several networks on the same data and budget over seeds")
     comp.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), help="specs name[:key=value,...]")
-    comp.add_argument("--dataset", choices=list(DATASETS), help="default: mnist with --root, else digits")
+    comp.add_argument("--dataset", choices=[*DATASETS, *POINT_SETS], help="default: mnist with --root, else digits")
     comp.add_argument("--root", help="torchvision data folder (writable)")
     comp.add_argument("--download", action="store_true", help="let torchvision download missing data")
     comp.add_argument("--epochs", type=int, default=5)
