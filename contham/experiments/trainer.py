@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, Subset, default_collate
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from .._checks import check_bool, check_int
@@ -114,14 +114,13 @@ def make_optimizer(model: nn.Module, learning: LearningParameters) -> torch.opti
     return torch.optim.Adam(params, learning.lr, betas=momentum, weight_decay=learning.wd)
 
 
-def _classifier(model: nn.Module) -> nn.Module:
+def _classifier(model: nn.Module) -> Any:
     classifier = getattr(model, "classifier", None)
     if not callable(getattr(classifier, "fit", None)) or not callable(getattr(model, "features", None)):
         raise ValueError(
             "learning.inner_steps > 0 needs a network with a `features` method and a `classifier` with a `fit` "
             f"method (e.g. hdnn_2d); got {type(model).__name__}"
         )
-    assert isinstance(classifier, nn.Module)
     return classifier
 
 
@@ -132,9 +131,8 @@ def fit_classifier(
     ``steps_per_batch`` Adam iterations per batch at ``learning.lr`` and betas ``learning.momentum``,
     with ``learning.classifier_penalty`` (the H-DNN 2-D protocol, see ``learning.inner_steps``)."""
     betas = learning.momentum if isinstance(learning.momentum, tuple) else (0.9, 0.999)
-    network: Any = model
-    features = ((network.features(x).detach(), y) for x, y in batches)
-    classifier: Any = _classifier(model)
+    classifier = _classifier(model)
+    features = ((cast(Any, model).features(x).detach(), y) for x, y in batches)  # frozen features
     classifier.fit(features, steps_per_batch, learning.lr, betas, learning.classifier_penalty)
 
 
@@ -389,7 +387,7 @@ def _fit_locked(
             if learning.inner_steps and epoch == epochs:  # the classifier, refitted on all the data
                 model.eval()
                 refit = torch.Generator().manual_seed(seed * 100_003 + 2**41)
-                fit_classifier(model, _epochs_of_batches(train_set, learning, epochs, refit, dev), learning, 1)
+                fit_classifier(model, _passes(train_set, learning.batch_size, epochs, refit, dev), learning, 1)
             scheduler.step()
             test = evaluate(model, test_set, dev, eval_batch_size, classes, ranks, options)
             entry.update(test_loss=test["loss"], test_accuracy=test["accuracy"])
@@ -553,18 +551,15 @@ def _training_batches(
         yield x.to(device, non_blocking=True), y.to(device, non_blocking=True), size
 
 
-def _epochs_of_batches(
-    train_set: Dataset, learning: LearningParameters, epochs: int, generator: torch.Generator, device: torch.device
+def _passes(
+    train_set: Dataset, batch_size: int, epochs: int, generator: torch.Generator, device: torch.device
 ) -> Iterator[tuple[Tensor, Tensor]]:
-    """``epochs`` shuffled passes over ``train_set`` in batches of ``learning.batch_size``."""
-    tensors = tensors_of(train_set)
+    """``epochs`` shuffled passes over ``train_set`` in batches of ``batch_size`` (one process)."""
+    n = len(cast(Sized, train_set))
     for _ in range(epochs):
-        for part in torch.randperm(len(cast(Sized, train_set)), generator=generator).split(learning.batch_size):
-            if tensors is not None:
-                x, y = tensors[0][part], tensors[1][part]
-            else:
-                x, y = default_collate([train_set[int(i)] for i in part])
-            yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        batches = GlobalBatches(n, batch_size, generator, Ranks())
+        for x, y, _ in _training_batches(train_set, batches, generator, generator, device):
+            yield x, y
 
 
 def summarize(history: list[dict[str, Any]]) -> dict[str, Any]:

@@ -122,13 +122,17 @@ class SeparableField(_SplitHamiltonian):
                 raise ValueError(f"K_mask must be a 0/1 tensor of shape {shape}; got {got}")
             if not bool(((K_mask == 0) | (K_mask == 1)).all()):
                 raise ValueError("K_mask must hold only 0 and 1")
-            mask = K_mask.to(self.Kp.dtype)
-            self.register_buffer("K_mask", mask)
-            with torch.no_grad():
-                self.Kp.mul_(mask[0])
-                self.Kq.mul_(mask[1])
+            self.register_buffer("K_mask", K_mask.to(self.Kp.dtype))
         else:
             self.K_mask = None
+        self.apply_mask()
+
+    @torch.no_grad()
+    def apply_mask(self) -> None:
+        """Zero the masked entries of the stored Kp and Kq (after an in-place initialisation)."""
+        if self.K_mask is not None:
+            self.Kp.mul_(self.K_mask[0])
+            self.Kq.mul_(self.K_mask[1])
 
     def node_params(self) -> Params:
         if self.K_mask is None:

@@ -37,43 +37,24 @@ contham's default (K from N(0, 1/fan_in), b = 0).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from .._checks import check_choice, check_int, check_positive
 from ..blocks import HamiltonianBlock
-from ..fields import NodeField, field_entry
-from ..solvers import FixedStepSolver, SymplecticEuler, get_solver
+from ..fields import SeparableField, field_entry
+from ..solvers import FixedStepSolver, SymplecticEuler
 
-
-@dataclass(frozen=True)
-class Function:
-    """An H-DNN layer type: the registered field and the step that discretises it."""
-
-    field: str
-    solver: str
-    first: str | None = None
-
-    def make_solver(self) -> FixedStepSolver:
-        """The fixed-step solver of this layer type."""
-        if self.first is not None:
-            return SymplecticEuler(first=self.first)
-        solver = get_solver(self.solver)
-        assert isinstance(solver, FixedStepSolver)
-        return solver
-
-
-FUNCTIONS: dict[str, Function] = {
-    "MS1": Function("MS1", "symplectic_euler", "z"),
-    "MS2": Function("MS2", "euler"),
-    "MS3": Function("MS3", "symplectic_euler", "z"),
-    "H1_J1": Function("H1_J1", "euler"),
-    "H1_J2": Function("H1_J2", "euler"),
-    "H2": Function("H2", "symplectic_euler", "z"),
+FUNCTIONS: dict[str, tuple[str, str | FixedStepSolver]] = {
+    "MS1": ("MS1", SymplecticEuler(first="z")),
+    "MS2": ("MS2", "euler"),
+    "MS3": ("MS3", SymplecticEuler(first="z")),
+    "H1_J1": ("H1_J1", "euler"),
+    "H1_J2": ("H1_J2", "euler"),
+    "H2": ("H2", SymplecticEuler(first="z")),
 }
-"""The H-DNN layer types by the papers' names."""
+"""The H-DNN layer types by the papers' names: the registered field and the step."""
 
 INITS = ("normal", "scaled")
 
@@ -91,26 +72,20 @@ def hdnn_block(
     """``n_layers`` H-DNN layers of type ``function`` (see :data:`FUNCTIONS`) on ``nf`` features
     with step ``h``. ``K_mask`` (H2 only): a 0/1 mask on K, see
     :class:`~contham.fields.SeparableField`."""
-    kind = FUNCTIONS[check_choice("function", function, FUNCTIONS)]
+    field_name, solver = FUNCTIONS[check_choice("function", function, FUNCTIONS)]
     check_int("nf", nf, 2)
     check_int("n_layers", n_layers)
     check_positive("h", h)
     check_choice("init", init, INITS)
     options = {} if K_mask is None else {"K_mask": K_mask}
-    field = field_entry(kind.field).build(nf, sigma="tanh", n_nodes=n_layers, dt=h, **options)
+    field = field_entry(field_name).build(nf, sigma="tanh", n_nodes=n_layers, dt=h, **options)
     if init == "normal":
-        _normal_init(field)
-    return HamiltonianBlock(field, kind.make_solver(), gradient=gradient)
-
-
-def _normal_init(field: NodeField) -> None:
-    with torch.no_grad():
-        for weight in field.node_params():
-            weight.normal_()
-        mask = getattr(field, "K_mask", None)
-        if mask is not None:  # masked entries start (and stay) at zero
-            for name, part in zip(("Kp", "Kq"), mask):
-                getattr(field, name).mul_(part)
+        with torch.no_grad():
+            for weight in field.parameters():
+                weight.normal_()
+        if isinstance(field, SeparableField):
+            field.apply_mask()  # masked entries start (and stay) at zero
+    return HamiltonianBlock(field, solver, gradient=gradient)
 
 
 class LinearClassifier(nn.Module):
@@ -295,27 +270,11 @@ def sparse_H2_mask(nf: int = 16, pattern: str = "sparse") -> Tensor:
     return torch.stack((ring, ring))
 
 
-def reference_parameter_count(function: str, nf: int, n_layers: int) -> int:
-    """The number of H-DNN parameters in the papers' code for ``n_layers`` layers on ``nf``
-    features (its H2 stores a full nf x nf K per layer of which only the two diagonal blocks are
-    used; its MS2 stores the nf^2 - nf entries of an antisymmetric K)."""
-    per_layer = {
-        "MS1": (nf // 2) ** 2 + nf,
-        "MS2": nf * nf - nf + nf,
-        "MS3": 2 * (nf // 2) ** 2 + nf,
-        "H1_J1": nf * nf + nf,
-        "H1_J2": nf * nf + nf,
-        "H2": nf * nf + nf,
-    }[check_choice("function", function, FUNCTIONS)]
-    return per_layer * n_layers
-
-
 __all__ = [
     "FUNCTIONS",
     "HDNN2d",
     "HDNNMnist",
     "LinearClassifier",
     "hdnn_block",
-    "reference_parameter_count",
     "sparse_H2_mask",
 ]
