@@ -76,8 +76,7 @@ class HamiltonianBlock(nn.Module):
 
     @property
     def fused(self) -> bool:
-        """Whether forward runs the fused path (available, not turned off by the gradient; it runs on
-        states of at most :data:`~contham.fused.FUSED_MAX_ROWS` rows)."""
+        """Whether forward runs the fused path (available, and not turned off by the gradient)."""
         return (
             self.schedule.fused is not None and isinstance(self.gradient, Backprop) and not self.gradient.higher_order
         )

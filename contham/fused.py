@@ -1,21 +1,24 @@
 """Fused dense blocks: all steps of a :class:`~contham.blocks.HamiltonianBlock` in one autograd node.
 
-On dense states (the 2-D protocol: a handful of features, tens of layers) each step is a few tiny
-matrix products, and eager autograd spends more time recording and replaying them than computing
-them. Fields made of terms ``sign * J K^T sigma(K v + b)`` (H1 with any J, the two-layer and the
-separable fields; :class:`~contham.fields.SigmaTerm`) integrated by forward Euler
-(H1) or a split solver (the split fields) are a sequence of *kicks*
-``u <- u + c h sign * sigma(v K^T + b) K J^T`` in row form. Here each kick costs three kernels
-forward (``addmm``, sigma in place, ``addmm``) and three backward: with ``w = sigma(z)``,
+On dense states each step is a few small matrix products: on a 2-D benchmark (125 rows of 4
+features, tens of layers) eager autograd spends more time recording and replaying them than
+computing them, and on the per-pixel H-DNN (78,400 rows of 8 features) each product is memory
+bound. Fields made of terms ``sign * J K^T sigma(K v + b)`` (H1 with any J, the two-layer and the
+separable fields; :class:`~contham.fields.SigmaTerm`) integrated by forward Euler (H1) or a split
+solver (the split fields) are a sequence of *kicks* ``u <- u + c h sign * M^T sigma(K v + b)``,
+``M = K J^T``. The fused path runs them in column form, a state ``(features, batch)``, where every
+product is a short-and-wide matrix times the state (several times faster than the row form on
+tall states). Each kick costs three kernels forward (``addmm``, sigma in place, ``addmm``); the
+backward pass walks the kicks back with ``w = sigma(z)``:
 
-* ``dL/dz = c h sign * (dL/du (K J^T)^T) * sigma'(z)``, with sigma' read off w;
-* ``dL/dv += dL/dz K``;
+* ``dL/dz = c h sign * (M dL/du) * sigma'(z)``, with sigma' read off w;
+* ``dL/dK += dL/dz v^T``, ``dL/dM += c h sign * w (dL/du)^T``, ``dL/db += sum dL/dz``;
+* ``dL/dv += K^T dL/dz``, in place;
 
-and the weight gradients of all steps come at the end from a few batched products
-(``dL/dK = dL/dz^T v + (c h sign * w^T dL/du) J``, ``dL/db = sum dL/dz``). Kept for the backward
-pass: the state after every kick and every w, as step-by-step autograd keeps. The gradients are
-those of the same forward map (tests compare them with autograd in float64); they cannot be
-differentiated again (no double backward, no ``torch.func`` transforms): use
+so it allocates nothing the size of the history (on CPU, fresh memory costs page faults). Kept
+for the backward pass: the state after every kick and every w, as step-by-step autograd keeps. The
+gradients are those of the same forward map (tests compare them with autograd in float64); they
+cannot be differentiated again (no double backward, no ``torch.func`` transforms): use
 ``gradient=Backprop(higher_order=True)`` for those.
 """
 
@@ -34,12 +37,6 @@ if TYPE_CHECKING:
     from .solvers.base import Kick
     from .solvers.fixed import Step
 
-FUSED_MAX_ROWS = 1024
-"""Blocks take the fused path on states of at most this many rows. Above, step-by-step autograd
-is as fast or faster: one training step (forward and backward) of 8 H1 layers on 8 features,
-1 CPU thread, fused against step-by-step: 1.5x faster at 125 rows, 0.99x at 1,000, 0.82x at
-16,000, 0.54x at 78,400 (the per-pixel H-DNN on a batch of 100 MNIST images)."""
-
 # One kick of the plan: (half moved u, half read v, coefficient c h sign); the term driving u is named u
 PlanKick = tuple[str, str, float]
 
@@ -47,12 +44,11 @@ PlanKick = tuple[str, str, float]
 class FusedPlan:
     """The bookkeeping of a fused block: its kicks over all steps and where each reads and writes.
 
-    Every kick writes the half it moves into the next row of that half's *history* (forward:
-    the states, backward: the adjoints), so nothing is stacked afterwards. ``kicks[k]`` is
-    ``(u, v, coef, j, i, row_u, row_v)``: step j, the kick's index i among u's kicks
-    (``j * per_step[u] + slot``, slot its place among them within a step), and the history rows
-    of u (after the kick) and of v (read). ``reads[u]``: the rows of v read by u's kicks.
-    Build it with :func:`fused_plan`."""
+    Every kick writes the half it moves into the next row of that half's *history* of states, so
+    nothing is stacked afterwards. ``kicks[k]`` is ``(u, v, coef, j, i, row_u, row_v)``: step j,
+    the kick's index i among u's kicks (``j * per_step[u] + slot``, slot its place among them
+    within a step), and the history rows of u (after the kick) and of v (read). Build it with
+    :func:`fused_plan`."""
 
     field: Any  # a SigmaTermField (split for split steps)
 
@@ -63,33 +59,35 @@ class FusedPlan:
         parts = sorted({u for u, _, _ in step})
         self.per_step = {u: sum(k[0] == u for k in step) for u in parts}
         self.rows = {h: 1 + n * sum(k[0] == h for k in step) for h in parts}  # states of h
-        self.adjoint_rows = {h: 1 + n * sum(k[1] == h for k in step) for h in parts}  # dL/dh
         self.coef = {}  # (u, slot) -> c h sign
         row = dict.fromkeys(parts, 0)
         self.kicks: list[tuple[str, str, float, int, int, int, int]] = []
-        self.reads: dict[str, list[int]] = {u: [] for u in parts}
         for j in range(n):
             slot = dict.fromkeys(parts, 0)
             for u, v, coef in step:
                 self.coef[u, slot[u]] = coef
-                self.reads[u].append(row[v])
                 self.kicks.append((u, v, coef, j, j * self.per_step[u] + slot[u], row[u] + 1, row[v]))
                 row[u] += 1
                 slot[u] += 1
-        self.source = {u: v for u, v, _ in step}
 
     def halves(self, x: Tensor) -> dict[str, Tensor]:
-        return {"x": x} if "x" in self.rows else dict(zip("yz", self.field.split(x)))
+        """The halves of a row-form state ``(batch, features)``, in column form ``(features, batch)``
+        (views)."""
+        parts = {"x": x} if "x" in self.rows else dict(zip("yz", self.field.split(x)))
+        return {h: part.t() for h, part in parts.items()}
 
     def whole(self, halves: dict[str, Tensor]) -> Tensor:
-        return halves["x"].clone() if "x" in halves else self.field.merge(halves["y"], halves["z"])
+        """The row-form state of column-form halves (a view of ``halves["x"]`` for a whole state)."""
+        return halves["x"].t() if "x" in halves else self.field.merge(halves["y"].t(), halves["z"].t())
 
-    def histories(self, x: Tensor, rows: dict[str, int]) -> dict[str, Tensor]:
-        """Empty histories of ``rows[h]`` rows for the halves h of ``x``, with ``x``'s in row 0."""
+    def histories(self, x: Tensor) -> dict[str, Tensor]:
+        """Empty column-form histories ``(rows[h], features of h + 1, batch)`` for the halves h of
+        the row-form ``x``, with ``x``'s in row 0 and a last feature of ones (it multiplies b)."""
         hist = {}
         for h, part in self.halves(x).items():
-            hist[h] = x.new_empty(rows[h], *part.shape)
-            hist[h][0] = part
+            hist[h] = x.new_empty(self.rows[h], part.shape[0] + 1, part.shape[1])
+            hist[h][0, :-1] = part
+            hist[h][:, -1] = 1
         return hist
 
 
@@ -110,7 +108,8 @@ def fused_plan(field: SigmaTermField, kicks: list[Kick] | None, steps: list[Step
 
 
 def _outputs(field: SigmaTermField, params: tuple[Tensor, ...]) -> dict[str, Tensor]:
-    """Per term, the matrices ``M = K J^T`` that map sigma's output back (row form)."""
+    """Per term, the matrices ``M = K J^T`` (``(steps, width, features of u)``): the kick of u
+    is ``u <- u + c h sign M^T sigma(K v + b)`` in column form."""
     out = {}
     for u, term in field.sigma_terms.items():
         K = params[term.K]
@@ -118,24 +117,30 @@ def _outputs(field: SigmaTermField, params: tuple[Tensor, ...]) -> dict[str, Ten
     return out
 
 
+def _augmented(field: SigmaTermField, params: tuple[Tensor, ...]) -> dict[str, Tensor]:
+    """Per term, ``[K | b]`` (``(steps, width, features of v + 1)``), which multiplies a state
+    with a last feature of ones."""
+    return {u: torch.cat((params[t.K], params[t.b].unsqueeze(-1)), 2) for u, t in field.sigma_terms.items()}
+
+
 def _run(plan: FusedPlan, x: Tensor, params: tuple[Tensor, ...]) -> tuple[Tensor, dict, dict]:
-    """The forward pass: the final state, the state histories and, per term, the activations w
-    of its kicks ``(n_steps, kicks per step, batch, width)``."""
+    """The forward pass: the final state, the column-form state histories and, per term, the
+    activations w of its kicks ``(n_steps, kicks per step, width, batch)``."""
     terms = plan.field.sigma_terms
-    hist = plan.histories(x, plan.rows)
+    hist = plan.histories(x)
     n = params[0].shape[0]
-    W = {u: x.new_empty(n, plan.per_step[u], x.shape[0], params[t.K].shape[1]) for u, t in terms.items()}
-    M = {u: m.unbind(0) for u, m in _outputs(plan.field, params).items()}
-    Kt = {u: params[t.K].transpose(1, 2).unbind(0) for u, t in terms.items()}
-    b = {u: params[t.b].unbind(0) for u, t in terms.items()}
+    W = {u: x.new_empty(n, plan.per_step[u], params[t.K].shape[1], x.shape[0]) for u, t in terms.items()}
+    Mt = {u: m.transpose(1, 2).unbind(0) for u, m in _outputs(plan.field, params).items()}
+    Kb = {u: t.unbind(0) for u, t in _augmented(plan.field, params).items()}
     w = {u: t.flatten(0, 1).unbind(0) for u, t in W.items()}
     rows = {h: t.unbind(0) for h, t in hist.items()}
     act = plan.inplace
     assert act is not None  # fused_plan checked that the activation is fusable
     for u, v, coef, j, i, row_u, row_v in plan.kicks:
-        out = act(torch.addmm(b[u][j], rows[v][row_v], Kt[u][j], out=w[u][i]))
-        torch.addmm(rows[u][row_u - 1], out, M[u][j], alpha=coef, out=rows[u][row_u])
-    return plan.whole({h: r[-1] for h, r in rows.items()}), hist, W
+        out = act(torch.mm(Kb[u][j], rows[v][row_v], out=w[u][i]))
+        torch.addmm(rows[u][row_u - 1][:-1], Mt[u][j], out, alpha=coef, out=rows[u][row_u][:-1])
+    y = plan.whole({h: r[-1][:-1] for h, r in rows.items()})
+    return (y.clone() if "x" in rows else y), hist, W  # not a view of the history
 
 
 class _FusedSteps(torch.autograd.Function):
@@ -153,44 +158,29 @@ class _FusedSteps(torch.autograd.Function):
         plan, terms = ctx.plan, ctx.terms
         k, m = len(ctx.saved_tensors) - 2 * len(terms), len(terms)
         params = ctx.saved_tensors[:k]
-        hist = dict(zip(terms, ctx.saved_tensors[k : k + m]))
-        W = dict(zip(terms, ctx.saved_tensors[k + m :]))
-        # D = c h sign * sigma'(z) per kick; GZ receives dL/dz per kick
+        hist = {h: t.unbind(0) for h, t in zip(terms, ctx.saved_tensors[k : k + m])}  # [v; 1]
+        w = {u: t.flatten(0, 1).unbind(0) for u, t in zip(terms, ctx.saved_tensors[k + m :])}
         derivative = plan.derivative
         assert derivative is not None  # fused_plan checked that the activation is fusable
-        D = {u: derivative(w) for u, w in W.items()}
-        for (u, slot), c in plan.coef.items():
-            D[u][:, slot] *= c
-        GZ = {u: torch.empty_like(w) for u, w in W.items()}
-        Mt = {u: m.transpose(1, 2).unbind(0) for u, m in _outputs(plan.field, params).items()}
-        K = {u: params[t.K].unbind(0) for u, t in terms.items()}
-        d = {u: t.flatten(0, 1).unbind(0) for u, t in D.items()}
-        gz = {u: t.flatten(0, 1).unbind(0) for u, t in GZ.items()}
-        # adjoint histories: the adjoint of half h changes at every kick that reads h
-        adj = plan.histories(grad, plan.adjoint_rows)
-        rows = {h: t.unbind(0) for h, t in adj.items()}
-        at = dict.fromkeys(adj, 0)
-        seen: dict[str, list[int]] = {u: [] for u in terms}  # adjoint row of u at each kick
-        for u, v, _, j, i, _, _ in reversed(plan.kicks):
-            seen[u].append(at[u])
-            g = torch.mm(rows[u][at[u]], Mt[u][j], out=gz[u][i]).mul_(d[u][i])
-            at[v] += 1
-            torch.addmm(rows[v][at[v] - 1], g, K[u][j], out=rows[v][at[v]])
+        M = _outputs(plan.field, params)
+        cM = {(u, slot): (c * M[u]).unbind(0) for (u, slot), c in plan.coef.items()}  # c h sign M
+        Kt = {u: params[t.K].transpose(1, 2).unbind(0) for u, t in terms.items()}
+        # the adjoints dL/dh of the halves, updated in place kick by kick, and the weight
+        # gradients, accumulated while each kick's operands are at hand: dL/d[K | b] and dL/dM
+        adj = {h: a.clone(memory_format=torch.contiguous_format) for h, a in plan.halves(grad).items()}
+        gKb = {u: torch.zeros_like(t) for u, t in _augmented(plan.field, params).items()}
+        gM = {u: torch.zeros_like(t) for u, t in M.items()}
+        gKb_, gM_ = ({u: t.unbind(0) for u, t in g.items()} for g in (gKb, gM))
+        for u, v, coef, j, i, _, row_v in reversed(plan.kicks):
+            gM_[u][j].addmm_(w[u][i], adj[u].T, alpha=coef)
+            g = torch.mm(cM[u, i % plan.per_step[u]][j], adj[u]).mul_(derivative(w[u][i]))  # dL/dz
+            gKb_[u][j].addmm_(g, hist[v][row_v].T)
+            adj[v].addmm_(Kt[u][j], g)
         grads: list[Tensor | None] = [None] * k
         for u, term in terms.items():
-            steps, per, batch, width = W[u].shape
-            A = adj[u].index_select(0, torch.tensor(seen[u][::-1], device=grad.device))
-            S = hist[plan.source[u]].index_select(0, torch.tensor(plan.reads[u], device=grad.device))
-            wc = W[u].clone()
-            for slot in range(per):
-                wc[:, slot] *= plan.coef[u, slot]
-            gM = torch.bmm(wc.view(steps, per * batch, width).transpose(1, 2), A.view(steps, per * batch, -1))
-            if term.skew:
-                gM = gM @ plan.field.J.J.to(gM.dtype)
-            g = GZ[u].view(steps, per * batch, width)
-            grads[term.K] = torch.baddbmm(gM, g.transpose(1, 2), S.view(steps, per * batch, -1))
-            grads[term.b] = g.sum(1)
-        return (None, plan.whole({h: r[at[h]] for h, r in rows.items()}), *grads)
+            gK, grads[term.b] = gKb[u][..., :-1], gKb[u][..., -1]
+            grads[term.K] = gK + (gM[u] @ plan.field.J.J.to(gM[u].dtype) if term.skew else gM[u])
+        return (None, plan.whole(adj), *grads)
 
 
 def fused_steps(plan: FusedPlan, x: Tensor) -> Tensor:

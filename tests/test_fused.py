@@ -140,3 +140,27 @@ def test_output_can_be_modified_in_place():
     reference = torch.autograd.grad(out.sum(), x, retain_graph=True)[0]
     out.mul_(2)  # the output is not a view of the saved history
     torch.testing.assert_close(torch.autograd.grad(out.sum(), x)[0], 2 * reference)
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 2e-7), (torch.float64, 4e-16)])
+def test_in_place_tanh_matches_tanh(dtype, tol):
+    # on CPU the fused path computes tanh as 2 sigmoid(2z) - 1 (see contham.fields.activations)
+    z = torch.linspace(-30, 30, 200_001, dtype=dtype)
+    exact = torch.tanh(z.double())
+    fast = ACTIVATIONS["tanh"].inplace(z.clone())
+    assert (fast.double() - exact).abs().max() <= tol
+    assert fast.abs().max() <= 1
+
+
+@pytest.mark.parametrize("make, solver", [CASES[0], CASES[4]], ids=[IDS[0], IDS[4]])
+def test_channel_major_input_gives_the_same_map_and_gradients(make, solver):
+    # a per-pixel network hands the block its rows laid out feature by feature (contham.models.hdnn)
+    fused, _ = pair(make, "tanh", solver)
+    x = torch.randn(fused.field.features, 50, dtype=D)
+    results = []
+    for rows in (x.t(), x.t().contiguous()):
+        rows = rows.detach().requires_grad_()
+        out = fused(rows)
+        results.append((out, *torch.autograd.grad(out.square().sum(), (rows, *fused.field.parameters()))))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

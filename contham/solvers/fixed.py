@@ -22,7 +22,7 @@ from .._checks import check_choice
 from ..fields.base import FrozenField, SplitField
 from ..fields.hamiltonian import SigmaTermField
 from ..fields.time import TimeNodes
-from ..fused import FUSED_MAX_ROWS, FusedPlan, fused_plan, fused_steps
+from ..fused import FusedPlan, fused_plan, fused_steps
 from ..gradients import Adjoint, Backprop, Gradient, Reversible
 from ..reversible import reversible_steps
 from .base import IntegrationError, Kick, Problem, Solution, Solver, Stats, register_solver
@@ -121,8 +121,7 @@ class FixedStepSolver(Solver):
 
     def run(self, schedule: Schedule, y: Tensor, gradient: Gradient, stats: Stats) -> list[Tensor]:
         """The states at ``schedule.outputs`` from ``y``, computed as ``gradient`` says; fills
-        ``stats``. The fused path runs where it applies, on states of at most
-        :data:`~contham.fused.FUSED_MAX_ROWS` rows (unless ``Backprop(higher_order=True)``)."""
+        ``stats``. The fused path runs where it applies (unless ``Backprop(higher_order=True)``)."""
         field: Any = schedule.field  # a NodeField wherever a step names a node
         steps = schedule.steps
         stats.nfe_forward = len(steps) * self.evals_per_step
@@ -137,7 +136,7 @@ class FixedStepSolver(Solver):
                 )
             return [reversible_steps(field, self, y, steps)]
         higher_order = isinstance(gradient, Backprop) and gradient.higher_order
-        if schedule.fused is not None and y.shape[0] <= FUSED_MAX_ROWS and not higher_order:
+        if schedule.fused is not None and not higher_order:
             return [fused_steps(schedule.fused, y)]
         frozen = [FrozenField(field, w) for w in field.step_weights()] if schedule.pinned else []
         out = []
