@@ -66,20 +66,26 @@ def reference_run(path: Path, dataset: str, function: str, layers: int, seed: in
 
 
 def table(rows: list[dict]) -> str:
-    groups: dict[tuple, list[dict]] = {}
+    """Markdown: one line per (dataset, function, layers), per implementation the test accuracy of
+    each seed and their mean (%)."""
+    groups: dict[tuple, dict[str, dict[int, float]]] = {}
     for row in rows:
         if row["test_accuracy"] != "":
-            key = (row["dataset"], row["function"], int(row["layers"]), row["implementation"])
-            groups.setdefault(key, []).append(row)
-    lines = ["| dataset | function | layers | implementation | test accuracy per seed (%) | mean (%) | s per run |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
-    for (dataset, function, layers, implementation), group in sorted(groups.items()):
-        accuracies = [100 * float(r["test_accuracy"]) for r in sorted(group, key=lambda r: int(r["seed"]))]
-        seconds = sum(float(r["seconds"]) for r in group) / len(group)
-        lines.append(
-            f"| {dataset} | {function} | {layers} | {implementation} | {' / '.join(f'{a:.1f}' for a in accuracies)} "
-            f"| {sum(accuracies) / len(accuracies):.1f} | {seconds:.1f} |"
-        )
+            key = (row["dataset"], int(row["layers"]), row["function"])
+            seeds = groups.setdefault(key, {}).setdefault(row["implementation"], {})
+            seeds[int(row["seed"])] = 100 * float(row["test_accuracy"])
+    implementations = sorted({i for group in groups.values() for i in group}, key=lambda i: i == "reference")
+    head = "".join(f" {i} | mean |" for i in implementations)
+    lines = [f"| dataset | layers | function |{head}", "|---" * (3 + 2 * len(implementations)) + "|"]
+    order = {function: i for i, function in enumerate(FUNCTIONS)}
+    for (dataset, layers, function), group in sorted(groups.items(), key=lambda g: (*g[0][:2], order[g[0][2]])):
+        cells = ""
+        for implementation in implementations:
+            seeds = group.get(implementation, {})
+            values = [seeds[k] for k in sorted(seeds)]
+            mean = f"{sum(values) / len(values):.1f}" if values else ""
+            cells += f" {' / '.join(f'{v:.1f}' for v in values)} | {mean} |"
+        lines.append(f"| {dataset} | {layers} | {function} |{cells}")
     return "\n".join(lines)
 
 

@@ -111,3 +111,17 @@ def test_options_benchmark_prints_ratios():
     out = run_script("benchmarks/options.py", "--repeats", 1, "--epochs", 2, "--max-batches", 2,
                      "--models", "thesis_resnet2", "--options", "amp=bf16")  # fmt: skip
     assert "| thesis_resnet2 | fp32 eager |" in out and "| thesis_resnet2 | amp=bf16 |" in out and "1.00x" in out
+
+
+def test_hdnn_reproduction_writes_resumes_and_tabulates(tmp_path):
+    args = ["--out", tmp_path, "--datasets", "swiss_roll", "--functions", "H1_J1", "MS3", "--layers", 2,
+            "--seeds", 1, 2, "--set", "learning.training_steps_max=8", "data_size=400"]  # fmt: skip
+    out = run_script("analysis/hdnn_2d_reproduction.py", *args)
+    table = rows(tmp_path / "hdnn_2d.csv")
+    assert [(r["function"], r["seed"]) for r in table] == [("H1_J1", "1"), ("H1_J1", "2"), ("MS3", "1"), ("MS3", "2")]
+    assert all(0 <= float(r["test_accuracy"]) <= 1 for r in table)
+    means = {f: 100 * sum(float(r["test_accuracy"]) for r in table if r["function"] == f) / 2 for f in ("H1_J1", "MS3")}
+    assert "| swiss_roll | 2 | H1_J1 |" in out
+    assert f"| {means['H1_J1']:.1f} |" in out and f"| {means['MS3']:.1f} |" in out
+    again = run_script("analysis/hdnn_2d_reproduction.py", *args)  # resumes: every row is there
+    assert not any(line.startswith("{") for line in again.splitlines()) and len(rows(tmp_path / "hdnn_2d.csv")) == 4

@@ -28,7 +28,8 @@ HDNN_2D_LEARNING = LearningParameters(
     training_steps_max=1_600,  # 50 epochs of 4,000 points in batches of 125
     batch_size=125,
     lr=0.05,
-    lr_decay_at=[],
+    lr_decay_at=[10, 20, 30, 40],  # in place of the papers' code's Adam step count (docs/hdnn.md)
+    lr_decay=0.5,
     wd=0.0,
     alpha=2.5e-4,  # the papers' 5e-4 on (||dK||^2 + ||db||^2) / 2
     b_in_reg=True,
@@ -42,7 +43,10 @@ HDNN_2D_LEARNING = LearningParameters(
 """The H-DNN papers' 2-D protocol (their ``train_2d_example``): Adam lr 0.05, batches of 125,
 50 epochs; per batch 10 Adam iterations of a fresh classifier on the frozen features, then one
 step of the H-DNN; the classifier refitted on all the data at the end; smoothness
-``alpha h (||K_j+1 - K_j||^2 + ||b_j+1 - b_j||^2) / 2`` with alpha 5e-4, classifier penalty 1e-4."""
+``alpha h (||K_j+1 - K_j||^2 + ||b_j+1 - b_j||^2) / 2`` with alpha 5e-4, classifier penalty 1e-4.
+The lr is halved after epochs 10, 20, 30 and 40: the papers' code sets Adam's step count to the
+epoch, which shrinks its steps over the first 10 epochs (docs/hdnn.md); contham runs standard
+Adam with this decay instead."""
 
 HDNN_MNIST_LEARNING = LearningParameters(
     training_steps_max=6_000,  # 10 epochs of 60,000 images in batches of 100
