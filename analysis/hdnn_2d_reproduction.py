@@ -66,25 +66,28 @@ def reference_run(path: Path, dataset: str, function: str, layers: int, seed: in
 
 
 def table(rows: list[dict]) -> str:
-    """Markdown: one line per (dataset, function, layers), per implementation the test accuracy of
-    each seed and their mean (%)."""
-    groups: dict[tuple, dict[str, dict[int, float]]] = {}
+    """Markdown: one line per (dataset, layers, function), per implementation the test accuracy of
+    each seed, their mean (%) and the mean wall time of a run (s)."""
+    groups: dict[tuple, dict[str, dict[int, tuple[float, float]]]] = {}
     for row in rows:
         if row["test_accuracy"] != "":
             key = (row["dataset"], int(row["layers"]), row["function"])
             seeds = groups.setdefault(key, {}).setdefault(row["implementation"], {})
-            seeds[int(row["seed"])] = 100 * float(row["test_accuracy"])
+            seeds[int(row["seed"])] = (100 * float(row["test_accuracy"]), float(row["seconds"]))
     implementations = sorted({i for group in groups.values() for i in group}, key=lambda i: i == "reference")
-    head = "".join(f" {i} | mean |" for i in implementations)
-    lines = [f"| dataset | layers | function |{head}", "|---" * (3 + 2 * len(implementations)) + "|"]
+    head = "".join(f" {i} | mean | s |" for i in implementations)
+    lines = [f"| dataset | layers | function |{head}", "|---" * (3 + 3 * len(implementations)) + "|"]
     order = {function: i for i, function in enumerate(FUNCTIONS)}
     for (dataset, layers, function), group in sorted(groups.items(), key=lambda g: (*g[0][:2], order[g[0][2]])):
         cells = ""
         for implementation in implementations:
-            seeds = group.get(implementation, {})
-            values = [seeds[k] for k in sorted(seeds)]
-            mean = f"{sum(values) / len(values):.1f}" if values else ""
-            cells += f" {' / '.join(f'{v:.1f}' for v in values)} | {mean} |"
+            runs = [group.get(implementation, {})[k] for k in sorted(group.get(implementation, {}))]
+            if runs:
+                accuracies, seconds = zip(*runs)
+                cells += f" {' / '.join(f'{a:.1f}' for a in accuracies)} | {sum(accuracies) / len(runs):.1f}"
+                cells += f" | {sum(seconds) / len(runs):.1f} |"
+            else:
+                cells += " | | |"
         lines.append(f"| {dataset} | {layers} | {function} |{cells}")
     return "\n".join(lines)
 

@@ -8,18 +8,19 @@ separable fields; :class:`~contham.fields.SigmaTerm`) integrated by forward Eule
 solver (the split fields) are a sequence of *kicks* ``u <- u + c h sign * M^T sigma(K v + b)``,
 ``M = K J^T``. The fused path runs them in column form, a state ``(features, batch)``, where every
 product is a short-and-wide matrix times the state (several times faster than the row form on
-tall states). Each kick costs three kernels forward (``addmm``, sigma in place, ``addmm``); the
+tall states). Each state carries a last feature of ones, so that ``[K | b]`` times it is
+``K v + b``. Each kick costs three kernels forward (``mm``, sigma in place, ``addmm``); the
 backward pass walks the kicks back with ``w = sigma(z)``:
 
 * ``dL/dz = c h sign * (M dL/du) * sigma'(z)``, with sigma' read off w;
-* ``dL/dK += dL/dz v^T``, ``dL/dM += c h sign * w (dL/du)^T``, ``dL/db += sum dL/dz``;
+* ``dL/d[K | b] += dL/dz [v; 1]^T``, ``dL/dM += c h sign * w (dL/du)^T``;
 * ``dL/dv += K^T dL/dz``, in place;
 
 so it allocates nothing the size of the history (on CPU, fresh memory costs page faults). Kept
-for the backward pass: the state after every kick and every w, as step-by-step autograd keeps. The
-gradients are those of the same forward map (tests compare them with autograd in float64); they
-cannot be differentiated again (no double backward, no ``torch.func`` transforms): use
-``gradient=Backprop(higher_order=True)`` for those.
+for the backward pass: the state after every kick (with its row of ones) and every w, as
+step-by-step autograd keeps. The gradients are those of the same forward map (tests compare them
+with autograd in float64); they cannot be differentiated again (no double backward, no
+``torch.func`` transforms): use ``gradient=Backprop(higher_order=True)`` for those.
 """
 
 from __future__ import annotations

@@ -125,3 +125,40 @@ def test_hdnn_reproduction_writes_resumes_and_tabulates(tmp_path):
     assert f"| {means['H1_J1']:.1f} |" in out and f"| {means['MS3']:.1f} |" in out
     again = run_script("analysis/hdnn_2d_reproduction.py", *args)  # resumes: every row is there
     assert not any(line.startswith("{") for line in again.splitlines()) and len(rows(tmp_path / "hdnn_2d.csv")) == 4
+
+
+def test_hdnn_mnist_reproduction_runs_both_codes_and_resumes(tiny_mnist, tmp_path):
+    # a stand-in for the papers' checkout with run_MNIST.py's interface: Net, train, test
+    examples = tmp_path / "reference" / "examples"
+    examples.mkdir(parents=True)
+    (examples / "__init__.py").write_text("")
+    (examples / "run_MNIST.py").write_text(
+        "import torch\n"
+        "class Net(torch.nn.Module):\n"
+        "    def __init__(self, nf, n_layers, h, net_type):\n"
+        "        super().__init__()\n"
+        "        self.fc = torch.nn.Linear(784, 10)\n"
+        "    def forward(self, x):\n"
+        "        return self.fc(x.flatten(1)).log_softmax(1)\n"
+        "def train(model, device, loader, optimizer, epoch, alpha, out):\n"
+        "    assert h > 0\n"  # the global the driver sets
+        "    for x, y in loader:\n"
+        "        optimizer.zero_grad()\n"
+        "        torch.nn.functional.nll_loss(model(x), y).backward()\n"
+        "        optimizer.step()\n"
+        "def test(model, device, loader, out):\n"
+        "    return sum((model(x).argmax(1) == y).sum().item() for x, y in loader)\n"
+    )
+    args = ["--root", tiny_mnist, "--out", tmp_path, "--functions", "H1_J1", "MS1", "--epochs", 2,
+            "--reference", tmp_path / "reference"]  # fmt: skip
+    out = run_script("analysis/hdnn_mnist_reproduction.py", *args)
+    table = rows(tmp_path / "hdnn_mnist.csv")
+    assert [(r["implementation"], r["function"]) for r in table] == [
+        ("contham", "H1_J1"), ("reference", "H1_J1"), ("contham", "MS1"), ("reference", "MS1")
+    ]  # fmt: skip
+    for r in table:
+        assert 0 <= float(r["final_test_accuracy"]) <= float(r["best_test_accuracy"]) <= 1 and r["epochs"] == "2"
+        final = 100 * float(r["final_test_accuracy"])
+        assert f"| {r['function']} | {r['implementation']} | 1 | 2 | {final:.2f} |" in out
+    again = run_script("analysis/hdnn_mnist_reproduction.py", *args)
+    assert not any(line.startswith("{") for line in again.splitlines()) and len(rows(tmp_path / "hdnn_mnist.csv")) == 4
