@@ -81,12 +81,14 @@ class FusedPlan:
         """The row-form state of column-form halves (a view of ``halves["x"]`` for a whole state)."""
         return halves["x"].t() if "x" in halves else self.field.merge(halves["y"].t(), halves["z"].t())
 
-    def histories(self, x: Tensor) -> dict[str, Tensor]:
+    def histories(self, x: Tensor, keep: bool = True) -> dict[str, Tensor]:
         """Empty column-form histories ``(rows[h], features of h + 1, batch)`` for the halves h of
-        the row-form ``x``, with ``x``'s in row 0 and a last feature of ones (it multiplies b)."""
+        the row-form ``x``, with ``x``'s in row 0 and a last feature of ones (it multiplies b).
+        ``keep=False``: 2 rows per half, used in turn (row r is row ``r % 2``): a kick reads only
+        the latest states."""
         hist = {}
         for h, part in self.halves(x).items():
-            hist[h] = x.new_empty(self.rows[h], part.shape[0] + 1, part.shape[1])
+            hist[h] = x.new_empty(self.rows[h] if keep else 2, part.shape[0] + 1, part.shape[1])
             hist[h][0, :-1] = part
             hist[h][:, -1] = 1
         return hist
@@ -124,13 +126,14 @@ def _augmented(field: SigmaTermField, params: tuple[Tensor, ...]) -> dict[str, T
     return {u: torch.cat((params[t.K], params[t.b].unsqueeze(-1)), 2) for u, t in field.sigma_terms.items()}
 
 
-def _run(plan: FusedPlan, x: Tensor, params: tuple[Tensor, ...]) -> tuple[Tensor, dict, dict]:
+def _run(plan: FusedPlan, x: Tensor, params: tuple[Tensor, ...], keep: bool = True) -> tuple[Tensor, dict, dict]:
     """The forward pass: the final state, the column-form state histories and, per term, the
-    activations w of its kicks ``(n_steps, kicks per step, width, batch)``."""
+    activations w of its kicks ``(n_steps, kicks per step, width, batch)``. ``keep=False`` (no
+    backward pass to come) keeps only the latest state of each half and the latest w."""
     terms = plan.field.sigma_terms
-    hist = plan.histories(x)
-    n = params[0].shape[0]
-    W = {u: x.new_empty(n, plan.per_step[u], params[t.K].shape[1], x.shape[0]) for u, t in terms.items()}
+    hist = plan.histories(x, keep)
+    n, per = (params[0].shape[0], plan.per_step) if keep else (1, dict.fromkeys(terms, 1))
+    W = {u: x.new_empty(n, per[u], params[t.K].shape[1], x.shape[0]) for u, t in terms.items()}
     Mt = {u: m.transpose(1, 2).unbind(0) for u, m in _outputs(plan.field, params).items()}
     Kb = {u: t.unbind(0) for u, t in _augmented(plan.field, params).items()}
     w = {u: t.flatten(0, 1).unbind(0) for u, t in W.items()}
@@ -138,9 +141,12 @@ def _run(plan: FusedPlan, x: Tensor, params: tuple[Tensor, ...]) -> tuple[Tensor
     act = plan.inplace
     assert act is not None  # fused_plan checked that the activation is fusable
     for u, v, coef, j, i, row_u, row_v in plan.kicks:
+        if not keep:
+            i, row_u, row_v = 0, row_u % 2, row_v % 2
         out = act(torch.mm(Kb[u][j], rows[v][row_v], out=w[u][i]))
         torch.addmm(rows[u][row_u - 1][:-1], Mt[u][j], out, alpha=coef, out=rows[u][row_u][:-1])
-    y = plan.whole({h: r[-1][:-1] for h, r in rows.items()})
+    last = {h: (r - 1) % len(hist[h]) for h, r in plan.rows.items()}
+    y = plan.whole({h: r[last[h]][:-1] for h, r in rows.items()})
     return (y.clone() if "x" in rows else y), hist, W  # not a view of the history
 
 
@@ -190,4 +196,4 @@ def fused_steps(plan: FusedPlan, x: Tensor) -> Tensor:
     params = plan.field.node_params()
     if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
         return _FusedSteps.apply(plan, x, *params)
-    return _run(plan, x, params)[0]
+    return _run(plan, x, params, keep=False)[0]
