@@ -82,7 +82,7 @@ class FusedPlan:
         return halves["x"].t() if "x" in halves else self.field.merge(halves["y"].t(), halves["z"].t())
 
     def histories(self, x: Tensor, keep: bool = True) -> dict[str, Tensor]:
-        """Empty column-form histories ``(rows[h], features of h + 1, batch)`` for the halves h of
+        """New column-form histories ``(rows[h], features of h + 1, batch)`` for the halves h of
         the row-form ``x``, with ``x``'s in row 0 and a last feature of ones (it multiplies b).
         ``keep=False``: 2 rows per half, used in turn (row r is row ``r % 2``): a kick reads only
         the latest states."""

@@ -125,15 +125,14 @@ def _classifier(model: nn.Module) -> Any:
 
 
 def fit_classifier(
-    model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], learning: LearningParameters, steps_per_batch: int
+    model: nn.Module, features: Iterable[tuple[Tensor, Tensor]], learning: LearningParameters, steps_per_batch: int
 ) -> None:
-    """Fit ``model.classifier`` afresh to ``model.features`` of each batch (frozen),
+    """Fit ``model.classifier`` afresh to batches ``(model.features(x), y)`` (frozen: detached),
     ``steps_per_batch`` Adam iterations per batch at ``learning.lr`` and betas ``learning.momentum``,
     with ``learning.classifier_penalty`` (the H-DNN 2-D protocol, see ``learning.inner_steps``)."""
     betas = learning.momentum if isinstance(learning.momentum, tuple) else (0.9, 0.999)
-    classifier = _classifier(model)
-    features = ((cast(Any, model).features(x).detach(), y) for x, y in batches)  # frozen features
-    classifier.fit(features, steps_per_batch, learning.lr, betas, learning.classifier_penalty)
+    frozen = ((f.detach(), y) for f, y in features)
+    _classifier(model).fit(frozen, steps_per_batch, learning.lr, betas, learning.classifier_penalty)
 
 
 def epochs_for(learning: LearningParameters, train_size: int) -> int:
@@ -387,7 +386,8 @@ def _fit_locked(
             if learning.inner_steps and epoch == epochs:  # the classifier, refitted on all the data
                 model.eval()
                 refit = torch.Generator().manual_seed(seed * 100_003 + 2**41)
-                fit_classifier(model, _passes(train_set, learning.batch_size, epochs, refit, dev), learning, 1)
+                passes = _passes(train_set, learning.batch_size, epochs, refit, dev)
+                fit_classifier(model, ((cast(Any, model).features(x), y) for x, y in passes), learning, 1)
             scheduler.step()
             test = evaluate(model, test_set, dev, eval_batch_size, classes, ranks, options)
             entry.update(test_loss=test["loss"], test_accuracy=test["accuracy"])
@@ -466,11 +466,14 @@ def _train_epoch(
     bar = tqdm(total=len(batches), desc=f"epoch {epoch}/{epochs}", disable=not progress, leave=False)
     for i, (x, y, size) in enumerate(_training_batches(train_set, batches, generator, augmentation, device)):
         x = memory_format(x, options.channels_last)
-        if learning.inner_steps:
-            fit_classifier(model, [(x, y)], learning, learning.inner_steps)
         with autocast(device, options.amp):
             with SavedTensors() if i == 0 else contextlib.nullcontext() as memory:
-                out = trained(x)
+                if learning.inner_steps:  # a fresh classifier fitted to this batch's features first
+                    features = cast(Any, model).features(x)
+                    fit_classifier(model, [(features, y)], learning, learning.inner_steps)
+                    out = cast(Any, model).classifier(features)
+                else:
+                    out = trained(x)
             data_loss = distributed.weighted_cross_entropy(out, y, size, ranks)
         if memory is not None:
             saved = memory.megabytes
