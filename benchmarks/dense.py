@@ -13,7 +13,10 @@ with its default fused path (:mod:`contham.fused`) and with ``Backprop(higher_or
 operation). All start from the same weights, and their outputs are checked equal (float32
 rounding) before timing. Interleaved, median of --repeats.
 
-    python benchmarks/dense.py [--layers 64] [--batch 125]
+    python benchmarks/dense.py [--nf 4] [--layers 64] [--batch 125]
+
+``--nf 8 --layers 8 --batch 78400`` is the per-pixel state of the MNIST H-DNN (a batch of 100
+images of 28 x 28 pixels).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from torch import nn
 from contham import Backprop, HamiltonianBlock, HamiltonianField, SeparableField, TwoLayerField
 from contham.fields import j1_matrix
 
-NF, H = 4, 0.1
+H = 0.1
 
 
 class LoopH1(nn.Module):
@@ -35,11 +38,12 @@ class LoopH1(nn.Module):
 
     def __init__(self, block: HamiltonianBlock):
         super().__init__()
-        self.layers = nn.ModuleList(nn.Linear(NF, NF) for _ in range(block.n_steps))
+        nf = block.field.features
+        self.layers = nn.ModuleList(nn.Linear(nf, nf) for _ in range(block.n_steps))
         with torch.no_grad():
             for j, layer in enumerate(self.layers):
                 layer.weight.copy_(block.field.K[j]), layer.bias.copy_(block.field.b[j])
-        self.register_buffer("J", j1_matrix(NF))
+        self.register_buffer("J", j1_matrix(nf))
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         for layer in self.layers:
@@ -53,9 +57,9 @@ class LoopSplit(nn.Module):
     def __init__(self, block: HamiltonianBlock, names: tuple[str, str, str, str], order: str):
         super().__init__()
         k_y, b_y, k_z, b_z = names  # weights driving y (read z) and driving z (read y)
-        self.order = order
-        self.drive_y = nn.ModuleList(nn.Linear(NF // 2, NF // 2) for _ in range(block.n_steps))
-        self.drive_z = nn.ModuleList(nn.Linear(NF // 2, NF // 2) for _ in range(block.n_steps))
+        self.order, self.half = order, block.field.features // 2
+        self.drive_y = nn.ModuleList(nn.Linear(self.half, self.half) for _ in range(block.n_steps))
+        self.drive_z = nn.ModuleList(nn.Linear(self.half, self.half) for _ in range(block.n_steps))
         field = block.field
         with torch.no_grad():
             for j in range(block.n_steps):
@@ -63,7 +67,7 @@ class LoopSplit(nn.Module):
                 self.drive_z[j].weight.copy_(getattr(field, k_z)[j]), self.drive_z[j].bias.copy_(getattr(field, b_z)[j])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y, z = x[:, : NF // 2], x[:, NF // 2 :]
+        y, z = x[:, : self.half], x[:, self.half :]
         for ly, lz in zip(self.drive_y, self.drive_z):
             if self.order == "y":
                 y = y + H * torch.tanh(ly(z)) @ ly.weight
@@ -76,6 +80,7 @@ class LoopSplit(nn.Module):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nf", type=int, default=4, help="features (even)")
     parser.add_argument("--layers", type=int, default=64)
     parser.add_argument("--batch", type=int, default=125)
     parser.add_argument("--repeats", type=int, default=7)
@@ -83,9 +88,9 @@ def main() -> None:
     torch.manual_seed(0)
     layout = dict(n_nodes=args.layers, dt=H)
     blocks = {
-        "H1 (J1, Euler)": HamiltonianBlock(HamiltonianField(NF, "J1", "tanh", **layout)),
-        "two-layer (SE)": HamiltonianBlock(TwoLayerField(NF, "tanh", **layout)),
-        "separable (SE)": HamiltonianBlock(SeparableField(NF, "tanh", **layout)),
+        "H1 (J1, Euler)": HamiltonianBlock(HamiltonianField(args.nf, "J1", "tanh", **layout)),
+        "two-layer (SE)": HamiltonianBlock(TwoLayerField(args.nf, "tanh", **layout)),
+        "separable (SE)": HamiltonianBlock(SeparableField(args.nf, "tanh", **layout)),
     }
     step_by_step = Backprop(higher_order=True)
     unfused = {
@@ -96,8 +101,9 @@ def main() -> None:
         "two-layer (SE)": LoopSplit(blocks["two-layer (SE)"], ("K1", "b1", "K2", "b2"), "y"),
         "separable (SE)": LoopSplit(blocks["separable (SE)"], ("Kq", "bq", "Kp", "bp"), "z"),
     }
-    x = torch.randn(args.batch, NF)
-    print(f"torch {torch.__version__}, nf {NF}, {args.layers} layers, batch {args.batch}, median of {args.repeats}")
+    x = torch.randn(args.batch, args.nf)
+    print(f"torch {torch.__version__}, nf {args.nf}, {args.layers} layers, batch {args.batch}, ", end="")
+    print(f"median of {args.repeats}")
     print("| network | loop (ms) | contham step by step (ms) | contham (ms) | loop / step by step | loop / contham |")
     print("|---|---|---|---|---|---|")
     for name, block in blocks.items():
