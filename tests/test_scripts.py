@@ -80,10 +80,13 @@ def test_odenet_benchmark(tmp_path):
     assert "| ResNet-4 | - | - |" in out and "| ODENet tol=0.1 adjoint |" in out
 
 
-def test_dense_benchmark_checks_equal_outputs(tmp_path):
-    out = run_script("benchmarks/dense.py", "--layers", 8, "--batch", 5, "--repeats", 1)
-    assert out.count("x |") == 6 and all(
-        f"| {name} |" in out for name in ("H1 (J1, Euler)", "two-layer (SE)", "separable (SE)")
+@pytest.mark.parametrize("nf", [4, 8])
+def test_dense_benchmark_checks_equal_outputs(tmp_path, nf):
+    out = run_script("benchmarks/dense.py", "--nf", nf, "--layers", 8, "--batch", 5, "--repeats", 1)
+    assert (
+        f"nf {nf}, 8 layers" in out
+        and out.count("x |") == 6
+        and all(f"| {name} |" in out for name in ("H1 (J1, Euler)", "two-layer (SE)", "separable (SE)"))
     )
 
 
