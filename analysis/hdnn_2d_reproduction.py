@@ -16,7 +16,6 @@ after an interrupt. At the end a table of means over the seeds is printed (Markd
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import subprocess
 import sys
@@ -25,6 +24,7 @@ import time
 from pathlib import Path
 
 import torch
+from _sweep import resumable_sweep
 
 from contham.experiments import RunConfig
 from contham.experiments.drivers import parse_value
@@ -105,33 +105,23 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     settings = [(k, parse_value(v)) for k, _, v in (s.partition("=") for s in args.set)]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "hdnn_2d.csv"
-    rows = list(csv.DictReader(path.open())) if path.exists() else []
-    done = {(r["implementation"], r["dataset"], r["function"], r["layers"], r["seed"]) for r in rows}
     implementations = [args.label] + (["reference"] if args.reference else [])
-    with path.open("a", newline="") as file:
-        writer = csv.DictWriter(file, FIELDS, extrasaction="ignore")
-        if not rows:
-            writer.writeheader()
-        for layers in args.layers:
-            for dataset in args.datasets:
-                for function in args.functions:
-                    for seed in args.seeds:
-                        for implementation in implementations:  # side by side, alternating
-                            key = (implementation, dataset, function, str(layers), str(seed))
-                            if key in done:
-                                continue
-                            if implementation == "reference":
-                                result = reference_run(args.reference.resolve(), dataset, function, layers, seed)
-                            else:
-                                result = contham_run(dataset, function, layers, seed, settings)
-                            row = dict(zip(FIELDS, key)) | result
-                            writer.writerow(row)
-                            file.flush()
-                            rows.append(row)
-                            print(json.dumps(row), flush=True)
+    keys = [
+        (implementation, dataset, function, str(layers), str(seed))
+        for layers in args.layers
+        for dataset in args.datasets
+        for function in args.functions
+        for seed in args.seeds
+        for implementation in implementations  # side by side, alternating
+    ]
+
+    def one(key: tuple[str, ...]) -> dict:
+        implementation, dataset, function, layers, seed = key
+        if implementation == "reference":
+            return reference_run(args.reference.resolve(), dataset, function, int(layers), int(seed))
+        return contham_run(dataset, function, int(layers), int(seed), settings)
+
+    rows = resumable_sweep(Path(args.out) / "hdnn_2d.csv", FIELDS, keys, one)
     print(table(rows))
 
 

@@ -17,7 +17,6 @@ Markdown table is printed.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import subprocess
 import sys
@@ -26,6 +25,7 @@ import time
 from pathlib import Path
 
 import torch
+from _sweep import resumable_sweep
 
 from contham.experiments import RunConfig
 from contham.experiments.files import read_json
@@ -112,31 +112,21 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     root = str(Path(args.root).resolve())
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "hdnn_mnist.csv"
-    rows = list(csv.DictReader(path.open())) if path.exists() else []
-    done = {(r["implementation"], r["function"], r["seed"], r["epochs"]) for r in rows}
     implementations = ["contham"] + (["reference"] if args.reference else [])
-    with path.open("a", newline="") as file:
-        writer = csv.DictWriter(file, FIELDS)
-        if not rows:
-            writer.writeheader()
-        for function in args.functions:
-            for seed in args.seeds:
-                for implementation in implementations:
-                    key = (implementation, function, str(seed), str(args.epochs))
-                    if key in done:
-                        continue
-                    if implementation == "reference":
-                        result = reference_run(args.reference.resolve(), root, function, seed, args.epochs)
-                    else:
-                        result = contham_run(root, function, seed, args.epochs)
-                    row = dict(zip(FIELDS, key)) | result
-                    writer.writerow(row)
-                    file.flush()
-                    rows.append(row)
-                    print(json.dumps(row), flush=True)
+    keys = [
+        (implementation, function, str(seed), str(args.epochs))
+        for function in args.functions
+        for seed in args.seeds
+        for implementation in implementations
+    ]
+
+    def one(key: tuple[str, ...]) -> dict:
+        implementation, function, seed, epochs = key
+        if implementation == "reference":
+            return reference_run(args.reference.resolve(), root, function, int(seed), int(epochs))
+        return contham_run(root, function, int(seed), int(epochs))
+
+    rows = resumable_sweep(Path(args.out) / "hdnn_mnist.csv", FIELDS, keys, one)
     print(table(rows))
 
 

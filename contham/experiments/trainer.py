@@ -640,7 +640,6 @@ def run(
     (``wait``, ``restart`` and ``on_epoch`` as in :func:`fit`)."""
     config.validate()
     prepare_folder(run_dir)
-    assert config.preprocessing is not None and config.dataset is not None  # validate() resolved them
     train_set, test_set, shape = load_run_data(config)
     seed_everything(config.seed, config.deterministic)
     model = build(config.model, **shape, **config.model_options)
