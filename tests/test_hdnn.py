@@ -2,6 +2,8 @@
 layer equations (written out here in the papers' weight layout), parameter counts, the sparse H2
 mask, the classifier fit, and the 2-D protocol in the trainer."""
 
+import dataclasses
+import json
 import math
 
 import pytest
@@ -10,6 +12,7 @@ import torch.nn.functional as F
 
 from contham.data import point_set, points
 from contham.experiments import RunConfig
+from contham.experiments.runconfig import HDNN_2D_LEARNING, HDNN_MNIST_LEARNING, PROTOCOLS
 from contham.experiments.trainer import make_optimizer, run
 from contham.models import build, count_parameters
 from contham.models.hdnn import FUNCTIONS, HDNN2d, HDNNMnist, LinearClassifier
@@ -264,6 +267,34 @@ def test_the_2d_protocol_trains_the_hdnn_and_refits_the_classifier(tmp_path):
     assert state["classifier.W"].abs().sum() > 0  # the refitted classifier is saved
 
 
+def test_the_end_to_end_protocol_trains_the_classifier_with_the_hdnn(tmp_path):
+    config = RunConfig(model="hdnn_2d", dataset="double_moons", learning="hdnn_2d_end_to_end", epochs=10,
+                       data_size=1000, device="cpu")  # fmt: skip
+    config.set("n_layers", 4)
+    assert config.learning == dataclasses.replace(
+        HDNN_2D_LEARNING, training_steps_max=6400, lr=0.01, lr_decay_at=[100, 150], inner_steps=0,
+        classifier_penalty=0.0,
+    )  # fmt: skip
+    model = build("hdnn_2d", in_channels=2, num_classes=2, n_layers=4)
+    optimizer_params = {id(p) for group in make_optimizer(model, config.learning).param_groups for p in group["params"]}
+    assert optimizer_params == {id(p) for p in model.parameters()}
+    metrics = run(config, tmp_path / "run", progress=False)
+    assert metrics["status"] == "finished" and metrics["test_accuracy"] > 0.85
+
+
+def test_protocols_are_chosen_by_name():
+    config = RunConfig(model="hdnn_2d")
+    config.set("learning", "hdnn_2d_end_to_end")
+    config.set("learning.lr", 0.02)  # on top of the named protocol
+    assert config.learning == dataclasses.replace(PROTOCOLS["hdnn_2d_end_to_end"], lr=0.02)
+    assert PROTOCOLS["hdnn_2d_end_to_end"].lr == 0.01  # a copy was changed, not the protocol
+    assert RunConfig.from_dict({"model": "hdnn_mnist", "learning": "hdnn_mnist"}).learning == HDNN_MNIST_LEARNING
+    with pytest.raises(ValueError, match="learning must be one of 'thesis', 'hdnn_2d', 'hdnn_2d_end_to_end'"):
+        config.set("learning", "fast")
+    with pytest.raises(ValueError, match="learning must be one of .*; got 3"):
+        RunConfig(model="hdnn_2d", learning=3)
+
+
 def test_the_2d_protocol_needs_a_network_with_a_classifier(tmp_path):
     config = RunConfig(model="thesis_resnet2", epochs=1, max_batches=1, device="cpu")
     config.set("learning.inner_steps", 2)
@@ -289,7 +320,10 @@ def test_cli_trains_and_plots_a_2d_run(tmp_path):
     from contham.experiments.cli import main
 
     out = tmp_path / "run"
-    args = ["train", "hdnn_2d", "dataset=double_moons", "data_size=400", "n_layers=4", "epochs=1", "--quiet"]
+    args = ["train", "hdnn_2d", "dataset=double_moons", "data_size=400", "n_layers=4", "epochs=1",
+            "learning=hdnn_2d_end_to_end", "learning.lr=0.02", "--quiet"]  # fmt: skip
     assert main([*args, "--out", str(out)]) == 0
+    learning = json.loads((out / "config.json").read_text())["learning"]
+    assert learning["inner_steps"] == 0 and learning["lr"] == 0.02 and learning["training_steps_max"] == 6400
     assert main(["plot", str(out)]) == 0
     assert (out / "points_2d.png").stat().st_size > 10_000
