@@ -224,7 +224,7 @@ class RunConfig(Parameters):
             self.learning = protocol(value)
         elif key.startswith("learning."):
             self.learning = dataclasses.replace(self.learning, **{key.split(".", 1)[1]: value})
-        elif key in {f.name for f in dataclasses.fields(self)} and key != "learning":
+        elif key in {f.name for f in dataclasses.fields(self)}:
             setattr(self, key, value)
         else:
             model_key = key.removeprefix("model.")
