@@ -15,6 +15,8 @@ def test_list(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     assert "thesis_odenet [thesis]" in out and "nominal [report]" in out and "datasets: mnist" in out
+    assert "point sets (hdnn_2d): swiss_roll, double_circles, double_moons" in out
+    assert "protocols (learning=<name>): thesis, hdnn_2d, hdnn_2d_end_to_end, hdnn_mnist" in out
 
 
 def test_train_then_plot(tmp_path, capsys):

@@ -25,7 +25,7 @@ from .drivers import Executor, Sequential, compare, format_table, grid, parse_mo
 from .files import RunBusy, load_checkpoint, read_json
 from .plots import plot_confusion, plot_curves, plot_feature_maps, plot_gradient_norms, plot_grid, plot_points_2d
 from .ray_runner import RayRunner
-from .runconfig import RunConfig
+from .runconfig import PROTOCOLS, RunConfig
 from .trainer import load_run_data, run
 
 DEFAULT_MODELS = ("thesis_resnet2", "thesis_odenet", "thesis_hamiltonian")
@@ -217,6 +217,8 @@ def cmd_list(args: argparse.Namespace) -> None:
     for name in available():
         print(describe(name))
     print("datasets: " + ", ".join(DATASETS))
+    print("point sets (hdnn_2d): " + ", ".join(POINT_SETS))
+    print("protocols (learning=<name>): " + ", ".join(PROTOCOLS))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -225,7 +227,9 @@ def parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train one network: a name from 'contham list' or a YAML/JSON run config")
     train.add_argument("target", help="network name or run config file")
-    train.add_argument("overrides", nargs="*", help="key=value: run fields, learning.<field>, network options")
+    train.add_argument(
+        "overrides", nargs="*", help="key=value: run fields, learning=<protocol>, learning.<field>, network options"
+    )
     train.add_argument("--out", help="results folder (default runs/train/<target,overrides>)")
     train.set_defaults(run=cmd_train)
 
