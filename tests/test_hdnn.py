@@ -1,6 +1,6 @@
 """The H-DNN experiments: point sets, the hdnn_2d / hdnn_mnist networks against the papers'
 layer equations (written out here in the papers' weight layout), parameter counts, the sparse H2
-mask, the classifier fit, and the 2-D protocol in the trainer."""
+mask, the classifier fit, and the 2-D protocols (the papers', end to end) in the trainer."""
 
 import dataclasses
 import json

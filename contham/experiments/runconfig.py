@@ -77,7 +77,7 @@ HDNN_2D_END_TO_END = dataclasses.replace(
 )
 """contham's best protocol for the 2-D H-DNNs: the network and its classifier trained together
 by one Adam, lr 0.01 halved after epochs 100 and 150, 200 epochs, batches of 125, the papers'
-smoothness (alpha 5e-4 on half norms). At 64 layers and the papers' nf 4 it reaches 99 % test
+smoothness penalty (alpha 2.5e-4, as above). At 64 layers and the papers' nf 4 it reaches 99 % test
 accuracy on every seed tried for MS3, H1_J1 and H2 on both point sets (docs/hdnn.md)."""
 
 PROTOCOLS = {
