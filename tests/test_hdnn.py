@@ -252,7 +252,15 @@ def test_two_class_logits_give_the_binary_cross_entropy():
     )
 
 
-def test_the_2d_protocol_trains_the_hdnn_and_refits_the_classifier(tmp_path):
+def test_the_2d_protocol_trains_the_hdnn_and_refits_the_classifier(tmp_path, monkeypatch):
+    calls = []  # (training mode, grad enabled, rows) of every features computation
+    features = HDNN2d.features
+
+    def counted(self, x):
+        calls.append((self.training, torch.is_grad_enabled(), len(x)))
+        return features(self, x)
+
+    monkeypatch.setattr(HDNN2d, "features", counted)
     assert RunConfig(model="hdnn_2d").dataset == "swiss_roll"
     config = RunConfig(model="hdnn_2d", dataset="double_moons", epochs=3, data_size=1000, device="cpu")
     config.set("n_layers", 4)
@@ -265,6 +273,10 @@ def test_the_2d_protocol_trains_the_hdnn_and_refits_the_classifier(tmp_path):
     assert metrics["test_accuracy"] > 0.85
     state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["model"]
     assert state["classifier.W"].abs().sum() > 0  # the refitted classifier is saved
+    # each epoch: 4 batches of 125 with the graph, then the 500 test points without; after the last
+    # epoch the frozen features of the 500 training points, once for the 3 passes of the refit
+    train, frozen = [(True, True, 125)] * 4, [(False, False, 500)]
+    assert calls == (train + frozen) * 2 + train + frozen + frozen
 
 
 def test_the_end_to_end_protocol_trains_the_classifier_with_the_hdnn(tmp_path):

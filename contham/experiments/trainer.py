@@ -156,20 +156,12 @@ def evaluate(
     ranks = ranks or Ranks()
     options = options or Accelerator()
     model.eval()
-    mine = distributed.shard_indices(len(cast(Sized, dataset)), ranks)
-    tensors = tensors_of(dataset)
-    if isinstance(dataset, ImageSet):
-        batches: Iterable[tuple[Tensor, Tensor]] = (dataset.batch(part, device) for part in mine.split(batch_size))
-    elif tensors is not None:
-        batches = ((tensors[0][part], tensors[1][part]) for part in mine.split(batch_size))
-    else:
-        batches = DataLoader(Subset(dataset, mine.tolist()) if ranks.distributed else dataset, batch_size)
     classes = num_classes or 1
     sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss, correct
     total = 0
     confusion = torch.zeros(classes * classes, dtype=torch.long, device=device)
-    for x, y in batches:
-        x, y = memory_format(x.to(device, non_blocking=True), options.channels_last), y.to(device, non_blocking=True)
+    for x, y in _in_order(dataset, batch_size, device, ranks):
+        x = memory_format(x, options.channels_last)
         with autocast(device, options.amp):
             out = model(x)
         predicted = out.argmax(1)
@@ -182,6 +174,21 @@ def evaluate(
     if num_classes:
         result["confusion"] = distributed.all_reduce_sum(confusion, ranks).view(classes, classes).tolist()
     return result
+
+
+def _in_order(dataset: Dataset, batch_size: int, device: torch.device, ranks: Ranks) -> Iterator[tuple[Tensor, Tensor]]:
+    """This rank's share of ``dataset`` in order, in batches of ``batch_size``, on ``device``, with
+    no augmentation."""
+    mine = distributed.shard_indices(len(cast(Sized, dataset)), ranks)
+    tensors = tensors_of(dataset)
+    if isinstance(dataset, ImageSet):
+        batches: Iterable[tuple[Tensor, Tensor]] = (dataset.batch(part, device) for part in mine.split(batch_size))
+    elif tensors is not None:
+        batches = ((tensors[0][part], tensors[1][part]) for part in mine.split(batch_size))
+    else:
+        batches = DataLoader(Subset(dataset, mine.tolist()) if ranks.distributed else dataset, batch_size)
+    for x, y in batches:
+        yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
 
 def fit(
@@ -384,10 +391,9 @@ def _fit_locked(
                 metrics.update(status="diverged", diverged_epoch=epoch, diverged_loss=entry["train_loss"])
                 break
             if learning.inner_steps and epoch == epochs:  # the classifier, refitted on all the data
-                model.eval()
                 refit = torch.Generator().manual_seed(seed * 100_003 + 2**41)
-                passes = _passes(train_set, learning.batch_size, epochs, refit, dev)
-                fit_classifier(model, ((cast(Any, model).features(x), y) for x, y in passes), learning, 1)
+                features = _frozen_features(model, train_set, eval_batch_size, dev)
+                fit_classifier(model, _passes(*features, learning.batch_size, epochs, refit), learning, 1)
             scheduler.step()
             test = evaluate(model, test_set, dev, eval_batch_size, classes, ranks, options)
             entry.update(test_loss=test["loss"], test_accuracy=test["accuracy"])
@@ -554,15 +560,25 @@ def _training_batches(
         yield x.to(device, non_blocking=True), y.to(device, non_blocking=True), size
 
 
+@torch.no_grad()
+def _frozen_features(
+    model: nn.Module, train_set: Dataset, batch_size: int, device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """``(model.features(x), y)`` of the whole training set (un-augmented, in eval mode), computed
+    once for the final refit of the classifier: n x nf numbers."""
+    model.eval()
+    parts = [(cast(Any, model).features(x), y) for x, y in _in_order(train_set, batch_size, device, Ranks())]
+    return torch.cat([f for f, _ in parts]), torch.cat([y for _, y in parts])
+
+
 def _passes(
-    train_set: Dataset, batch_size: int, epochs: int, generator: torch.Generator, device: torch.device
+    features: Tensor, labels: Tensor, batch_size: int, epochs: int, generator: torch.Generator
 ) -> Iterator[tuple[Tensor, Tensor]]:
-    """``epochs`` shuffled passes over ``train_set`` in batches of ``batch_size`` (one process)."""
-    n = len(cast(Sized, train_set))
+    """``epochs`` shuffled passes over ``(features, labels)`` in batches of ``batch_size``."""
     for _ in range(epochs):
-        batches = GlobalBatches(n, batch_size, generator, Ranks())
-        for x, y, _ in _training_batches(train_set, batches, generator, generator, device):
-            yield x, y
+        for batch in GlobalBatches(len(labels), batch_size, generator, Ranks()):
+            rows = torch.tensor(batch, device=labels.device)
+            yield features[rows], labels[rows]
 
 
 def summarize(history: list[dict[str, Any]]) -> dict[str, Any]:
