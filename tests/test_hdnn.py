@@ -5,10 +5,12 @@ mask, the classifier fit, and the 2-D protocols (the papers', end to end) in the
 import dataclasses
 import json
 import math
+import warnings
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch._dynamo import register_backend
 
 from contham.data import point_set, points
 from contham.experiments import RunConfig
@@ -277,6 +279,30 @@ def test_the_2d_protocol_trains_the_hdnn_and_refits_the_classifier(tmp_path, mon
     # epoch the frozen features of the 500 training points, once for the 3 passes of the refit
     train, frozen = [(True, True, 125)] * 4, [(False, False, 500)]
     assert calls == (train + frozen) * 2 + train + frozen + frozen
+
+
+@register_backend
+def contham_test_refusing_backend(graph, example_inputs):
+    raise RuntimeError("this backend compiles nothing")
+
+
+def test_the_2d_protocol_compiles_the_features(tmp_path):
+    """With inner fits the trainer runs ``model.features`` itself; ``compile`` must reach it."""
+
+    def train(name, **options):
+        config = RunConfig(model="hdnn_2d", dataset="double_moons", epochs=2, data_size=500, device="cpu", **options)
+        config.set("n_layers", 4)
+        return run(config, tmp_path / name, progress=False)
+
+    eager = train("eager")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fallback = train("fallback", compile="contham_test_refusing_backend")
+    messages = [str(w.message) for w in caught if "torch.compile failed" in str(w.message)]
+    assert len(messages) == 1 and "failed for Features" in messages[0] and "compiles nothing" in messages[0]
+    assert fallback["train_loss"] == eager["train_loss"] and fallback["test_accuracy"] == eager["test_accuracy"]
+    compiled = train("compiled", compile="aot_eager")
+    assert compiled["train_loss"] == pytest.approx(eager["train_loss"], rel=1e-4)
 
 
 def test_the_end_to_end_protocol_trains_the_classifier_with_the_hdnn(tmp_path):

@@ -365,7 +365,8 @@ def _fit_locked(
     else:
         seed_everything(seed)
     distributed.barrier(ranks)  # every rank has read the folder before rank 0 writes to it
-    trained = distributed.wrap(model, dev, ranks)
+    # what the batches run through: the network, or (inner fits) its features, which the fits read
+    trained = Features(model) if learning.inner_steps else distributed.wrap(model, dev, ranks)
     if options.compile:
         trained = CompiledOrEager(trained, options.compile)
     metrics: dict[str, Any] = {"status": "running", "epochs": epochs, "parameters": count_parameters(model)}
@@ -457,7 +458,8 @@ def _train_epoch(
     options: Accelerator,
     scaler: torch.amp.GradScaler | None,
 ) -> dict[str, Any]:
-    """One epoch; ``trained`` is ``model`` or its DDP or compiled wrapper. One host sync per batch
+    """One epoch; ``trained`` is ``model`` or its DDP or compiled wrapper (with
+    ``learning.inner_steps``: ``model.features``, compiled or not). One host sync per batch
     (the batch's summed loss, correct predictions and penalty, reduced over the ranks), and one
     more in the fp16 gradient scaler's step."""
     trained.train()
@@ -475,7 +477,7 @@ def _train_epoch(
         with autocast(device, options.amp):
             with SavedTensors() if i == 0 else contextlib.nullcontext() as memory:
                 if learning.inner_steps:  # a fresh classifier fitted to this batch's features first
-                    features = cast(Any, model).features(x)
+                    features = trained(x)
                     fit_classifier(model, [(features, y)], learning, learning.inner_steps)
                     out = cast(Any, model).classifier(features)
                 else:
@@ -558,6 +560,17 @@ def _training_batches(
     loader = DataLoader(train_set, batch_sampler=batches, generator=generator)  # the order of shuffle=True
     for (x, y), size in zip(loader, batches.global_sizes):
         yield x.to(device, non_blocking=True), y.to(device, non_blocking=True), size
+
+
+class Features(nn.Module):
+    """``model.features`` as a module, to be compiled like a network."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        return cast(Any, self.model).features(x)
 
 
 @torch.no_grad()
