@@ -130,6 +130,33 @@ def test_hdnn_reproduction_writes_resumes_and_tabulates(tmp_path):
     assert not any(line.startswith("{") for line in again.splitlines()) and len(rows(tmp_path / "hdnn_2d.csv")) == 4
 
 
+def test_hdnn_statistics_tests_each_case_over_the_seeds_of_all_files(tmp_path):
+    fields = "implementation,dataset,function,layers,seed,test_accuracy,seconds"
+
+    def write(name, lines):
+        (tmp_path / name).write_text("\n".join([fields, *lines]) + "\n")
+
+    # swiss roll: contham above on all 5 seeds (exact Mann-Whitney p = 2 / C(10, 5) = 0.0079);
+    # double circles: the same accuracies in both codes (p = 1); seeds 1-2 in one file, 2-5 in the other
+    levels = {("swiss_roll", "contham"): 0.9, ("swiss_roll", "reference"): 0.8}
+
+    def lines(seeds):
+        return [f"{code},{dataset},H1_J1,16,{seed},{levels.get((dataset, code), 0.7) + seed / 100},1.0"
+                for dataset in ("swiss_roll", "double_circles") for code in ("contham", "reference")
+                for seed in seeds]  # fmt: skip
+
+    first, second = lines([1, 2]), lines([2, 3, 4, 5])
+    write("a.csv", first)
+    write("b.csv", second)  # seed 2 again: counted once
+    out = run_script("analysis/hdnn_2d_statistics.py", tmp_path / "a.csv", tmp_path / "b.csv")
+    assert "| swiss_roll | 16 | H1_J1 | 5 | 93.0 | 83.0 | 93.0 | 83.0 | 0.0079 |" in out
+    assert "| double_circles | 16 | H1_J1 | 5 | 73.0 | 73.0 | 73.0 | 73.0 | 1 | 1 |" in out
+    assert "contham's mean >= reference's in 2 of 2 cases; Mann-Whitney p < 0.05: 1 above, 0 below." in out
+    bad = subprocess.run([sys.executable, str(ROOT / "analysis/hdnn_2d_statistics.py"), str(tmp_path / "a.csv"),
+                          "--second", "papers"], capture_output=True, text=True)  # fmt: skip
+    assert bad.returncode == 2 and "--second must be one of ['contham', 'reference']; got 'papers'" in bad.stderr
+
+
 def test_hdnn_mnist_reproduction_runs_both_codes_and_resumes(tiny_mnist, tmp_path):
     # a stand-in for the papers' checkout with run_MNIST.py's interface: Net, train, test
     examples = tmp_path / "reference" / "examples"

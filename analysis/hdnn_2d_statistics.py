@@ -1,0 +1,81 @@
+"""Two implementations of the H-DNN 2-D experiments compared case by case over their seeds: the
+mean and median test accuracy of each, and two-sided tests of the difference, Mann-Whitney U and
+Welch's t (scipy.stats). Reads any number of CSVs written by hdnn_2d_reproduction.py (for example
+seeds 1-3 in one and seeds 4-10 in another); a row repeated across files counts once.
+
+    python analysis/hdnn_2d_statistics.py docs/results/hdnn_2d.csv docs/results/hdnn_2d_seeds_4_to_10.csv
+        [--first contham] [--second reference] [--level 0.05]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+from pathlib import Path
+
+from scipy.stats import mannwhitneyu, ttest_ind
+
+Case = tuple[str, int, str]  # dataset, layers, function
+
+
+def accuracies(paths: list[Path]) -> dict[Case, dict[str, dict[int, float]]]:
+    """Test accuracy (%) per case, implementation and seed; rows without an accuracy are skipped."""
+    cases: dict[Case, dict[str, dict[int, float]]] = {}
+    for path in paths:
+        with path.open() as file:
+            for row in csv.DictReader(file):
+                if row["test_accuracy"] != "":
+                    case = (row["dataset"], int(row["layers"]), row["function"])
+                    seeds = cases.setdefault(case, {}).setdefault(row["implementation"], {})
+                    seeds[int(row["seed"])] = 100 * float(row["test_accuracy"])
+    return cases
+
+
+def compare(cases: dict[Case, dict[str, dict[int, float]]], first: str, second: str, level: float) -> str:
+    """Markdown: one line per case both implementations ran on at least two seeds, then a count."""
+    lines = [
+        f"| dataset | layers | function | seeds | {first} mean | {second} mean | {first} median | {second} median "
+        "| Mann-Whitney p | Welch p |",
+        "|---" * 10 + "|",
+    ]
+    above = below = significant_above = significant_below = 0
+    for (dataset, layers, function), runs in sorted(cases.items()):
+        a, b = list(runs.get(first, {}).values()), list(runs.get(second, {}).values())
+        if len(a) < 2 or len(b) < 2:
+            continue
+        u = mannwhitneyu(a, b, alternative="two-sided").pvalue
+        t = ttest_ind(a, b, equal_var=False).pvalue
+        mean_a, mean_b = statistics.mean(a), statistics.mean(b)
+        above, below = above + (mean_a >= mean_b), below + (mean_a < mean_b)
+        significant_above += mean_a > mean_b and u < level
+        significant_below += mean_a < mean_b and u < level
+        seeds = f"{len(a)}" if len(a) == len(b) else f"{len(a)} / {len(b)}"
+        lines.append(
+            f"| {dataset} | {layers} | {function} | {seeds} | {mean_a:.1f} | {mean_b:.1f} "
+            f"| {statistics.median(a):.1f} | {statistics.median(b):.1f} | {u:.2g} | {t:.2g} |"
+        )
+    lines.append(
+        f"\n{first}'s mean >= {second}'s in {above} of {above + below} cases; "
+        f"Mann-Whitney p < {level}: {significant_above} above, {significant_below} below."
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("csv", nargs="+", type=Path, help="hdnn_2d.csv files of hdnn_2d_reproduction.py")
+    parser.add_argument("--first", default="contham", help="implementation label (default contham)")
+    parser.add_argument("--second", default="reference", help="implementation label (default reference)")
+    parser.add_argument("--level", type=float, default=0.05, help="significance level of the count")
+    args = parser.parse_args(argv)
+    cases = accuracies(args.csv)
+    labels = sorted({label for runs in cases.values() for label in runs})
+    for name in ("first", "second"):
+        if getattr(args, name) not in labels:
+            parser.error(f"--{name} must be one of {labels}; got {getattr(args, name)!r}")
+    print(compare(cases, args.first, args.second, args.level))
+
+
+if __name__ == "__main__":
+    main()
