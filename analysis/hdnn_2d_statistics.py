@@ -39,7 +39,7 @@ def compare(cases: dict[Case, dict[str, dict[int, float]]], first: str, second: 
         "| Mann-Whitney p | Welch p |",
         "|---" * 10 + "|",
     ]
-    above = below = significant_above = significant_below = 0
+    compared = above = significant_above = significant_below = 0
     for (dataset, layers, function), runs in sorted(cases.items()):
         a, b = list(runs.get(first, {}).values()), list(runs.get(second, {}).values())
         if len(a) < 2 or len(b) < 2:
@@ -47,7 +47,7 @@ def compare(cases: dict[Case, dict[str, dict[int, float]]], first: str, second: 
         u = mannwhitneyu(a, b, alternative="two-sided").pvalue
         t = ttest_ind(a, b, equal_var=False).pvalue
         mean_a, mean_b = statistics.mean(a), statistics.mean(b)
-        above, below = above + (mean_a >= mean_b), below + (mean_a < mean_b)
+        compared, above = compared + 1, above + (mean_a >= mean_b)
         significant_above += mean_a > mean_b and u < level
         significant_below += mean_a < mean_b and u < level
         seeds = f"{len(a)}" if len(a) == len(b) else f"{len(a)} / {len(b)}"
@@ -56,7 +56,7 @@ def compare(cases: dict[Case, dict[str, dict[int, float]]], first: str, second: 
             f"| {statistics.median(a):.1f} | {statistics.median(b):.1f} | {u:.2g} | {t:.2g} |"
         )
     lines.append(
-        f"\n{first}'s mean >= {second}'s in {above} of {above + below} cases; "
+        f"\n{first}'s mean >= {second}'s in {above} of {compared} cases; "
         f"Mann-Whitney p < {level}: {significant_above} above, {significant_below} below."
     )
     return "\n".join(lines)

@@ -102,8 +102,9 @@ def main() -> None:
         "separable (SE)": LoopSplit(blocks["separable (SE)"], ("Kq", "bq", "Kp", "bp"), "z"),
     }
     x = torch.randn(args.batch, args.nf)
-    print(f"torch {torch.__version__}, nf {args.nf}, {args.layers} layers, batch {args.batch}, ", end="")
-    print(f"median of {args.repeats}")
+    print(
+        f"torch {torch.__version__}, nf {args.nf}, {args.layers} layers, batch {args.batch}, median of {args.repeats}"
+    )
     print("| network | loop (ms) | contham step by step (ms) | contham (ms) | loop / step by step | loop / contham |")
     print("|---|---|---|---|---|---|")
     for name, block in blocks.items():

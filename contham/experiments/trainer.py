@@ -580,7 +580,8 @@ def _frozen_features(
     """``(model.features(x), y)`` of the whole training set (un-augmented, in eval mode), computed
     once for the final refit of the classifier: n x nf numbers."""
     model.eval()
-    parts = [(cast(Any, model).features(x), y) for x, y in _in_order(train_set, batch_size, device, Ranks())]
+    features = Features(model)
+    parts = [(features(x), y) for x, y in _in_order(train_set, batch_size, device, Ranks())]
     return torch.cat([f for f, _ in parts]), torch.cat([y for _, y in parts])
 
 
@@ -589,8 +590,8 @@ def _passes(
 ) -> Iterator[tuple[Tensor, Tensor]]:
     """``epochs`` shuffled passes over ``(features, labels)`` in batches of ``batch_size``."""
     for _ in range(epochs):
-        for batch in GlobalBatches(len(labels), batch_size, generator, Ranks()):
-            rows = torch.tensor(batch, device=labels.device)
+        for rows, _ in GlobalBatches(len(labels), batch_size, generator, Ranks()).shards():
+            rows = rows.to(labels.device)
             yield features[rows], labels[rows]
 
 
