@@ -3,8 +3,12 @@ mean and median test accuracy of each, and two-sided tests of the difference, Ma
 Welch's t (scipy.stats). Reads any number of CSVs written by hdnn_2d_reproduction.py (for example
 seeds 1-3 in one and seeds 4-10 in another); a row repeated across files counts once.
 
+``--paired``: the two implementations' runs of one seed start from the same draws (a code and its
+copy with nudged initial weights, ``hdnn_2d_reproduction.py --nudge``), so the script also sums up
+the change of each run from one to the other.
+
     python analysis/hdnn_2d_statistics.py docs/results/hdnn_2d.csv docs/results/hdnn_2d_seeds_4_to_10.csv
-        [--first contham] [--second reference] [--level 0.05]
+        [--first contham] [--second reference] [--level 0.05] [--paired]
 """
 
 from __future__ import annotations
@@ -62,12 +66,32 @@ def compare(cases: dict[Case, dict[str, dict[int, float]]], first: str, second: 
     return "\n".join(lines)
 
 
+def paired_changes(cases: dict[Case, dict[str, dict[int, float]]], first: str, second: str) -> str:
+    """One line on the runs of the same case and seed in both implementations: how many changed
+    accuracy from ``second`` to ``first``, and by how many points."""
+    changes = [
+        runs[first][seed] - runs[second][seed]
+        for runs in cases.values()
+        for seed in sorted(set(runs.get(first, {})) & set(runs.get(second, {})))
+    ]
+    if not changes:
+        return "No case and seed ran in both."
+    sizes = [abs(change) for change in changes]
+    return (
+        f"Same case and seed in both: {len(changes)} runs; the accuracy changed in "
+        f"{sum(size > 0 for size in sizes)} ({sum(c > 0 for c in changes)} up, {sum(c < 0 for c in changes)} down); "
+        f"|change| median {statistics.median(sizes):.2f}, mean {statistics.mean(sizes):.2f}, "
+        f"largest {max(sizes):.2f} points."
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("csv", nargs="+", type=Path, help="hdnn_2d.csv files of hdnn_2d_reproduction.py")
     parser.add_argument("--first", default="contham", help="implementation label (default contham)")
     parser.add_argument("--second", default="reference", help="implementation label (default reference)")
     parser.add_argument("--level", type=float, default=0.05, help="significance level of the count")
+    parser.add_argument("--paired", action="store_true", help="the runs of a seed share their draws (--nudge)")
     args = parser.parse_args(argv)
     cases = accuracies(args.csv)
     labels = sorted({label for runs in cases.values() for label in runs})
@@ -75,6 +99,8 @@ def main(argv: list[str] | None = None) -> None:
         if getattr(args, name) not in labels:
             parser.error(f"--{name} must be one of {labels}; got {getattr(args, name)!r}")
     print(compare(cases, args.first, args.second, args.level))
+    if args.paired:
+        print(paired_changes(cases, args.first, args.second))
 
 
 if __name__ == "__main__":

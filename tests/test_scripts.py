@@ -1,11 +1,14 @@
 """The analysis and benchmark scripts run end to end on tiny settings and write what they promise."""
 
 import csv
+import importlib
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
+from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -130,6 +133,41 @@ def test_hdnn_reproduction_writes_resumes_and_tabulates(tmp_path):
     assert not any(line.startswith("{") for line in again.splitlines()) and len(rows(tmp_path / "hdnn_2d.csv")) == 4
 
 
+def test_hdnn_reproduction_nudges_both_codes_and_equals_contham_run_without(tmp_path):
+    from contham.experiments import RunConfig
+    from contham.experiments.trainer import run
+
+    args = ["--out", tmp_path, "--datasets", "swiss_roll", "--functions", "H1_J1", "--layers", 2, "--seeds", 1,
+            "--set", "learning.training_steps_max=8", "data_size=400"]  # fmt: skip
+    run_script("analysis/hdnn_2d_reproduction.py", *args)
+    out = run_script("analysis/hdnn_2d_reproduction.py", *args, "--nudge", 3)
+    assert [r["implementation"] for r in rows(tmp_path / "hdnn_2d.csv")] == ["contham", "contham+3ulp"]
+    assert "| swiss_roll | 2 | H1_J1 |" in out and " contham+3ulp | mean | s |" in out
+    config = RunConfig(model="hdnn_2d", dataset="swiss_roll", seed=1, device="cpu", data_size=400,
+                       model_options=dict(nf=4, t_end=1.2, n_layers=2, function="H1_J1"))  # fmt: skip
+    config.set("learning.training_steps_max", 8)
+    plain = run(config, tmp_path / "run", progress=False)["test_accuracy"]
+    assert float(rows(tmp_path / "hdnn_2d.csv")[0]["test_accuracy"]) == pytest.approx(plain, abs=1e-12)
+    bad = subprocess.run([sys.executable, str(ROOT / "analysis/hdnn_2d_reproduction.py"), *map(str, args), "--nudge",
+                          "-1"], capture_output=True, text=True)  # fmt: skip
+    assert bad.returncode == 2 and "--nudge must be a number of ulps >= 0; got -1" in bad.stderr
+
+
+def test_the_nudge_moves_every_nonzero_weight_by_whole_ulps_towards_infinity(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "analysis"))
+    nudge = importlib.import_module("hdnn_2d_reproduction").nudge
+    network = nn.Linear(4, 3)
+    with torch.no_grad():
+        network.weight[0, 0] = 0.0  # a masked entry: stays zero
+    before = [weight.detach().clone() for weight in network.parameters()]
+    nudge(network, 2)
+    for old, new in zip(before, network.parameters()):
+        # float32 bit patterns are ordered like the values for positive numbers, reversed for negative ones
+        steps = (new.detach().view(torch.int32).long() - old.view(torch.int32).long()) * old.sign().long()
+        assert torch.equal(steps, 2 * old.ne(0).long())
+        assert (new[old == 0] == 0).all() and (new > old).eq(old != 0).all()
+
+
 def test_hdnn_statistics_tests_each_case_over_the_seeds_of_all_files(tmp_path):
     fields = "implementation,dataset,function,layers,seed,test_accuracy,seconds"
 
@@ -152,6 +190,10 @@ def test_hdnn_statistics_tests_each_case_over_the_seeds_of_all_files(tmp_path):
     assert "| swiss_roll | 16 | H1_J1 | 5 | 93.0 | 83.0 | 93.0 | 83.0 | 0.0079 |" in out
     assert "| double_circles | 16 | H1_J1 | 5 | 73.0 | 73.0 | 73.0 | 73.0 | 1 | 1 |" in out
     assert "contham's mean >= reference's in 2 of 2 cases; Mann-Whitney p < 0.05: 1 above, 0 below." in out
+    assert "Same case and seed" not in out
+    paired = run_script("analysis/hdnn_2d_statistics.py", tmp_path / "a.csv", tmp_path / "b.csv", "--paired")
+    assert ("Same case and seed in both: 10 runs; the accuracy changed in 5 (5 up, 0 down); |change| median 5.00, "
+            "mean 5.00, largest 10.00 points.") in paired  # fmt: skip
     bad = subprocess.run([sys.executable, str(ROOT / "analysis/hdnn_2d_statistics.py"), str(tmp_path / "a.csv"),
                           "--second", "papers"], capture_output=True, text=True)  # fmt: skip
     assert bad.returncode == 2 and "--second must be one of ['contham', 'reference']; got 'papers'" in bad.stderr
