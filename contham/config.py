@@ -44,6 +44,7 @@ from ._checks import (
     check_probability,
 )
 from .fields import ACTIVATIONS, field_entry, field_names
+from .regularization import SMOOTHED
 from .solvers import SOLVERS, FixedStepSolver, SplitSolver, get_solver
 
 HAMILTONIANS = field_names()
@@ -325,6 +326,9 @@ class LearningParameters(Parameters):
             :func:`contham.regularization.smoothness`).
         b_in_reg: include the biases b in the regularisation.
         h_div: divide the differences between layers by h.
+        smoothness_of: "parameters" (the report's) or "K" (the H-DNN papers': the K of
+            ``J K^T sigma(K y + b)``, which differs for MS1 and MS2), see
+            :func:`contham.regularization.smoothness`.
         optimiser: "SGD" or "Adam"; momentum: SGD's momentum, or Adam's ``(beta1, beta2)``.
         crop_and_flip: random crop (after zero padding) and horizontal flip of training images.
         inner_steps: 0, or the H-DNN papers' 2-D protocol for a network with a ``classifier``
@@ -345,6 +349,7 @@ class LearningParameters(Parameters):
     alpha: float = 2e-4
     b_in_reg: bool = False
     h_div: bool = True
+    smoothness_of: str = "parameters"
     optimiser: str = "SGD"
     momentum: float | tuple[float, float] = 0.9
     crop_and_flip: bool = True
@@ -363,6 +368,7 @@ class LearningParameters(Parameters):
         self.alpha = check_nonnegative("alpha", self.alpha)
         check_bool("b_in_reg", self.b_in_reg)
         check_bool("h_div", self.h_div)
+        check_choice("smoothness_of", self.smoothness_of, SMOOTHED)
         self.optimiser = check_name("optimiser", self.optimiser, OPTIMISERS)
         if self.optimiser == "SGD":
             self.momentum = check_probability("momentum", self.momentum)

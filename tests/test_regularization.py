@@ -1,10 +1,14 @@
-"""Weight smoothness regularisation equals the report's eq. A.1-A.3 written as loops."""
+"""Weight smoothness regularisation equals the report's eq. A.1-A.3 written as loops, and with
+``of="K"`` the H-DNN papers' regularisation of their K."""
 
 import pytest
 import torch
 
 from contham import HamiltonianField, TwoLayerField
+from contham.fields import AntisymmetricField, SymmetricField
+from contham.fields.base import linear_op, linear_op_t
 from contham.models import build
+from contham.models.hdnn import FUNCTIONS, HDNN2d
 from contham.regularization import smoothness
 
 
@@ -65,3 +69,63 @@ def test_models_without_node_fields_and_bad_arguments():
         smoothness(build("chang"), alpha=-1.0)
     with pytest.raises(ValueError, match="h_div must be True or False"):
         smoothness(build("chang"), h_div="yes")
+
+
+def papers_K(field):
+    """The K and b of the H-DNN papers' form J K^T sigma(K y + b), node by node, written out from
+    the field's parameters in the layout of the papers' code (its networks' getK and getb)."""
+    name = type(field).__name__
+    if name == "SymmetricField":  # MS1: [[0, K0], [-K0^T, 0]]
+        zero = torch.zeros_like(field.K0)
+        K = torch.cat((torch.cat((zero, field.K0), 2), torch.cat((-field.K0.transpose(1, 2), zero), 2)), 1)
+        return K, field.b
+    if name == "AntisymmetricField":  # MS2: W - W^T
+        return field.W - field.W.transpose(1, 2), field.b
+    if name == "TwoLayerField":  # MS3: [[0, K1], [K2, 0]]
+        zero = torch.zeros_like(field.K1)
+        return torch.cat((torch.cat((zero, field.K1), 2), torch.cat((field.K2, zero), 2)), 1), torch.cat(
+            (field.b1, field.b2), 1
+        )
+    if name == "SeparableField":  # H2: [[Kp, 0], [0, Kq]]
+        zero = torch.zeros_like(field.Kp)
+        return torch.cat((torch.cat((field.Kp, zero), 2), torch.cat((zero, field.Kq), 2)), 1), torch.cat(
+            (field.bp, field.bq), 1
+        )
+    return field.K, field.b  # H1
+
+
+def papers_regularization(alpha, h, K, b):
+    """The papers' code's regularization: alpha h sum_j (||K_j+1 - K_j||^2 + ||b_j+1 - b_j||^2) / 2."""
+    return sum(alpha * h * (0.5 * (K[j + 1] - K[j]).square().sum() + 0.5 * (b[j + 1] - b[j]).square().sum())
+               for j in range(len(K) - 1))  # fmt: skip
+
+
+@pytest.mark.parametrize("function", list(FUNCTIONS))
+def test_smoothness_of_K_is_the_papers_regularization(function):
+    model = HDNN2d(nf=6, n_layers=5, t_end=1.0, function=function).double()
+    field = model.block.field
+    for name in field.bias_names:
+        getattr(field, name).data.normal_()
+    K, b = papers_K(field)
+    expected = papers_regularization(5e-4, 0.2, K, b)  # contham's alpha is half the papers' (no 1/2)
+    torch.testing.assert_close(smoothness(model, 2.5e-4, of="K"), expected, rtol=1e-12, atol=0)
+    by_parameters = smoothness(model, 2.5e-4, of="parameters")
+    # only MS1 (K0 twice) and MS2 (W - W^T) have a K that is not their parameters
+    assert (abs(by_parameters - expected) > 1e-3 * expected) == (function in ("MS1", "MS2"))
+
+
+@pytest.mark.parametrize("kernel_size", [None, 3])
+def test_equation_weights_are_the_operators_of_the_fields(kernel_size):
+    torch.manual_seed(0)
+    y = torch.randn(2, 4) if kernel_size is None else torch.randn(2, 4, 5, 5)
+    antisymmetric = AntisymmetricField(4, kernel_size=kernel_size, n_nodes=3)
+    (_, K), _ = antisymmetric.equation_weights()
+    W = antisymmetric.W[1]
+    torch.testing.assert_close(linear_op(K[1], y), linear_op(W, y) - linear_op_t(W, y))
+    symmetric = SymmetricField(4, kernel_size=kernel_size, n_nodes=3)
+    (_, K0), (_, lower), _ = symmetric.equation_weights()
+    z = y[:, :2]
+    torch.testing.assert_close(K0, symmetric.K0)
+    torch.testing.assert_close(linear_op(lower[2], z), -linear_op_t(symmetric.K0[2], z))
+    with pytest.raises(ValueError, match="of must be one of 'parameters', 'K'; got 'k'"):
+        smoothness(symmetric, of="k")

@@ -1,5 +1,7 @@
 """Trainer: learns, resumes to the same numbers, survives divergence, writes its results."""
 
+import copy
+import dataclasses
 import json
 import math
 import sys
@@ -18,6 +20,8 @@ from contham.experiments import RunConfig, fit, run
 from contham.experiments.accelerate import Accelerator
 from contham.experiments.distributed import Ranks
 from contham.models import build
+from contham.models.hdnn import HDNN2d
+from contham.regularization import SMOOTHED, smoothness
 
 
 def hamiltonian_classifier():
@@ -179,3 +183,27 @@ def test_a_training_step_makes_one_host_sync(model):
         entry = training._train_epoch(net, net, train_set, learning, optimizer, torch.device("cpu"), ranks, 0, 1, 3,
                                       False, 1, Accelerator(), None)  # fmt: skip
     assert entry["batches"] == 3 and len(syncs.calls) == 3, syncs.calls  # the batch's loss, accuracy and penalty
+
+
+@pytest.mark.parametrize("function", ["MS1", "MS2"])
+def test_the_trainer_penalises_the_K_that_smoothness_of_names(tmp_path, function):
+    data = points("swiss_roll", 100)
+    torch.manual_seed(0)
+    start = HDNN2d(function=function, n_layers=4)
+    learning = LearningParameters(training_steps_max=1, batch_size=100, lr=0.1, lr_decay_at=[], wd=0.0, alpha=0.5,
+                                  b_in_reg=True, h_div=False, momentum=0.0, crop_and_flip=False)  # fmt: skip
+    after = {}
+    for of in SMOOTHED:
+        model = copy.deepcopy(start)
+        fit(model, data, data, dataclasses.replace(learning, smoothness_of=of), tmp_path / of, epochs=1,
+            progress=False, device="cpu")  # fmt: skip
+        after[of] = [weight.detach() for weight in model.block.parameters()]
+    # one full-batch SGD step from the same weights on the same data: the two runs differ by lr times
+    # the difference of the two penalties' gradients
+    difference = 0.5 * (smoothness(start, of="K") - smoothness(start, of="parameters"))
+    gradients = torch.autograd.grad(difference, list(start.block.parameters()))
+    for by_parameters, by_K, gradient in zip(after["parameters"], after["K"], gradients):
+        torch.testing.assert_close(by_parameters - by_K, 0.1 * gradient, atol=1e-5, rtol=1e-4)
+    assert max(gradient.abs().max() for gradient in gradients) > 0.1
+    with pytest.raises(ValueError, match="smoothness_of must be one of 'parameters', 'K'; got 'W'"):
+        dataclasses.replace(learning, smoothness_of="W").validate()

@@ -221,7 +221,7 @@ def fit(
 
     Each epoch: shuffled global batches (a fresh generator seeded by ``seed`` and the epoch, so a
     resumed run sees the same batches), cross-entropy plus ``smoothness(model, alpha, b_in_reg,
-    h_div)``, an optimiser step, then the lr decay if the epoch is in ``lr_decay_at``; evaluation
+    h_div, smoothness_of)``, an optimiser step, then the lr decay if the epoch is in ``lr_decay_at``; evaluation
     on ``test_set``. Training loss and accuracy are the running means over the epoch's batches.
 
     Under ``torchrun`` (several ranks) the model is wrapped in DistributedDataParallel, each rank
@@ -486,7 +486,9 @@ def _train_epoch(
         if memory is not None:
             saved = memory.megabytes
         penalty = (
-            smoothness(model, learning.alpha, b_in_reg=learning.b_in_reg, h_div=learning.h_div)
+            smoothness(
+                model, learning.alpha, b_in_reg=learning.b_in_reg, h_div=learning.h_div, of=learning.smoothness_of
+            )
             if learning.alpha > 0
             else None
         )

@@ -53,6 +53,14 @@ def linear_op_t(K: Tensor, x: Tensor) -> Tensor:
     return F.conv_transpose2d(x, K, padding=K.shape[-1] // 2)
 
 
+def adjoint_weight(K: Tensor) -> Tensor:
+    """The node-axis weight of ``K^T`` for a node-axis weight ``K`` of shape ``(n, out, in[, k, k])``:
+    the two feature axes swapped (and, for a convolution, the kernel flipped), so that
+    ``linear_op(adjoint_weight(K)[j], x) == linear_op_t(K[j], x)``."""
+    K_t = K.transpose(1, 2)
+    return K_t if K.dim() == 3 else K_t.flip(-2, -1)
+
+
 class NodeField(nn.Module, ABC):
     """A vector field ``f(t, y)`` with time-dependent weights stored on a node axis.
 
@@ -121,6 +129,14 @@ class NodeField(nn.Module, ABC):
     def node_params(self) -> Params:
         """The node-axis weights (all nodes), in the order of ``node_names``."""
         return tuple(getattr(self, name) for name in self.node_names)
+
+    def equation_weights(self) -> tuple[tuple[str, Tensor], ...]:
+        """The node-axis weights as they enter the H-DNN papers' form ``f = J K^T sigma(K y + b)``:
+        each block of K as often as it appears in K, and b, named after the parameter they are made
+        of. By default the parameters themselves; a field whose K repeats or combines its
+        parameters (MS1, MS2) says how. The smoothness penalty on the papers' K
+        (:func:`contham.regularization.smoothness` with ``of="K"``) reads these."""
+        return tuple(zip(self.node_names, self.node_params()))
 
     def node(self, j: int) -> Params:
         """The weights of node ``j``, in the order of ``node_names``."""

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from .activations import resolve_activation
-from .base import NodeField, Params, SplitField, linear_op, linear_op_t
+from .base import NodeField, Params, SplitField, adjoint_weight, linear_op, linear_op_t
 from .hamiltonian import SigmaTerm, SigmaTermField
 from .registry import register_field
 from .skew import SkewMatrix
@@ -182,6 +182,10 @@ class SymmetricField(SplitField):
         K0, b = params
         return self.sigma(_add_bias(-linear_op_t(K0, y), b[self.half_features :]))
 
+    def equation_weights(self) -> tuple[tuple[str, Tensor], ...]:
+        """K = [[0, K0], [-K0^T, 0]]: K0 appears twice."""
+        return ("K0", self.K0), ("K0", -adjoint_weight(self.K0)), ("b", self.b)
+
     def extra_repr(self) -> str:
         return f"sigma={self.activation.name}, " + super().extra_repr()
 
@@ -223,6 +227,10 @@ class AntisymmetricField(NodeField):
         if self.gamma:
             Ky = Ky - self.gamma * y
         return self.sigma(Ky)
+
+    def equation_weights(self) -> tuple[tuple[str, Tensor], ...]:
+        """K = W - W^T (the damping gamma I is not a weight)."""
+        return ("W", self.W - adjoint_weight(self.W)), ("b", self.b)
 
     def extra_repr(self) -> str:
         return f"sigma={self.activation.name}, gamma={self.gamma:g}, " + super().extra_repr()
