@@ -44,7 +44,8 @@ HDNN_2D_LEARNING = LearningParameters(
 """The H-DNN papers' 2-D protocol (their ``train_2d_example``): Adam lr 0.05, batches of 125,
 50 epochs; per batch 10 Adam iterations of a fresh classifier on the frozen features, then one
 step of the H-DNN; the classifier refitted on all the data at the end; smoothness
-``alpha h (||K_j+1 - K_j||^2 + ||b_j+1 - b_j||^2) / 2`` with alpha 5e-4, classifier penalty 1e-4.
+``alpha h (||K_j+1 - K_j||^2 + ||b_j+1 - b_j||^2) / 2`` with alpha 5e-4 on the K of the papers'
+form ``J K^T sigma(K y + b)`` (``smoothness_of="K"``), classifier penalty 1e-4.
 The lr is halved after epochs 10, 20, 30 and 40: the papers' code sets Adam's step count to the
 epoch, which shrinks its steps over the first 10 epochs (docs/hdnn.md); contham runs standard
 Adam with this decay instead."""

@@ -221,8 +221,9 @@ def fit(
 
     Each epoch: shuffled global batches (a fresh generator seeded by ``seed`` and the epoch, so a
     resumed run sees the same batches), cross-entropy plus ``smoothness(model, alpha, b_in_reg,
-    h_div, smoothness_of)``, an optimiser step, then the lr decay if the epoch is in ``lr_decay_at``; evaluation
-    on ``test_set``. Training loss and accuracy are the running means over the epoch's batches.
+    h_div, smoothness_of)``, an optimiser step, then the lr decay if the epoch is in
+    ``lr_decay_at``; evaluation on ``test_set``. Training loss and accuracy are the running means
+    over the epoch's batches.
 
     Under ``torchrun`` (several ranks) the model is wrapped in DistributedDataParallel, each rank
     trains on its shard of every global batch and the metrics are reduced over the ranks; the
