@@ -8,7 +8,7 @@ copy with nudged initial weights, ``hdnn_2d_reproduction.py --nudge``), so the s
 the change of each run from one to the other.
 
     python analysis/hdnn_2d_statistics.py docs/results/hdnn_2d.csv docs/results/hdnn_2d_seeds_4_to_10.csv
-        [--first contham] [--second reference] [--level 0.05] [--paired]
+        [--first contham] [--second reference] [--level 0.05] [--paired] [--seeds 1 2 3]
 """
 
 from __future__ import annotations
@@ -23,13 +23,14 @@ from scipy.stats import mannwhitneyu, ttest_ind
 Case = tuple[str, int, str]  # dataset, layers, function
 
 
-def accuracies(paths: list[Path]) -> dict[Case, dict[str, dict[int, float]]]:
-    """Test accuracy (%) per case, implementation and seed; rows without an accuracy are skipped."""
+def accuracies(paths: list[Path], only: set[int] | None = None) -> dict[Case, dict[str, dict[int, float]]]:
+    """Test accuracy (%) per case, implementation and seed (only the seeds in ``only``, if given);
+    rows without an accuracy are skipped."""
     cases: dict[Case, dict[str, dict[int, float]]] = {}
     for path in paths:
         with path.open() as file:
             for row in csv.DictReader(file):
-                if row["test_accuracy"] != "":
+                if row["test_accuracy"] != "" and (only is None or int(row["seed"]) in only):
                     case = (row["dataset"], int(row["layers"]), row["function"])
                     seeds = cases.setdefault(case, {}).setdefault(row["implementation"], {})
                     seeds[int(row["seed"])] = 100 * float(row["test_accuracy"])
@@ -92,8 +93,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--second", default="reference", help="implementation label (default reference)")
     parser.add_argument("--level", type=float, default=0.05, help="significance level of the count")
     parser.add_argument("--paired", action="store_true", help="the runs of a seed share their draws (--nudge)")
+    parser.add_argument("--seeds", nargs="+", type=int, help="only these seeds (default: all in the files)")
     args = parser.parse_args(argv)
-    cases = accuracies(args.csv)
+    cases = accuracies(args.csv, None if args.seeds is None else set(args.seeds))
     labels = sorted({label for runs in cases.values() for label in runs})
     for name in ("first", "second"):
         if getattr(args, name) not in labels:

@@ -194,6 +194,8 @@ def test_hdnn_statistics_tests_each_case_over_the_seeds_of_all_files(tmp_path):
     paired = run_script("analysis/hdnn_2d_statistics.py", tmp_path / "a.csv", tmp_path / "b.csv", "--paired")
     assert ("Same case and seed in both: 10 runs; the accuracy changed in 5 (5 up, 0 down); |change| median 5.00, "
             "mean 5.00, largest 10.00 points.") in paired  # fmt: skip
+    two_seeds = run_script("analysis/hdnn_2d_statistics.py", tmp_path / "a.csv", tmp_path / "b.csv", "--seeds", 4, 5)
+    assert "| swiss_roll | 16 | H1_J1 | 2 | 94.5 | 84.5 |" in two_seeds
     bad = subprocess.run([sys.executable, str(ROOT / "analysis/hdnn_2d_statistics.py"), str(tmp_path / "a.csv"),
                           "--second", "papers"], capture_output=True, text=True)  # fmt: skip
     assert bad.returncode == 2 and "--second must be one of ['contham', 'reference']; got 'papers'" in bad.stderr
