@@ -31,8 +31,7 @@ from torch import nn
 
 from contham.experiments import RunConfig
 from contham.experiments.drivers import parse_value
-from contham.experiments.trainer import fit, load_run_data, seed_everything
-from contham.models import build
+from contham.experiments.trainer import run
 from contham.models.hdnn import FUNCTIONS
 
 FIELDS = ("implementation", "dataset", "function", "layers", "seed", "test_accuracy", "seconds")
@@ -71,32 +70,12 @@ def nudge(network: nn.Module, ulps: int) -> None:
 
 def contham_run(dataset: str, function: str, layers: int, seed: int, settings: list[tuple[str, object]],
                 ulps: int = 0) -> dict:  # fmt: skip
-    """What ``contham.experiments.trainer.run`` does, with the H-DNN's initial weights nudged."""
     config = RunConfig(model="hdnn_2d", dataset=dataset, seed=seed, device="cpu")
     for key, value in [("nf", NF), ("t_end", T_END), ("n_layers", layers), ("function", function), *settings]:
         config.set(key, value)
-    config.validate()
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
-        train_set, test_set, shape = load_run_data(config)
-        seed_everything(config.seed)
-        model = build(config.model, **shape, **config.model_options)
-        nudge(model.block, ulps)
-        metrics = fit(
-            model,
-            train_set,
-            test_set,
-            config.learning,
-            folder,
-            epochs=config.epochs,
-            max_batches=config.max_batches,
-            seed=config.seed,
-            device="cpu",
-            num_classes=shape["num_classes"],
-            progress=False,
-            config=config.to_dict(),
-            compile=config.compile,
-        )
+        metrics = run(config, folder, progress=False, on_build=lambda network: nudge(network.block, ulps))
         return {"test_accuracy": metrics["test_accuracy"], "seconds": time.perf_counter() - start}
 
 

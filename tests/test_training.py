@@ -207,3 +207,29 @@ def test_the_trainer_penalises_the_K_that_smoothness_of_names(tmp_path, function
     assert max(gradient.abs().max() for gradient in gradients) > 0.1
     with pytest.raises(ValueError, match="smoothness_of must be one of 'parameters', 'K'; got 'W'"):
         dataclasses.replace(learning, smoothness_of="W").validate()
+
+
+def test_run_hands_the_built_network_to_on_build_before_training(tmp_path):
+    config = RunConfig(model="hdnn_2d", dataset="swiss_roll", seed=3, device="cpu", data_size=400,
+                       model_options=dict(n_layers=2, function="H1_J1"))  # fmt: skip
+    config.set("learning.training_steps_max", 8)
+    built = []
+
+    def shift(network):
+        built.append(network)
+        with torch.no_grad():
+            network.block.field.K.add_(0.5)
+
+    shifted = run(config, tmp_path / "a", progress=False, on_build=shift)
+    # the same by hand: the network of `run`, shifted, then fitted
+    train_set, test_set, shape = training.load_run_data(config)
+    training.seed_everything(config.seed)
+    network = build(config.model, **shape, **config.model_options)
+    with torch.no_grad():
+        network.block.field.K.add_(0.5)
+    by_hand = fit(network, train_set, test_set, config.learning, tmp_path / "b", seed=config.seed, device="cpu",
+                  num_classes=2, progress=False)  # fmt: skip
+    assert len(built) == 1 and isinstance(built[0], HDNN2d)
+    for key in ("train_loss", "test_loss", "test_accuracy"):
+        assert shifted[key] == by_hand[key], key
+    assert shifted["test_loss"] != run(config, tmp_path / "c", progress=False)["test_loss"]

@@ -668,14 +668,19 @@ def run(
     wait: bool = False,
     restart: bool = False,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    on_build: Callable[[nn.Module], None] | None = None,
 ) -> dict[str, Any]:
     """Build the data and the network of ``config`` and :func:`fit` it into ``run_dir``
-    (``wait``, ``restart`` and ``on_epoch`` as in :func:`fit`)."""
+    (``wait``, ``restart`` and ``on_epoch`` as in :func:`fit`). ``on_build`` is called with the
+    freshly built network before training, e.g. to load or perturb its initial weights (a resumed
+    run then continues from its checkpoint)."""
     config.validate()
     prepare_folder(run_dir)
     train_set, test_set, shape = load_run_data(config)
     seed_everything(config.seed, config.deterministic)
     model = build(config.model, **shape, **config.model_options)
+    if on_build is not None:
+        on_build(model)
     return fit(
         model,
         train_set,
