@@ -330,6 +330,11 @@ class LearningParameters(Parameters):
             ``J K^T sigma(K y + b)``, which differs for MS1 and MS2), see
             :func:`contham.regularization.smoothness`.
         optimiser: "SGD" or "Adam"; momentum: SGD's momentum, or Adam's ``(beta1, beta2)``.
+        adam_step_epoch: Adam only: names of trained parameters (``fnmatch`` patterns such as
+            ``"block.field.K*"``) whose Adam step count is the epoch: every update in epoch e
+            corrects the bias of their moment estimates with t = e instead of the number of
+            updates so far. The H-DNN papers' 2-D driver does this to the first two parameters of
+            its network (the ``hdnn_2d_code`` protocol).
         crop_and_flip: random crop (after zero padding) and horizontal flip of training images.
         inner_steps: 0, or the H-DNN papers' 2-D protocol for a network with a ``classifier``
             (:class:`~contham.models.hdnn.HDNN2d`): before each update of the rest of the
@@ -352,6 +357,7 @@ class LearningParameters(Parameters):
     smoothness_of: str = "parameters"
     optimiser: str = "SGD"
     momentum: float | tuple[float, float] = 0.9
+    adam_step_epoch: list[str] = dataclasses.field(default_factory=list)
     crop_and_flip: bool = True
     inner_steps: int = 0
     classifier_penalty: float = 0.0
@@ -377,6 +383,13 @@ class LearningParameters(Parameters):
                 raise ValueError(f"momentum must be a pair (beta1, beta2) for optimiser 'Adam'; got {self.momentum!r}")
             beta1, beta2 = (check_probability(f"momentum[{i}]", b) for i, b in enumerate(self.momentum))
             self.momentum = (beta1, beta2)
+        if not isinstance(self.adam_step_epoch, (list, tuple)) or not all(
+            isinstance(name, str) for name in self.adam_step_epoch
+        ):
+            raise ValueError(f"adam_step_epoch must be a list of parameter names; got {self.adam_step_epoch!r}")
+        self.adam_step_epoch = list(self.adam_step_epoch)
+        if self.adam_step_epoch and self.optimiser != "Adam":
+            raise ValueError(f"adam_step_epoch needs optimiser 'Adam'; got optimiser={self.optimiser!r}")
         check_bool("crop_and_flip", self.crop_and_flip)
         check_int("inner_steps", self.inner_steps, 0)
         self.classifier_penalty = check_nonnegative("classifier_penalty", self.classifier_penalty)

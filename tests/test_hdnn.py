@@ -12,10 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch._dynamo import register_backend
 
+from contham.config import LearningParameters
 from contham.data import point_set, points
 from contham.experiments import RunConfig
 from contham.experiments.runconfig import HDNN_2D_LEARNING, HDNN_MNIST_LEARNING, PROTOCOLS
-from contham.experiments.trainer import make_optimizer, run
+from contham.experiments.trainer import adam_step_epoch_parameters, fit, make_optimizer, run, set_adam_step
 from contham.models import build, count_parameters
 from contham.models.hdnn import FUNCTIONS, HDNN2d, HDNNMnist, LinearClassifier
 
@@ -320,6 +321,72 @@ def test_the_end_to_end_protocol_trains_the_classifier_with_the_hdnn(tmp_path):
     assert metrics["status"] == "finished" and metrics["test_accuracy"] > 0.85
 
 
+# the parameters of the papers' networks whose Adam step count their 2-D driver sets to the epoch
+# (the first two each network registers), in contham's names
+CODE_EPOCH_COUNTED = {
+    "MS1": {"K0", "b"}, "MS2": {"W", "b"}, "MS3": {"K1", "K2"}, "H1_J1": {"K", "b"}, "H1_J2": {"K", "b"},
+    "H2": {"Kp", "Kq", "bp", "bq"},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("function", FUNCTIONS)
+def test_the_code_protocol_counts_epochs_for_the_papers_first_two_parameters(function):
+    learning = PROTOCOLS["hdnn_2d_code"]
+    assert learning == dataclasses.replace(HDNN_2D_LEARNING, lr_decay_at=[], adam_step_epoch=learning.adam_step_epoch)
+    model = HDNN2d(function=function, n_layers=4)
+    chosen = {id(p) for p in adam_step_epoch_parameters(model, make_optimizer(model, learning), learning)}
+    assert {name.removeprefix("block.field.") for name, p in model.named_parameters() if id(p) in chosen} == (
+        CODE_EPOCH_COUNTED[function]
+    )
+
+
+def test_set_adam_step_makes_the_next_update_use_t_step_plus_one():
+    lr, (beta1, beta2), eps = 0.1, (0.9, 0.999), 1e-8
+    weight = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.Adam([weight], lr, betas=(beta1, beta2), eps=eps)
+    expected, m, v = 0.0, 0.0, 0.0
+    for g, t in zip((1.0, -2.0, 0.5, 3.0), (1, 1, 2, 2)):  # two epochs of two updates
+        set_adam_step(optimizer, [weight], t - 1)
+        weight.grad = torch.tensor([g], dtype=torch.float64)
+        optimizer.step()
+        m, v = beta1 * m + (1 - beta1) * g, beta2 * v + (1 - beta2) * g * g
+        expected -= lr * (m / (1 - beta1**t)) / (math.sqrt(v / (1 - beta2**t)) + eps)
+        assert weight.item() == pytest.approx(expected, rel=1e-12, abs=0)
+
+
+def test_the_trainer_sets_the_step_count_of_the_named_parameters_to_the_epoch(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    model = HDNN2d(function="MS3", n_layers=4)
+    names = {id(p): name.removeprefix("block.field.") for name, p in model.named_parameters()}
+    seen = []  # before each update of the H-DNN: the step count of K1 and b1, None before the first
+    step = torch.optim.Adam.step
+
+    def spy(self, *args, **kwargs):
+        counts = {names[id(p)]: self.state[p]["step"].item() if p in self.state else None
+                  for p in self.param_groups[0]["params"]}  # fmt: skip
+        seen.append((counts["K1"], counts["K2"], counts["b1"], counts["b2"]))
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", spy)
+    train, test = point_set("double_moons", 1000, seed=1)  # 4 batches of 125 an epoch
+    fit(model, train, test, PROTOCOLS["hdnn_2d_code"], tmp_path / "run", epochs=2, progress=False, device="cpu")
+    K = [None, 0, 0, 0, 1, 1, 1, 1]  # Adam adds one before its update: t = 1 in epoch 1, 2 in epoch 2
+    b = [None, 1, 2, 3, 4, 5, 6, 7]  # MS3's biases count their updates
+    assert seen == list(zip(K, K, b, b))
+
+
+def test_bad_adam_step_epoch_raises(tmp_path):
+    model = HDNN2d(function="H1_J1", n_layers=4)
+    learning = dataclasses.replace(PROTOCOLS["hdnn_2d_code"], adam_step_epoch=["block.field.K1"])
+    with pytest.raises(ValueError, match=r"adam_step_epoch=\['block.field.K1'\] names none of the trained parameters "
+                                         r"\(block.field.K, block.field.b\)"):  # fmt: skip
+        adam_step_epoch_parameters(model, make_optimizer(model, learning), learning)
+    with pytest.raises(ValueError, match="adam_step_epoch needs optimiser 'Adam'; got optimiser='SGD'"):
+        LearningParameters(adam_step_epoch=["block.field.K"])
+    with pytest.raises(ValueError, match="adam_step_epoch must be a list of parameter names; got 'K'"):
+        LearningParameters(optimiser="Adam", momentum=(0.9, 0.999), adam_step_epoch="K")
+
+
 def test_protocols_are_chosen_by_name():
     config = RunConfig(model="hdnn_2d")
     config.set("learning", "hdnn_2d_end_to_end")
@@ -327,7 +394,8 @@ def test_protocols_are_chosen_by_name():
     assert config.learning == dataclasses.replace(PROTOCOLS["hdnn_2d_end_to_end"], lr=0.02)
     assert PROTOCOLS["hdnn_2d_end_to_end"].lr == 0.01  # a copy was changed, not the protocol
     assert RunConfig.from_dict({"model": "hdnn_mnist", "learning": "hdnn_mnist"}).learning == HDNN_MNIST_LEARNING
-    with pytest.raises(ValueError, match="learning must be one of 'thesis', 'hdnn_2d', 'hdnn_2d_end_to_end'"):
+    names = "'thesis', 'hdnn_2d', 'hdnn_2d_end_to_end', 'hdnn_2d_code', 'hdnn_mnist'"
+    with pytest.raises(ValueError, match=f"learning must be one of {names}"):
         config.set("learning", "fast")
     with pytest.raises(ValueError, match="learning must be one of .*; got 3"):
         RunConfig(model="hdnn_2d", learning=3)

@@ -181,7 +181,7 @@ def test_a_training_step_makes_one_host_sync(model):
     ranks = Ranks()
     with ContHamHostSyncs() as syncs:
         entry = training._train_epoch(net, net, train_set, learning, optimizer, torch.device("cpu"), ranks, 0, 1, 3,
-                                      False, 1, Accelerator(), None)  # fmt: skip
+                                      False, 1, Accelerator(), None, [])  # fmt: skip
     assert entry["batches"] == 3 and len(syncs.calls) == 3, syncs.calls  # the batch's loss, accuracy and penalty
 
 

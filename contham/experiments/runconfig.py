@@ -50,6 +50,16 @@ The lr is halved after epochs 10, 20, 30 and 40: the papers' code sets Adam's st
 epoch, which shrinks its steps over the first 10 epochs (docs/hdnn.md); contham runs standard
 Adam with this decay instead."""
 
+HDNN_2D_CODE = dataclasses.replace(
+    HDNN_2D_LEARNING,
+    lr_decay_at=[],
+    adam_step_epoch=["block.field.K*", "block.field.W", "block.field.b", "block.field.bp", "block.field.bq"],
+)
+"""The papers' 2-D protocol to the letter of their code: :data:`HDNN_2D_LEARNING` with a constant
+lr 0.05 and Adam's step count set to the epoch before every update of the first two parameters of
+their network, which are, in contham's names: K and b (H1), K0 and b (MS1), W and b (MS2), K1 and K2
+but not b1 and b2 (MS3), Kp, Kq, bp and bq (H2, whose K and b hold both halves)."""
+
 HDNN_MNIST_LEARNING = LearningParameters(
     training_steps_max=6_000,  # 10 epochs of 60,000 images in batches of 100
     batch_size=100,
@@ -87,6 +97,7 @@ PROTOCOLS = {
     "thesis": THESIS_LEARNING,
     "hdnn_2d": HDNN_2D_LEARNING,
     "hdnn_2d_end_to_end": HDNN_2D_END_TO_END,
+    "hdnn_2d_code": HDNN_2D_CODE,
     "hdnn_mnist": HDNN_MNIST_LEARNING,
 }
 """Training protocols by name: ``learning=<name>`` in a run config or on the command line (then

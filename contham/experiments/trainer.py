@@ -20,6 +20,7 @@ and it resumes after the last checkpoint; the final numbers equal those of an un
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import math
 import os
 import random
@@ -112,6 +113,34 @@ def make_optimizer(model: nn.Module, learning: LearningParameters) -> torch.opti
         return torch.optim.SGD(params, learning.lr, momentum=momentum, weight_decay=learning.wd)
     assert isinstance(momentum, tuple)
     return torch.optim.Adam(params, learning.lr, betas=momentum, weight_decay=learning.wd)
+
+
+def adam_step_epoch_parameters(
+    model: nn.Module, optimizer: torch.optim.Optimizer, learning: LearningParameters
+) -> list[Tensor]:
+    """The parameters of ``model`` that ``optimizer`` trains and ``learning.adam_step_epoch``
+    names; an error names the trained parameters when the patterns match none of them."""
+    if not learning.adam_step_epoch:
+        return []
+    trained = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    named = [(name, p) for name, p in model.named_parameters() if id(p) in trained]
+    patterns = learning.adam_step_epoch
+    chosen: list[Tensor] = [p for name, p in named if any(fnmatch.fnmatchcase(name, pat) for pat in patterns)]
+    if not chosen:
+        raise ValueError(
+            f"learning.adam_step_epoch={patterns!r} names none of the trained parameters "
+            f"({', '.join(name for name, _ in named)})"
+        )
+    return chosen
+
+
+def set_adam_step(optimizer: torch.optim.Optimizer, params: list[Tensor], step: int) -> None:
+    """Set Adam's step count of ``params`` to ``step`` (its next update then uses t = step + 1);
+    parameters not yet updated keep their fresh state (t = 1 at their first update)."""
+    for p in params:
+        state = optimizer.state.get(p)
+        if state:
+            state["step"].fill_(step)
 
 
 def _classifier(model: nn.Module) -> Any:
@@ -346,6 +375,7 @@ def _fit_locked(
     if sync_batchnorm and ranks.distributed:
         model = distributed.convert_sync_batchnorm(model, dev)
     optimizer = make_optimizer(model, learning)
+    epoch_counted = adam_step_epoch_parameters(model, optimizer, learning)
     scaler = grad_scaler(dev, options.amp)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, learning.lr_decay_at, learning.lr_decay)
     history: list[dict[str, Any]] = []
@@ -382,7 +412,7 @@ def _fit_locked(
             try:
                 entry = _train_epoch(
                     trained, model, train_set, learning, optimizer, dev, ranks, seed, epoch, max_batches, progress,
-                    epochs, options, scaler,
+                    epochs, options, scaler, epoch_counted,
                 )  # fmt: skip
             finally:
                 if hooks is not None:
@@ -458,9 +488,11 @@ def _train_epoch(
     epochs: int,
     options: Accelerator,
     scaler: torch.amp.GradScaler | None,
+    epoch_counted: list[Tensor],
 ) -> dict[str, Any]:
     """One epoch; ``trained`` is ``model`` or its DDP or compiled wrapper (with
-    ``learning.inner_steps``: ``model.features``, compiled or not). One host sync per batch
+    ``learning.inner_steps``: ``model.features``, compiled or not); ``epoch_counted``: the
+    parameters whose Adam step count is the epoch (``learning.adam_step_epoch``). One host sync per batch
     (the batch's summed loss, correct predictions and penalty, reduced over the ranks), and one
     more in the fp16 gradient scaler's step."""
     trained.train()
@@ -503,6 +535,7 @@ def _train_epoch(
             return {"epoch": epoch, "diverged": True, "train_loss": value}
         loss = data_loss if penalty is None else data_loss + penalty
         optimizer.zero_grad(set_to_none=True)
+        set_adam_step(optimizer, epoch_counted, epoch - 1)  # Adam adds one before its update: t = epoch
         if scaler is None:
             loss.backward()
             optimizer.step()
