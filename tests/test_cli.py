@@ -16,7 +16,7 @@ def test_list(capsys):
     out = capsys.readouterr().out
     assert "thesis_odenet [thesis]" in out and "nominal [report]" in out and "datasets: mnist" in out
     assert "point sets (hdnn_2d): swiss_roll, double_circles, double_moons" in out
-    assert "protocols (learning=<name>): thesis, hdnn_2d, hdnn_2d_end_to_end, hdnn_mnist" in out
+    assert "protocols (learning=<name>): thesis, hdnn_2d, hdnn_2d_end_to_end, hdnn_2d_code, hdnn_mnist" in out
 
 
 def test_train_then_plot(tmp_path, capsys):

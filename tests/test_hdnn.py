@@ -1,6 +1,7 @@
 """The H-DNN experiments: point sets, the hdnn_2d / hdnn_mnist networks against the papers'
 layer equations (written out here in the papers' weight layout), parameter counts, the sparse H2
-mask, the classifier fit, and the 2-D protocols (the papers', end to end) in the trainer."""
+mask, the classifier fit, and the 2-D protocols (the papers', their code's Adam step count, end to
+end) in the trainer."""
 
 import dataclasses
 import json
@@ -358,7 +359,7 @@ def test_the_trainer_sets_the_step_count_of_the_named_parameters_to_the_epoch(tm
     torch.manual_seed(0)
     model = HDNN2d(function="MS3", n_layers=4)
     names = {id(p): name.removeprefix("block.field.") for name, p in model.named_parameters()}
-    seen = []  # before each update of the H-DNN: the step count of K1 and b1, None before the first
+    seen = []  # before each update of the H-DNN: the step counts of K1, K2, b1, b2 (None before the first)
     step = torch.optim.Adam.step
 
     def spy(self, *args, **kwargs):
@@ -375,7 +376,7 @@ def test_the_trainer_sets_the_step_count_of_the_named_parameters_to_the_epoch(tm
     assert seen == list(zip(K, K, b, b))
 
 
-def test_bad_adam_step_epoch_raises(tmp_path):
+def test_bad_adam_step_epoch_raises():
     model = HDNN2d(function="H1_J1", n_layers=4)
     learning = dataclasses.replace(PROTOCOLS["hdnn_2d_code"], adam_step_epoch=["block.field.K1"])
     with pytest.raises(ValueError, match=r"adam_step_epoch=\['block.field.K1'\] names none of the trained parameters "

@@ -48,7 +48,7 @@ step of the H-DNN; the classifier refitted on all the data at the end; smoothnes
 form ``J K^T sigma(K y + b)`` (``smoothness_of="K"``), classifier penalty 1e-4.
 The lr is halved after epochs 10, 20, 30 and 40: the papers' code sets Adam's step count to the
 epoch, which shrinks its steps over the first 10 epochs (docs/hdnn.md); contham runs standard
-Adam with this decay instead."""
+Adam with this decay instead (:data:`HDNN_2D_CODE` runs the code's step count)."""
 
 HDNN_2D_CODE = dataclasses.replace(
     HDNN_2D_LEARNING,
