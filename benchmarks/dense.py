@@ -9,8 +9,8 @@ sum). Three contham blocks:
 
 Each is compared with the same equations written as a plain loop over one ``nn.Linear`` per layer
 and weight, with J as an explicit matrix (what research code typically does). contham runs both
-with its default fused path (:mod:`contham.fused`) and with ``Backprop(higher_order=True)`` (one autograd node per
-operation). All start from the same weights, and their outputs are checked equal (float32
+with its default fused path (:mod:`contham.solvers.fused`) and with ``Backprop(higher_order=True)``
+(one autograd node per operation). All start from the same weights, and their outputs are checked equal (float32
 rounding) before timing. Interleaved, median of --repeats.
 
     python benchmarks/dense.py [--nf 4] [--layers 64] [--batch 125]

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+from typing import cast
 
 import torch
 from torch import Tensor, nn
 
 from ._checks import check_positive
 from .fields.base import NodeField
-from .gradients import Backprop, Gradient, get_gradient
+from .gradients import Gradient, get_gradient
 from .integrate import integrate
 from .solvers import FixedStepSolver, Schedule, Solution, Solver, SplitSolver, Stats, get_solver, plan_steps
 
@@ -29,10 +30,10 @@ class HamiltonianBlock(nn.Module):
         solver: a fixed-step solver name or object; default the field's ``default_solver``
             (euler for J1/J2/antisymmetric, symplectic_euler for split fields).
         gradient: ``"backprop"`` (autograd; on dense sigma-term fields the fused path of
-            :mod:`contham.fused` runs all steps as one autograd node, several times faster on
+            :mod:`contham.solvers.fused` runs all steps as one autograd node, several times faster on
             small states) or ``"reversible"`` (split solvers: store nothing and rebuild the
             states backwards during backprop, exact gradients with activation memory independent
-            of depth; see :mod:`contham.reversible`); or a :mod:`contham.gradients` object, e.g.
+            of depth; see :mod:`contham.solvers.reversible`); or a :mod:`contham.gradients` object, e.g.
             ``Backprop(higher_order=True)`` for double backward.
 
     ``last_stats`` holds the :class:`~contham.solvers.Stats` of the latest forward.
@@ -58,7 +59,7 @@ class HamiltonianBlock(nn.Module):
         self.solver = chosen
         self.gradient = get_gradient(gradient)
         chosen.check_field(field)
-        chosen.check_gradient(self.gradient)
+        self.gradient.check(chosen)
         self.n_steps, self.h = field.nodes.n, field.nodes.dt
         steps, outputs = plan_steps([0.0, self.n_steps * self.h], field.nodes.breaks, None, field.nodes)
         self.schedule = Schedule(field, chosen, steps, outputs)
@@ -77,9 +78,7 @@ class HamiltonianBlock(nn.Module):
     @property
     def fused(self) -> bool:
         """Whether forward runs the fused path (available, and not turned off by the gradient)."""
-        return (
-            self.schedule.fused is not None and isinstance(self.gradient, Backprop) and not self.gradient.higher_order
-        )
+        return self.gradient.fused(self.schedule) is not None
 
     def step(self, j: int, y: Tensor) -> Tensor:
         """Step ``j`` alone (0-based): ``y_{j+1}`` from ``y_j = y`` (used by :mod:`contham.analysis`)."""
@@ -90,15 +89,16 @@ class HamiltonianBlock(nn.Module):
     def inverse(self, y: Tensor) -> Tensor:
         """``y_0`` from ``y_{n_steps} = y``: the steps undone in reverse order, exact up to rounding
         (split solvers only: their kicks are undone by subtracting the same terms)."""
-        if not isinstance(self.solver, SplitSolver):
+        if not self.solver.reversible:
             raise ValueError(
                 f"inverse() needs a split solver ('symplectic_euler', 'verlet'), whose steps are undone exactly; "
                 f"got {self.solver.name!r}"
             )
         self.field.check_input(y)
+        split = cast(SplitSolver, self.solver)
         for s, h, node in reversed(self.schedule.steps):
             assert node is not None
-            y = self.solver.unstep(self.field.at_node(node), s, h, y)
+            y = split.unstep(self.field.at_node(node), s, h, y)
         return y
 
     def trajectory(self, y: Tensor) -> Tensor:
@@ -155,7 +155,7 @@ class ODEBlock(nn.Module):
         self.solver = get_solver(solver, rtol, atol)
         self.gradient = get_gradient(gradient)
         self.solver.check_field(field)
-        self.solver.check_gradient(self.gradient)
+        self.gradient.check(self.solver)
         self.t = [0.0, check_positive("T", T)]
         self.step_size = step_size
         self.max_nfe = max_nfe

@@ -44,16 +44,10 @@ from ._checks import (
     check_probability,
 )
 from .fields import ACTIVATIONS, field_entry, field_names
+from .gradients import get_gradient, gradient_names
 from .regularization import SMOOTHED
-from .solvers import SOLVERS, FixedStepSolver, SplitSolver, get_solver
+from .solvers import SOLVERS, FixedStepSolver, get_solver
 
-HAMILTONIANS = field_names()
-"""Hamiltonian layers (the field registry, :mod:`contham.fields.registry`): Chang et al.'s
-two-layer, Galimberti et al.'s J1, J2 and H2 (separable), Haber & Ruthotto's symmetric (MS1) and
-antisymmetric (MS2) networks. The H-DNN papers' names (MS1, MS2, MS3, H1_J1, H1_J2) are accepted
-too."""
-FIXED_STEP_SOLVERS = tuple(name for name, cls in SOLVERS.items() if issubclass(cls, FixedStepSolver))
-ACTIVATION_NAMES = tuple(a.title for a in ACTIVATIONS.values())
 INITS = ("Zeros", "Ones", "Normal", "Xavier")
 POOLINGS = ("Avg", "Max")
 OPTIMISERS = ("SGD", "Adam")
@@ -179,7 +173,10 @@ class HamiltonianParameters(Parameters):
     """The Hamiltonian layer of a unit (report table 3.3): ``n_blocks`` steps of size ``h``.
 
     Attributes:
-        function: one of :data:`HAMILTONIANS` or their aliases (report: ``hamiltonianFunction``).
+        function: a registered Hamiltonian layer (`contham.fields.field_names`: Chang et al.'s
+            two-layer, Galimberti et al.'s J1, J2 and H2 (separable), Haber & Ruthotto's symmetric
+            (MS1) and antisymmetric (MS2) networks) or an alias such as the H-DNN papers' names
+            (report: ``hamiltonianFunction``).
         n_blocks: number of successive Hamiltonian blocks (steps, weight nodes).
         ks: odd kernel size of the convolutional operator K.
         h: the step size (discretisation timestep).
@@ -189,8 +186,9 @@ class HamiltonianParameters(Parameters):
         solver: a fixed-step solver name (contham's addition); None takes the report's scheme:
             forward Euler for J1/J2/antisymmetric, the symplectic Euler (Verlet) of Chang et al.
             for the split Hamiltonians.
-        gradient: "backprop" or "reversible" (contham's addition; split Hamiltonians with a
-            split solver): backprop without stored activations, see :mod:`contham.gradients`.
+        gradient: a strategy name of `contham.gradients` that serves the solver (contham's
+            addition): "backprop", or "reversible" for split Hamiltonians with a split solver
+            (backprop without stored activations).
     """
 
     function: str = "TwoLayersHam"
@@ -210,26 +208,29 @@ class HamiltonianParameters(Parameters):
         if self.ks % 2 == 0:
             raise ValueError(f"ks must be odd (K is a same-padding convolution); got {self.ks}")
         self.h = check_positive("h", self.h)
-        self.act = check_name("act", self.act, ACTIVATION_NAMES)
+        self.act = check_name("act", self.act, tuple(a.title for a in ACTIVATIONS.values()))
         self.init = check_name("init", self.init, INITS)
         if self.solver is not None:
-            check_choice("solver", self.solver, FIXED_STEP_SOLVERS)
+            fixed = [name for name, cls in SOLVERS.items() if issubclass(cls, FixedStepSolver)]
+            check_choice("solver", self.solver, fixed)
         solver = get_solver(self.solver or entry.default_solver)
         if isinstance(solver, FixedStepSolver) and solver.needs_split and not entry.is_split:
             raise ValueError(
                 f"solver={self.solver!r} needs a split Hamiltonian ({', '.join(_split_names())}); "
                 f"got function={self.function!r}"
             )
-        check_choice("gradient", self.gradient, ("backprop", "reversible"))
-        if self.gradient == "reversible" and not (entry.is_split and isinstance(solver, SplitSolver)):
+        check_choice("gradient", self.gradient, gradient_names())
+        try:
+            get_gradient(self.gradient).check(solver)
+        except ValueError as error:
             raise ValueError(
-                f"gradient='reversible' needs a split Hamiltonian ({', '.join(_split_names())}) with a split "
-                f"solver; got function={self.function!r}, solver={self.solver!r}"
-            )
+                f"{error} (function={self.function!r}, solver={self.solver!r}; the split Hamiltonians: "
+                f"{', '.join(_split_names())})"
+            ) from None
 
 
 def _split_names() -> list[str]:
-    return [name for name in HAMILTONIANS if field_entry(name).is_split]
+    return [name for name in field_names() if field_entry(name).is_split]
 
 
 @dataclasses.dataclass

@@ -42,7 +42,7 @@ from torch.utils.data import Dataset, Subset, TensorDataset
 from torchvision.transforms import v2
 
 from ._checks import check_choice, check_int, check_nonnegative, check_positive
-from .augment import PREPROCESSINGS, BatchPreprocess
+from .augment import PREPROCESSINGS, THESIS_CROP, BatchPreprocess
 
 POINT_SETS = ("swiss_roll", "double_circles", "double_moons")
 
@@ -76,6 +76,17 @@ _DIGITS_TRAIN = 1500
 def dataset_info(name: str) -> DatasetInfo:
     """The :class:`DatasetInfo` of image set ``name``."""
     return DATASETS[check_choice("dataset", name, DATASETS)]
+
+
+def input_shape(dataset: str, preprocessing: str = "report") -> dict[str, int]:
+    """What a network is built for on ``dataset`` (an image set or a point set) after
+    ``preprocessing``: ``in_channels``, ``num_classes`` and ``image_size`` (the thesis's
+    preprocessing makes 28 x 28 images; a point is 2 features, "1 x 1")."""
+    if dataset in POINT_SETS:
+        return dict(in_channels=2, num_classes=2, image_size=1)
+    info = dataset_info(dataset)
+    image_size = THESIS_CROP if preprocessing == "thesis" else info.image_size
+    return dict(in_channels=info.channels, num_classes=info.num_classes, image_size=image_size)
 
 
 def transform(name: str, train: bool, preprocessing: str = "report", augment: bool = True) -> v2.Compose:

@@ -62,7 +62,7 @@ def integrate(
     if isinstance(y0, Tensor) and not torch.compiler.is_compiling() and not bool(torch.isfinite(y0).all()):
         raise ValueError("y0 must be finite; it contains NaN or inf")
     solver.check_field(field)
-    solver.check_gradient(gradient)
+    gradient.check(solver)
     nodes = field.nodes if isinstance(field, TimedField) else None
     low, high = min(times[0], times[-1]), max(times[0], times[-1])
     breaks = [s for s in (nodes.breaks if nodes is not None else ()) if low < s < high]

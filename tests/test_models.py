@@ -9,12 +9,14 @@ import torch.nn.functional as F
 
 from contham.blocks import collect_stats
 from contham.config import HamiltonianParameters, NetworkParameters
+from contham.data import input_shape
 from contham.models import (
     ChannelPad,
     HamiltonianNet,
     available,
     build,
     count_parameters,
+    default_data,
     describe,
     make_field,
 )
@@ -196,10 +198,32 @@ def test_state_dict_round_trip(name):
     a = build(name).eval()
     torch.manual_seed(2)
     b = build(name).eval()
-    x = torch.randn(2, 3, 32, 32)
+    x = own_input(name)
     assert not torch.allclose(a(x), b(x))
     b.load_state_dict(a.state_dict())
     torch.testing.assert_close(b(x), a(x), rtol=0, atol=0)
+
+
+def own_input(name, batch=2):
+    """A random batch of the data network ``name`` is built for by default."""
+    shape = input_shape(*default_data(name))
+    if shape["image_size"] == 1:
+        return torch.randn(batch, shape["in_channels"])
+    return torch.randn(batch, shape["in_channels"], shape["image_size"], shape["image_size"])
+
+
+@pytest.mark.parametrize("name", ["hdnn_2d", "hdnn_mnist", "thesis_resnet4", "thesis_hamiltonian_ode", "nominal",
+                                  "resnet32"])  # fmt: skip
+def test_build_with_no_shape_arguments_builds_each_network_for_its_own_data(name):
+    dataset, preprocessing = default_data(name)
+    net = build(name).eval()
+    out = net(own_input(name, batch=3))
+    assert out.shape == (3, input_shape(dataset, preprocessing)["num_classes"])
+    family_data = {"hdnn_2d": "swiss_roll", "hdnn_mnist": "mnist", "thesis_resnet4": "mnist",
+                   "thesis_hamiltonian_ode": "mnist", "nominal": "cifar10", "resnet32": "cifar10"}  # fmt: skip
+    assert dataset == family_data[name]
+    assert input_shape("swiss_roll") == dict(in_channels=2, num_classes=2, image_size=1)
+    assert input_shape("mnist", "thesis")["image_size"] == 28 and input_shape("cifar10")["in_channels"] == 3
 
 
 def test_hamiltonian_inits():

@@ -84,7 +84,7 @@ def test_statistics_modes_and_errors():
         HamiltonianBlock(field, gradient="adjoint")
     with pytest.raises(ValueError, match="split solver"):
         HamiltonianBlock(HamiltonianField(4, n_nodes=2), gradient="reversible")
-    with pytest.raises(ValueError, match="gradient='reversible' needs a split Hamiltonian"):
+    with pytest.raises(ValueError, match="'reversible' needs a split solver.*split Hamiltonians: TwoLayersHam"):
         HamiltonianParameters("J1", gradient="reversible")
     assert HamiltonianParameters.from_dict({"function": "H2", "memory": "reversible"}).gradient == "reversible"
 

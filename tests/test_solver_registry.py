@@ -126,3 +126,92 @@ def test_reversible_gradients_equal_backprop(name):
         grads.append(torch.autograd.grad((out * weight).sum(), [y0, *field.parameters()]))
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_torchdiffeq_methods_and_orders_are_read_from_torchdiffeq():
+    from torchdiffeq._impl.odeint import SOLVERS as TABLE
+
+    from contham.solvers import ADAPTIVE_METHODS, TORCHDIFFEQ_METHODS, method_order
+
+    assert TORCHDIFFEQ_METHODS == tuple(TABLE) and set(ADAPTIVE_METHODS) >= {"dopri5", "dopri8", "bosh3"}
+    assert {m: method_order(m) for m in ("dopri5", "dopri8", "bosh3", "rk4", "heun3")} == dict(
+        dopri5=5, dopri8=8, bosh3=3, rk4=4, heun3=3
+    )
+    assert method_order("explicit_adams") is None and method_order("scipy_solver") is None
+    assert all(get_solver(m).name == m for m in TORCHDIFFEQ_METHODS if m not in ("euler", "midpoint", "rk4"))
+
+
+def test_a_split_solver_counts_one_evaluation_per_kick():
+    for cls in {cls for cls in SOLVERS.values() if issubclass(cls, SplitSolver)}:
+        assert cls.evals_per_step == len(cls.kicks_y_first)
+    field = TwoLayerField(4, n_nodes=3, dt=0.1)
+    for name, per_step in (("symplectic_euler", 2), ("verlet", 3)):
+        assert integrate(field, torch.randn(2, 4), [0, 0.3], name).stats.nfe_forward == 3 * per_step
+
+
+def test_solvers_and_gradient_strategies_registered_after_import_are_accepted_everywhere(monkeypatch):
+    from contham import HamiltonianBlock
+    from contham.config import HamiltonianParameters
+    from contham.gradients import GRADIENTS, Backprop, register_gradient
+    from contham.models import build
+    from contham.solvers import Verlet, register_solver
+
+    monkeypatch.setitem(SOLVERS, "late_verlet", None)  # removed again after the test
+    monkeypatch.setitem(GRADIENTS, "counting", None)
+
+    @register_solver("late_verlet")
+    class LateVerlet(Verlet):
+        name = "late_verlet"
+
+    @register_gradient
+    class Counting(Backprop):
+        """Backprop that counts the fixed-step solves it runs."""
+
+        name = "counting"
+        runs = 0
+
+        def fixed_steps(self, solver, schedule, y):
+            type(self).runs += 1
+            return super().fixed_steps(solver, schedule, y)
+
+    ham = HamiltonianParameters("TwoLayersHam", n_blocks=2, solver="late_verlet", gradient="reversible")
+    assert ham.solver == "late_verlet"
+    net = build("nominal", solver="late_verlet", n_blocks=2)
+    assert all(b.solver.name == "late_verlet" for b in net.modules() if isinstance(b, HamiltonianBlock))
+    block = HamiltonianBlock(TwoLayerField(4, n_nodes=2, dt=0.1), "late_verlet", gradient="counting")
+    block(torch.randn(1, 4))
+    assert Counting.runs == 1
+    assert HamiltonianParameters("TwoLayersHam", gradient="counting").gradient == "counting"
+
+
+def test_the_block_reports_the_path_its_gradient_strategy_runs(monkeypatch):
+    from contham import HamiltonianBlock
+    from contham.gradients import Backprop
+
+    def no_fused(plan, x):
+        raise AssertionError("the fused path ran")
+
+    field = TwoLayerField(4, n_nodes=3, dt=0.1)
+    for gradient in ("reversible", Backprop(higher_order=True)):
+        block = HamiltonianBlock(field, gradient=gradient)
+        assert not block.fused
+        monkeypatch.setattr("contham.gradients.fused_steps", no_fused)
+        with torch.no_grad():  # evaluation too runs the path the block reports
+            block(torch.randn(2, 4))
+        block(torch.randn(2, 4, requires_grad=True)).sum().backward()
+        monkeypatch.undo()
+    assert HamiltonianBlock(field).fused
+
+
+def test_no_import_cycle_in_the_core():
+    """No module imports another only for type checking (the sign of an import cycle)."""
+    import ast
+    from pathlib import Path
+
+    import contham
+
+    root = Path(contham.__file__).parent
+    for path in root.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        guarded = [n for n in ast.walk(tree) if isinstance(n, ast.If) and "TYPE_CHECKING" in ast.unparse(n.test)]
+        assert not guarded, f"{path.relative_to(root)} imports under TYPE_CHECKING"

@@ -33,7 +33,7 @@ class SigmaTerm(NamedTuple):
 
     A field made of such terms declares them once in ``sigma_terms``, keyed by the half u they
     drive ("y", "z", or "x" for the whole state); v is the other half (:func:`other_half`).
-    Evaluation, energy, the fused path (:mod:`contham.fused`) and the reversible path all read
+    Evaluation, energy, the fused path (:mod:`contham.solvers.fused`) and the reversible path all read
     this declaration."""
 
     K: int

@@ -3,7 +3,7 @@ ResNet-k / ODENet and a Hamiltonian network of the same shape; all by name in :f
 
 from .hamiltonian_net import ChannelPad, HamiltonianNet, init_field, init_layer, make_block, make_field
 from .presets import PRESETS, preset
-from .registry import available, build, count_parameters, describe, options
+from .registry import available, build, count_parameters, default_data, describe, options
 from .resnet import BasicBlock, CifarResNet, ShortcutA
 from .thesis import PreActBlock, ThesisNet, thesis_hamiltonian, thesis_odenet, thesis_resnet
 
@@ -19,6 +19,7 @@ __all__ = [
     "available",
     "build",
     "count_parameters",
+    "default_data",
     "describe",
     "init_field",
     "init_layer",

@@ -249,7 +249,7 @@ class HDNNMnist(nn.Module):
         y = self.conv(x)
         n, c, height, width = y.shape
         # every pixel's channels, one row each, laid out channel by channel: the column form of
-        # the fused block (contham.fused), which then reads it without a transposing copy
+        # the fused block (contham.solvers.fused), which then reads it without a transposing copy
         pixels = y.transpose(0, 1).reshape(c, -1).t()
         y = self.block(pixels).t().reshape(c, n, height, width).transpose(0, 1)
         return self.fc(y.flatten(1))

@@ -20,6 +20,7 @@ from typing import Any
 from torch import nn
 
 from ..config import HamiltonianParameters, NetworkParameters
+from ..data import input_shape
 from .hamiltonian_net import HamiltonianNet
 from .hdnn import HDNN2d, HDNNMnist
 from .presets import PRESETS, preset
@@ -37,6 +38,14 @@ class _Entry:
     description: str
     options: tuple[str, ...]
     make: Callable[..., nn.Module]
+    dataset: str  # the data of the network's paper: build() shapes it for this by default
+    preprocessing: str = "report"
+
+
+def _keyword_options(cls: Callable[..., nn.Module]) -> tuple[str, ...]:
+    """The keyword-only options of a network class (its shape arguments come first)."""
+    parameters = inspect.signature(cls).parameters.values()
+    return tuple(p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY)
 
 
 def _report(name: str, in_channels: int, num_classes: int, image_size: int, **overrides: Any) -> nn.Module:
@@ -76,6 +85,7 @@ for _name in PRESETS:
         f"report preset {_name!r} (HamiltonianNet)",
         (*_NET_FIELDS, *(f for f in _HAM_FIELDS if f not in _NET_FIELDS)),
         lambda *args, _n=_name, **kw: _report(_n, *args, **kw),
+        "cifar10",
     )
 for _depth in (20, 32, 44, 56, 110, 1202):
     _REGISTRY[f"resnet{_depth}"] = _Entry(
@@ -83,6 +93,7 @@ for _depth in (20, 32, 44, 56, 110, 1202):
         f"He et al.'s CIFAR ResNet-{_depth}, option-A shortcuts",
         (),
         _ignore_size(lambda _d=_depth, **kw: CifarResNet(_d, **kw)),
+        "cifar10",
     )
 for _k in (2, 4, 8):
     _REGISTRY[f"thesis_resnet{_k}"] = _Entry(
@@ -90,24 +101,32 @@ for _k in (2, 4, 8):
         f"the thesis's ResNet-{_k}: {_k} pre-activation residual blocks",
         ("k",),
         _ignore_size(lambda _k=_k, **kw: thesis_resnet(**{"k": _k, **kw})),
+        "mnist",
+        "thesis",
     )
 _REGISTRY["thesis_odenet"] = _Entry(
     "thesis",
     "the thesis's ODENet: ODE block(s) of the ODENet field, dopri5 rtol=atol=1e-3",
     ("n_ode_blocks", "activation", *_ODE_OPTIONS),
     _ignore_size(thesis_odenet),
+    "mnist",
+    "thesis",
 )
 _REGISTRY["thesis_hamiltonian"] = _Entry(
     "thesis",
     "thesis segments around a discrete two-layer Hamiltonian layer (8 blocks, h=0.125: ResNet-2's size)",
     _HAM_FIELDS,
     _thesis_ham(False),
+    "mnist",
+    "thesis",
 )
 _REGISTRY["thesis_hamiltonian_ode"] = _Entry(
     "thesis",
     "thesis segments around an ODE block of a two-layer Hamiltonian field (tanh, weights linear in t)",
     (*(f for f in _HAM_FIELDS if f not in ("solver", "gradient")), *_ODE_OPTIONS),
     _thesis_ham(True),
+    "mnist",
+    "thesis",
 )
 
 
@@ -115,14 +134,18 @@ _REGISTRY["hdnn_2d"] = _Entry(
     "hdnn",
     "Galimberti et al.'s 2-D H-DNN: points embedded into nf features, n_layers H-DNN layers to t_end, "
     "linear classifier",
-    ("nf", "n_layers", "t_end", "function", "inputs", "init", "mask"),
+    _keyword_options(HDNN2d),
     lambda in_channels, num_classes, image_size, **kw: HDNN2d(in_channels, num_classes, **kw),
+    "swiss_roll",
+    "plain",
 )
 _REGISTRY["hdnn_mnist"] = _Entry(
     "hdnn",
     "Galimberti et al.'s MNIST H-DNN: conv3x3 to nf channels, a per-pixel H-DNN, FC to the classes",
-    ("nf", "n_layers", "h", "function", "init"),
+    _keyword_options(HDNNMnist),
     HDNNMnist,
+    "mnist",
+    "plain",
 )
 
 
@@ -146,11 +169,27 @@ def options(name: str) -> tuple[str, ...]:
     return _entry(name).options
 
 
+def default_data(name: str) -> tuple[str, str]:
+    """The dataset and preprocessing network ``name`` is built for by default: its paper's
+    (CIFAR-10 for the report's networks and He et al.'s, MNIST for the thesis's and the MNIST
+    H-DNN, the Swiss roll for the 2-D H-DNN)."""
+    entry = _entry(name)
+    return entry.dataset, entry.preprocessing
+
+
 def build(
-    name: str, *, in_channels: int = 3, num_classes: int = 10, image_size: int = 32, **overrides: Any
+    name: str,
+    *,
+    in_channels: int | None = None,
+    num_classes: int | None = None,
+    image_size: int | None = None,
+    **overrides: Any,
 ) -> nn.Module:
     """The network ``name`` (see :func:`available`) for ``in_channels``-channel square images of
     side ``image_size`` (only the report's networks depend on it) and ``num_classes`` classes.
+    Each shape argument left out is that of the network's own data (:func:`default_data`):
+    ``build("hdnn_2d")`` takes 2 coordinates to 2 classes, ``build("thesis_resnet2")`` MNIST
+    digits, ``build("nominal")`` CIFAR-10 images.
 
     ``overrides`` change the network's own options (see :func:`describe`), e.g.
     ``build("nominal", ks=5)``, ``build("thesis_odenet", gradient="adjoint", seminorm=True)``. For the
@@ -164,7 +203,9 @@ def build(
             f"unknown override(s) {', '.join(map(repr, unknown))} for {name!r}; "
             f"allowed: {', '.join(entry.options) or 'none'}"
         )
-    return entry.make(in_channels, num_classes, image_size, **overrides)
+    given = dict(in_channels=in_channels, num_classes=num_classes, image_size=image_size)
+    shape = {**input_shape(entry.dataset, entry.preprocessing), **{k: v for k, v in given.items() if v is not None}}
+    return entry.make(shape["in_channels"], shape["num_classes"], shape["image_size"], **overrides)
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:

@@ -17,11 +17,11 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from .._checks import check_choice, check_int
+from .._checks import check_choice, check_int, check_positive
 from ..blocks import ODEBlock
 from ..config import HamiltonianParameters
 from ..fields import ODENetField
-from ..gradients import Adjoint, Backprop
+from ..gradients import Adjoint, get_gradient, gradient_names
 from ..solvers import FixedStepSolver, get_solver
 from .hamiltonian_net import make_block, make_field
 
@@ -152,16 +152,20 @@ def ode_options(
     """The keyword arguments of an :class:`~contham.ODEBlock` of the thesis's networks.
 
     ``rtol``/``atol`` apply to adaptive solvers and are ignored by fixed-step ones (which take
-    ``step_size``). ``gradient`` is ``"backprop"`` or ``"adjoint"``; with the adjoint,
+    ``step_size``). ``gradient`` is a strategy name that serves ``solver``
+    (`contham.gradients.gradient_names`: ``"backprop"``, ``"adjoint"`` for torchdiffeq's methods); with the adjoint,
     ``adjoint_rtol``/``adjoint_atol`` (default: the forward ones) are the backward solve's
     tolerances and ``seminorm`` turns on the seminorm (:class:`~contham.gradients.Adjoint`).
     """
-    check_choice("gradient", gradient, ("backprop", "adjoint"))
+    check_choice("gradient", gradient, gradient_names(get_solver(solver)))
+    for name, value in (("adjoint_rtol", adjoint_rtol), ("adjoint_atol", adjoint_atol)):
+        if value is not None:
+            check_positive(name, value)
     adjoint_only = {"adjoint_rtol": adjoint_rtol, "adjoint_atol": adjoint_atol, "seminorm": seminorm or None}
     if gradient != "adjoint" and any(v is not None for v in adjoint_only.values()):
         given = ", ".join(k for k, v in adjoint_only.items() if v is not None)
         raise ValueError(f"{given} apply to gradient='adjoint'; got gradient={gradient!r}")
     if isinstance(get_solver(solver), FixedStepSolver):
         rtol = atol = None
-    chosen = Adjoint(adjoint_rtol, adjoint_atol, seminorm) if gradient == "adjoint" else Backprop()
+    chosen = Adjoint(adjoint_rtol, adjoint_atol, seminorm) if gradient == "adjoint" else get_gradient(gradient)
     return dict(solver=solver, rtol=rtol, atol=atol, gradient=chosen, step_size=step_size)

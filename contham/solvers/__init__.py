@@ -4,15 +4,17 @@
 loop (:meth:`Solver.solve`); :func:`~contham.integrate` only checks and dispatches.
 """
 
-from .adaptive import ADAPTIVE_METHODS, FIXED_GRID_METHODS, TORCHDIFFEQ_METHODS, TorchDiffEq
+from .adaptive import ADAPTIVE_METHODS, FIXED_GRID_METHODS, TORCHDIFFEQ_METHODS, TorchDiffEq, method_order
 from .base import (
     SOLVERS,
+    Gradient,
     IntegrationError,
     Kick,
     Problem,
     Solution,
     Solver,
     Stats,
+    Step,
     get_solver,
     register_solver,
     solver_names,
@@ -24,7 +26,6 @@ from .fixed import (
     Midpoint,
     Schedule,
     SplitSolver,
-    Step,
     SymplecticEuler,
     Verlet,
     plan_steps,
@@ -38,6 +39,7 @@ __all__ = [
     "TORCHDIFFEQ_METHODS",
     "Euler",
     "FixedStepSolver",
+    "Gradient",
     "IntegrationError",
     "Kick",
     "Midpoint",
@@ -52,6 +54,7 @@ __all__ = [
     "TorchDiffEq",
     "Verlet",
     "get_solver",
+    "method_order",
     "plan_steps",
     "register_solver",
     "solver_names",

@@ -7,32 +7,27 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torchdiffeq import odeint, odeint_adjoint
+from torchdiffeq._impl.odeint import SOLVERS as TORCHDIFFEQ_SOLVERS  # torchdiffeq's method table
+from torchdiffeq._impl.solvers import AdaptiveStepsizeODESolver, FixedGridODESolver
 
 from .._checks import check_choice, check_positive
 from ..fields.base import TimedField
-from ..gradients import Adjoint, Reversible
 from .base import IntegrationError, Problem, Solution, Solver, Stats, register_solver
 
-#: torchdiffeq methods with error control; they honour ``jump_t`` (weight discontinuities).
-ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
-#: torchdiffeq methods on a fixed grid (``options={"step_size": h}``).
-FIXED_GRID_METHODS = ("euler", "midpoint", "rk4", "heun2", "heun3", "explicit_adams", "implicit_adams", "fixed_adams")
-TORCHDIFFEQ_METHODS = ADAPTIVE_METHODS + FIXED_GRID_METHODS + ("scipy_solver",)
-#: order of accuracy of each method's solution. The Adams methods have none: they change order as
-#: they go (torchdiffeq's explicit_adams does not even converge monotonically as h shrinks).
-ORDERS = {
-    "dopri5": 5,
-    "dopri8": 8,
-    "bosh3": 3,
-    "fehlberg2": 2,
-    "adaptive_heun": 2,
-    "euler": 1,
-    "midpoint": 2,
-    "rk4": 4,
-    "heun2": 2,
-    "heun3": 3,
-}
+TORCHDIFFEQ_METHODS = tuple(TORCHDIFFEQ_SOLVERS)
+"""Every method of the installed torchdiffeq, read from its method table."""
+ADAPTIVE_METHODS = tuple(m for m, cls in TORCHDIFFEQ_SOLVERS.items() if issubclass(cls, AdaptiveStepsizeODESolver))
+"""torchdiffeq's methods with error control; they honour ``jump_t`` (weight discontinuities)."""
+FIXED_GRID_METHODS = tuple(m for m, cls in TORCHDIFFEQ_SOLVERS.items() if issubclass(cls, FixedGridODESolver))
+"""torchdiffeq's methods on a fixed grid (``options={"step_size": h}``)."""
+
+
+def method_order(method: str) -> int | None:
+    """The order of accuracy of torchdiffeq's ``method``, as its class declares it. None for
+    the Adams (multistep) methods, which change order as they go (torchdiffeq's explicit_adams
+    does not even converge monotonically as h shrinks), and for methods that declare none."""
+    cls = TORCHDIFFEQ_SOLVERS[method]
+    return None if "adams" in cls.__module__ else getattr(cls, "order", None)
 
 
 @dataclass(repr=False)
@@ -58,9 +53,10 @@ class TorchDiffEq(Solver):
         check_positive("atol", self.atol)
         self.name = self.method
         #: order of the method (None for the Adams methods and ``scipy_solver``)
-        self.order = ORDERS.get(self.method)
+        self.order = method_order(self.method)
         #: scipy's solvers run on NumPy arrays: no gradient flows through them
         self.differentiable = self.method != "scipy_solver"
+        self.has_adjoint = self.differentiable
 
     @classmethod
     def from_name(cls, name: str, rtol: float | None = None, atol: float | None = None) -> Solver:
@@ -82,13 +78,6 @@ class TorchDiffEq(Solver):
                 f"solver={self.method!r} (torchdiffeq fixed grid) cannot align its steps with the weight jumps "
                 "of a piecewise field; use contham's 'euler', 'midpoint', 'rk4', 'symplectic_euler', 'verlet' "
                 f"or an adaptive method ({', '.join(ADAPTIVE_METHODS)})"
-            )
-
-    def check_gradient(self, gradient: Any) -> None:
-        if isinstance(gradient, Reversible):
-            raise ValueError(
-                "gradient='reversible' needs a split fixed-step solver ('symplectic_euler', 'verlet'); "
-                f"got {self.name!r}"
             )
 
     def solve(self, problem: Problem) -> Solution:
@@ -146,13 +135,10 @@ class _CountedSteps(_Counted):
 
 @torch.compiler.disable  # adaptive steps decide on the host: torch.compile runs around, not through, them
 def _solve(solver: TorchDiffEq, problem: Problem) -> Solution:
-    y0, gradient = problem.y0, problem.gradient
-    adjoint = gradient if isinstance(gradient, Adjoint) else None
+    y0 = problem.y0
     stats = Stats(solver.name)
     if solver.adaptive:
         stats.steps_accepted, stats.steps_rejected = 0, 0
-        if adjoint is not None:
-            stats.steps_accepted_backward, stats.steps_rejected_backward = 0, 0
     ts = torch.tensor(problem.times, dtype=torch.float64, device=y0.device)
     options = dict(solver.options)
     if problem.breaks and solver.adaptive:
@@ -160,27 +146,9 @@ def _solve(solver: TorchDiffEq, problem: Problem) -> Solution:
         key = "jump_t" if problem.nodes is not None and problem.nodes.mode == "piecewise" else "step_t"
         options[key] = torch.tensor(problem.breaks, dtype=torch.float64, device=y0.device)
     func = (_CountedSteps if solver.adaptive else _Counted)(problem.field, stats, problem.max_nfe)
-    kwargs: dict[str, Any] = dict(rtol=solver.rtol, atol=solver.atol, method=solver.method, options=options)
     try:
-        if adjoint is not None:
-            params = tuple(p for p in problem.field.parameters() if p.requires_grad)
-            backward: dict[str, Any] = {}
-            if adjoint.rtol is not None:
-                backward["adjoint_rtol"] = adjoint.rtol
-            if adjoint.atol is not None:
-                backward["adjoint_atol"] = adjoint.atol
-            if adjoint.seminorm:  # the default adjoint options are the forward ones (with jump_t/step_t)
-                backward["adjoint_options"] = {**options, "norm": "seminorm"}
-            ys = odeint_adjoint(func, y0, ts, adjoint_params=params, **kwargs, **backward)
-            func.backward_pass = True
-        else:
-            ys = odeint(func, y0, ts, **kwargs)
-            if ys.requires_grad:
-                ys.register_hook(lambda grad: _count_backward(stats))
+        kwargs: dict[str, Any] = dict(rtol=solver.rtol, atol=solver.atol, method=solver.method, options=options)
+        ys = problem.gradient.odeint(func, y0, ts, stats, **kwargs)
     except AssertionError as err:  # torchdiffeq reports dt underflow and max_num_steps this way
         raise IntegrationError(f"{solver.name} failed: {err}") from err
     return Solution(ts, ys, stats)
-
-
-def _count_backward(stats: Stats) -> None:
-    stats.nfe_backward += stats.nfe_forward

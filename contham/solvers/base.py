@@ -11,12 +11,15 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple, TypeVar
+from typing import Any, ClassVar, NamedTuple, TypeVar
 
 from torch import Tensor, nn
 
 from ..fields.time import TimeNodes
-from ..gradients import Gradient
+
+Step = tuple[float, float, "int | None"]
+"""One fixed step ``(t, h, node)``: from time t by h (negative backwards in time), with the weights
+of ``node`` for the whole step (None: the field is read at each stage time)."""
 
 
 class IntegrationError(RuntimeError):
@@ -79,11 +82,39 @@ class Problem:
     max_nfe: int
 
 
+class Gradient(ABC):
+    """A gradient strategy: how the gradients of a solve are computed. A solver hands its work
+    to the strategy of its :class:`Problem`, which runs it: a fixed-step solver its steps
+    (:meth:`fixed_steps`), a solver built on torchdiffeq its call (:meth:`odeint`). The strategies
+    themselves live in :mod:`contham.gradients`."""
+
+    #: the name of the strategy (``gradient=<name>``)
+    name: ClassVar[str]
+
+    def check(self, solver: Solver) -> None:  # noqa: B027 (accepts every solver)
+        """Raise ``ValueError`` if this strategy cannot compute the gradients of ``solver``."""
+
+    @abstractmethod
+    def fixed_steps(self, solver: Any, schedule: Any, y: Tensor) -> list[Tensor]:
+        """The states at ``schedule.outputs`` of a fixed-step ``solver`` from ``y``."""
+
+    @abstractmethod
+    def odeint(self, func: nn.Module, y0: Tensor, ts: Tensor, stats: Stats, **kwargs: Any) -> Tensor:
+        """torchdiffeq's solve of ``func`` from ``y0`` at ``ts`` (``kwargs``: method, tolerances,
+        options), with gradients as this strategy computes them; counts the backward pass in
+        ``stats``."""
+
+    def fused(self, schedule: Any) -> Any:
+        """The fused plan this strategy runs ``schedule`` with (:mod:`contham.solvers.fused`), or
+        None: the one place that decides the fused path."""
+        return None
+
+
 class Kick(NamedTuple):
     """One update ``u <- u + (c h) f_u(t + d h, v)`` of half ``u`` ("y" or "z", or "x": the whole
     state) by the term that drives it, read on the other half v. Split steps are sequences of
     kicks with u != v; each is undone exactly by subtracting the same term, which makes them
-    reversible (:mod:`contham.reversible`) and lets :mod:`contham.fused` run them."""
+    reversible (:mod:`contham.solvers.reversible`) and lets :mod:`contham.solvers.fused` run them."""
 
     u: str
     c: float
@@ -100,6 +131,10 @@ class Solver(ABC):
     symplectic: bool = False
     #: True for methods through which gradients can flow (by backprop or the adjoint)
     differentiable: bool = True
+    #: True for methods whose steps are undone exactly (``gradient="reversible"``)
+    reversible: bool = False
+    #: True for methods with a continuous adjoint (``gradient="adjoint"``)
+    has_adjoint: bool = False
 
     @classmethod
     def from_name(cls, name: str, rtol: float | None = None, atol: float | None = None) -> Solver:
@@ -110,9 +145,6 @@ class Solver(ABC):
 
     def check_field(self, field: nn.Module) -> None:  # noqa: B027 (accepts every field)
         """Raise ``ValueError`` if this solver cannot integrate ``field``."""
-
-    def check_gradient(self, gradient: Gradient) -> None:  # noqa: B027 (accepts every strategy)
-        """Raise ``ValueError`` if this solver cannot compute gradients with ``gradient``."""
 
     @abstractmethod
     def solve(self, problem: Problem) -> Solution:

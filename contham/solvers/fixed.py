@@ -20,16 +20,9 @@ from torch import Tensor, nn
 
 from .._checks import check_choice
 from ..fields.base import FrozenField, SplitField
-from ..fields.hamiltonian import SigmaTermField
 from ..fields.time import TimeNodes
-from ..fused import FusedPlan, fused_plan, fused_steps
-from ..gradients import Adjoint, Backprop, Gradient, Reversible
-from ..reversible import reversible_steps
-from .base import IntegrationError, Kick, Problem, Solution, Solver, Stats, register_solver
-
-Step = tuple[float, float, "int | None"]
-"""One step ``(t, h, node)``: from time t by h (negative backwards in time), with the weights of
-``node`` for the whole step (None: the field is read at each stage time)."""
+from .base import Gradient, IntegrationError, Kick, Problem, Solution, Solver, Stats, Step, register_solver
+from .fused import FusedPlan, fused_plan
 
 
 def plan_steps(
@@ -70,9 +63,7 @@ class Schedule:
         self.field, self.steps, self.outputs = field, steps, outputs
         self.final_only = outputs == [len(steps)]
         self.pinned = all(node is not None for _, _, node in steps)
-        self.fused: FusedPlan | None = None
-        if self.final_only and isinstance(field, SigmaTermField):
-            self.fused = fused_plan(field, solver.kicks(field), steps)
+        self.fused: FusedPlan | None = fused_plan(field, solver.kicks(field), steps) if self.final_only else None
 
 
 class FixedStepSolver(Solver):
@@ -88,17 +79,6 @@ class FixedStepSolver(Solver):
                 f"solver={self.name!r} updates the halves (y, z) of a split state and needs a split field "
                 f"(TwoLayerField, SeparableField, SymmetricField); got {type(field).__name__}. "
                 "Use 'euler', 'midpoint', 'rk4' or an adaptive method for this field."
-            )
-
-    def check_gradient(self, gradient: Gradient) -> None:
-        if isinstance(gradient, Adjoint):
-            raise ValueError(
-                "gradient='adjoint' needs a torchdiffeq method (e.g. solver='dopri5' or "
-                f"TorchDiffEq('rk4', options=...)); got the fixed-step solver={self.name!r}"
-            )
-        if isinstance(gradient, Reversible) and not isinstance(self, SplitSolver):
-            raise ValueError(
-                f"gradient='reversible' needs a split solver ('symplectic_euler', 'verlet'); got {self.name!r}"
             )
 
     def kicks(self, field: Any) -> list[Kick] | None:
@@ -120,31 +100,30 @@ class FixedStepSolver(Solver):
         return Solution(ts, torch.stack([problem.y0, *ys]), stats)
 
     def run(self, schedule: Schedule, y: Tensor, gradient: Gradient, stats: Stats) -> list[Tensor]:
-        """The states at ``schedule.outputs`` from ``y``, computed as ``gradient`` says; fills
-        ``stats``. The fused path runs where it applies (unless ``Backprop(higher_order=True)``)."""
+        """The states at ``schedule.outputs`` from ``y``, computed as ``gradient`` says
+        (:meth:`~contham.solvers.Gradient.fixed_steps`); fills ``stats``."""
+        field = schedule.field
+        stats.nfe_forward = len(schedule.steps) * self.evals_per_step
+        stats.steps_accepted, stats.steps_rejected = len(schedule.steps), 0
+        stats.nfe_backward = stats.nfe_forward if wants_grad(field, y) else 0
+        return gradient.fixed_steps(self, schedule, y)
+
+    def march(self, schedule: Schedule, y: Tensor) -> list[Tensor]:
+        """The steps one by one, through autograd: the states at ``schedule.outputs``."""
         field: Any = schedule.field  # a NodeField wherever a step names a node
-        steps = schedule.steps
-        stats.nfe_forward = len(steps) * self.evals_per_step
-        stats.steps_accepted, stats.steps_rejected = len(steps), 0
-        params = field.parameters() if isinstance(field, nn.Module) else ()
-        wants_grad = torch.is_grad_enabled() and (y.requires_grad or any(p.requires_grad for p in params))
-        stats.nfe_backward = stats.nfe_forward if wants_grad else 0
-        if isinstance(gradient, Reversible) and wants_grad:
-            if not schedule.final_only or not isinstance(self, SplitSolver):
-                raise ValueError(
-                    "gradient='reversible' needs a split solver and keeps only the final state: pass two times"
-                )
-            return [reversible_steps(field, self, y, steps)]
-        higher_order = isinstance(gradient, Backprop) and gradient.higher_order
-        if schedule.fused is not None and not higher_order:
-            return [fused_steps(schedule.fused, y)]
         frozen = [FrozenField(field, w) for w in field.step_weights()] if schedule.pinned else []
         out = []
-        for i, (s, h, node) in enumerate(steps, 1):
+        for i, (s, h, node) in enumerate(schedule.steps, 1):
             y = self.step(field if node is None else frozen[node], s, h, y)
             if i in schedule.outputs:
                 out.append(y)
         return out
+
+
+def wants_grad(field: Any, y: Tensor) -> bool:
+    """Whether a solve of ``field`` from ``y`` is recorded for a backward pass."""
+    params = field.parameters() if isinstance(field, nn.Module) else ()
+    return torch.is_grad_enabled() and (y.requires_grad or any(p.requires_grad for p in params))
 
 
 @register_solver("euler")
@@ -197,7 +176,13 @@ class SplitSolver(FixedStepSolver):
 
     needs_split = True
     symplectic = True
+    reversible = True
     kicks_y_first: ClassVar[tuple[Kick, ...]]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "kicks_y_first" in cls.__dict__:  # one half-field evaluation per kick
+            cls.evals_per_step = len(cls.kicks_y_first)
 
     def __init__(self, first: str | None = None):
         self.first = None if first is None else check_choice("first", first, ("y", "z"))
@@ -244,7 +229,6 @@ class SymplecticEuler(SplitSolver):
 
     name = "symplectic_euler"
     order = 1
-    evals_per_step = 2
     kicks_y_first = (Kick("y", 1.0, 0.0), Kick("z", 1.0, 0.0))
 
 
@@ -259,5 +243,4 @@ class Verlet(SplitSolver):
 
     name = "verlet"
     order = 2
-    evals_per_step = 3
     kicks_y_first = (Kick("y", 0.5, 0.0), Kick("z", 1.0, 0.5), Kick("y", 0.5, 1.0))

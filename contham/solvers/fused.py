@@ -25,18 +25,15 @@ with autograd in float64); they cannot be differentiated again (no double backwa
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from .fields.base import other_half
-from .fields.hamiltonian import SigmaTermField
-
-if TYPE_CHECKING:
-    from .solvers.base import Kick
-    from .solvers.fixed import Step
+from ..fields.base import other_half
+from ..fields.hamiltonian import SigmaTermField
+from .base import Kick, Step
 
 # One kick of the plan: (half moved u, half read v, coefficient c h sign); the term driving u is named u
 PlanKick = tuple[str, str, float]
@@ -94,7 +91,7 @@ class FusedPlan:
         return hist
 
 
-def fused_plan(field: SigmaTermField, kicks: list[Kick] | None, steps: list[Step]) -> FusedPlan | None:
+def fused_plan(field: nn.Module, kicks: list[Kick] | None, steps: list[Step]) -> FusedPlan | None:
     """The :class:`FusedPlan` of ``steps`` of a solver whose step on ``field`` is ``kicks``, or
     None if the fused path cannot run it. It runs dense :class:`~contham.fields.SigmaTermField` s
     with a fusable activation (:class:`~contham.fields.Activation`) whose step is a sequence of

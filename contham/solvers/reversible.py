@@ -15,15 +15,14 @@ reconstruction.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from .fields.base import FrozenField, NodeField, other_half
-
-if TYPE_CHECKING:
-    from .solvers.fixed import SplitSolver, Step
+from ..fields.base import FrozenField, NodeField, other_half
+from .base import Step
+from .fixed import SplitSolver
 
 
 class _ReversibleSteps(torch.autograd.Function):
