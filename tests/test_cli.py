@@ -84,7 +84,7 @@ def test_grid_is_resumable_and_survives_a_failing_point(tmp_path, monkeypatch, c
 
     monkeypatch.setattr(experiments, "run", failing_run)
     args = ["grid", "thesis_resnet2", "--param", "learning.lr=0.01,0.02,0.05", *FAST, "--out", str(tmp_path)]
-    assert main(args) == 0
+    assert main(args) == 1  # a point failed: the exit status says so
     out = capsys.readouterr().out
     assert "2 of 3 runs finished" in out and "failed: learning.lr=0.02 seed 0 RuntimeError: boom" in out
     rows = list(csv.DictReader(open(tmp_path / "grid.csv")))
@@ -92,7 +92,8 @@ def test_grid_is_resumable_and_survives_a_failing_point(tmp_path, monkeypatch, c
     assert (tmp_path / "grid.png").exists()
     calls = []
     monkeypatch.setattr(experiments, "run", lambda c, d, **kwargs: calls.append(d) or real_run(c, d, **kwargs))
-    monkeypatch.setattr("contham.experiments.trainer._train_epoch", lambda *a, **k: pytest.fail("finished point rerun"))
+    rerun = lambda *a, **k: pytest.fail("finished point rerun")  # noqa: E731
+    monkeypatch.setattr("contham.experiments.loop.Loop.train_epoch", rerun)
     with pytest.raises(pytest.fail.Exception):  # the failed point is retried, the finished ones are not
         main(args)
     assert [d.parent.name for d in calls] == ["learning.lr=0.01", "learning.lr=0.02"]

@@ -16,8 +16,15 @@ from torch._dynamo import register_backend
 from contham.config import LearningParameters
 from contham.data import point_set, points
 from contham.experiments import RunConfig
-from contham.experiments.runconfig import HDNN_2D_LEARNING, HDNN_MNIST_LEARNING, PROTOCOLS
-from contham.experiments.trainer import adam_step_epoch_parameters, fit, make_optimizer, run, set_adam_step
+from contham.experiments.protocols import (
+    HDNN_2D_LEARNING,
+    HDNN_MNIST_LEARNING,
+    PROTOCOLS,
+    adam_step_epoch_parameters,
+    make_optimizer,
+    set_adam_step,
+)
+from contham.experiments.trainer import fit, run
 from contham.models import build, count_parameters
 from contham.models.hdnn import FUNCTIONS, HDNN2d, HDNNMnist, LinearClassifier
 
@@ -335,7 +342,8 @@ def test_the_code_protocol_counts_epochs_for_the_papers_first_two_parameters(fun
     learning = PROTOCOLS["hdnn_2d_code"]
     assert learning == dataclasses.replace(HDNN_2D_LEARNING, lr_decay_at=[], adam_step_epoch=learning.adam_step_epoch)
     model = HDNN2d(function=function, n_layers=4)
-    chosen = {id(p) for p in adam_step_epoch_parameters(model, make_optimizer(model, learning), learning)}
+    optimizer = make_optimizer(model, learning)
+    chosen = {id(p) for p in adam_step_epoch_parameters(model, optimizer, learning.adam_step_epoch)}
     assert {name.removeprefix("block.field.") for name, p in model.named_parameters() if id(p) in chosen} == (
         CODE_EPOCH_COUNTED[function]
     )
@@ -381,7 +389,7 @@ def test_bad_adam_step_epoch_raises():
     learning = dataclasses.replace(PROTOCOLS["hdnn_2d_code"], adam_step_epoch=["block.field.K1"])
     with pytest.raises(ValueError, match=r"adam_step_epoch=\['block.field.K1'\] names none of the trained parameters "
                                          r"\(block.field.K, block.field.b\)"):  # fmt: skip
-        adam_step_epoch_parameters(model, make_optimizer(model, learning), learning)
+        adam_step_epoch_parameters(model, make_optimizer(model, learning), learning.adam_step_epoch)
     with pytest.raises(ValueError, match="adam_step_epoch needs optimiser 'Adam'; got optimiser='SGD'"):
         LearningParameters(adam_step_epoch=["block.field.K"])
     with pytest.raises(ValueError, match="adam_step_epoch must be a list of parameter names; got 'K'"):

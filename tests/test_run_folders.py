@@ -102,7 +102,7 @@ def test_a_second_process_skips_or_waits_for_a_locked_run(tmp_path, capsys):
     main(["grid", "thesis_resnet2", "--param", "learning.lr=0.1", *FAST, "--out", str(tmp_path / "g")])
     with RunLock(tmp_path / "g" / "learning.lr=0.1" / "seed0"):
         assert main(["grid", "thesis_resnet2", "--param", "learning.lr=0.1,0.2", *FAST, "--restart",
-                     "--out", str(tmp_path / "g")]) == 0  # fmt: skip
+                     "--out", str(tmp_path / "g")]) == 75  # a point was busy  # fmt: skip
     rows = (tmp_path / "g" / "grid.csv").read_text().splitlines()
     assert rows[1].startswith("0.1,0,busy") and rows[2].startswith("0.2,0,finished")
     capsys.readouterr()

@@ -12,13 +12,12 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-import contham.experiments.trainer as training
+import contham.experiments.loop as training_loop
 from contham import HamiltonianBlock, HamiltonianField
 from contham.config import LearningParameters
 from contham.data import load_image_set, points
-from contham.experiments import RunConfig, fit, run
-from contham.experiments.accelerate import Accelerator
-from contham.experiments.distributed import Ranks
+from contham.experiments import Loop, Recipe, RunConfig, Settings, fit, run
+from contham.experiments.checkpoints import seed_everything
 from contham.models import build
 from contham.models.hdnn import HDNN2d
 from contham.regularization import SMOOTHED, smoothness
@@ -55,7 +54,7 @@ def test_resumed_run_reaches_the_same_numbers(tmp_path, monkeypatch):
     straight = fit(hamiltonian_classifier(), data, test, LEARN, tmp_path / "a", epochs=4, progress=False)
 
     calls = {"n": 0}
-    real_evaluate = training.evaluate
+    real_evaluate = training_loop.evaluate
 
     def interrupt_in_epoch_3(*args, **kwargs):
         calls["n"] += 1
@@ -63,13 +62,13 @@ def test_resumed_run_reaches_the_same_numbers(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real_evaluate(*args, **kwargs)
 
-    monkeypatch.setattr(training, "evaluate", interrupt_in_epoch_3)
+    monkeypatch.setattr(training_loop, "evaluate", interrupt_in_epoch_3)
     torch.manual_seed(0)
     with pytest.raises(KeyboardInterrupt):
         fit(hamiltonian_classifier(), data, test, LEARN, tmp_path / "b", epochs=4, progress=False)
     interrupted = json.loads((tmp_path / "b" / "metrics.json").read_text())
     assert interrupted["status"] == "interrupted" and interrupted["epochs_done"] == 2
-    monkeypatch.setattr(training, "evaluate", real_evaluate)
+    monkeypatch.setattr(training_loop, "evaluate", real_evaluate)
     torch.manual_seed(123)  # the resumed run restores every random state from the checkpoint
     resumed = fit(hamiltonian_classifier(), data, test, LEARN, tmp_path / "b", epochs=4, progress=False)
     for key in ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "confusion"):
@@ -124,7 +123,7 @@ def test_run_writes_results_and_does_not_rerun(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "config.json").read_text()) == config.to_dict()
     history = json.loads((tmp_path / "history.json").read_text())
     assert history[0]["batches"] == 2 and history[0]["saved_tensors_mb"] > 0
-    monkeypatch.setattr(training, "_train_epoch", lambda *a, **k: pytest.fail("a finished run was rerun"))
+    monkeypatch.setattr(Loop, "train_epoch", lambda *a, **k: pytest.fail("a finished run was rerun"))
     assert run(config, tmp_path, progress=False) == metrics
     other = RunConfig(model="thesis_resnet2", epochs=1, max_batches=2)
     with pytest.raises(ValueError, match="holds a different run"):  # finished, but another config
@@ -150,7 +149,7 @@ def test_run_config_keys_and_defaults():
     with pytest.raises(ValueError, match="fraction must be in"):
         config.set("fraction", 2.0)
     with pytest.raises(ValueError, match="device must be 'auto', 'cpu' or 'cuda"):
-        training.select_device("tpu")
+        training_loop.select_device("tpu")
 
 
 class ContHamHostSyncs(TorchFunctionMode):
@@ -158,7 +157,7 @@ class ContHamHostSyncs(TorchFunctionMode):
     contham's own code."""
 
     NAMES = {"item", "tolist", "numpy", "cpu", "__bool__", "__float__", "__int__", "__index__", "nonzero", "unique"}
-    ROOT = str(Path(training.__file__).parents[1])
+    ROOT = str(Path(training_loop.__file__).parents[1])
 
     def __init__(self):
         super().__init__()
@@ -177,11 +176,9 @@ def test_a_training_step_makes_one_host_sync(model):
     train_set = load_image_set("digits", train=True, preprocessing="thesis" if "thesis" in model else "report")
     net = build(model, in_channels=1, num_classes=10, image_size=28 if "thesis" in model else 8)
     learning = RunConfig(model=model).learning
-    optimizer = training.make_optimizer(net, learning)
-    ranks = Ranks()
+    loop = Loop(net, train_set, train_set, learning, Settings(epochs=1, max_batches=3, device="cpu"), num_classes=10)
     with ContHamHostSyncs() as syncs:
-        entry = training._train_epoch(net, net, train_set, learning, optimizer, torch.device("cpu"), ranks, 0, 1, 3,
-                                      False, 1, Accelerator(), None, [])  # fmt: skip
+        entry = loop.train_epoch(1)
     assert entry["batches"] == 3 and len(syncs.calls) == 3, syncs.calls  # the batch's loss, accuracy and penalty
 
 
@@ -222,9 +219,10 @@ def test_run_hands_the_built_network_to_on_build_before_training(tmp_path):
 
     shifted = run(config, tmp_path / "a", progress=False, on_build=shift)
     # the same by hand: the network of `run`, shifted, then fitted
-    train_set, test_set, shape = training.load_run_data(config)
-    training.seed_everything(config.seed)
-    network = build(config.model, **shape, **config.model_options)
+    recipe = Recipe(config)
+    train_set, test_set = recipe.data()
+    seed_everything(config.seed)
+    network = build(config.model, **recipe.shape, **config.model_options)
     with torch.no_grad():
         network.block.field.K.add_(0.5)
     by_hand = fit(network, train_set, test_set, config.learning, tmp_path / "b", seed=config.seed, device="cpu",

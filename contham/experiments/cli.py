@@ -18,15 +18,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..data import DATASETS, POINT_DOMAINS, POINT_SETS, dataset_info, load_dataset, tensors_of
-from ..models import HamiltonianNet, available, build, describe
+from ..data import DATASETS, POINT_DOMAINS, POINT_SETS, tensors_of
+from ..models import HamiltonianNet, available, describe
 from .distributed import ranks_from_env, shutdown
-from .drivers import Executor, Sequential, compare, format_table, grid, parse_model, parse_value, safe_name
-from .files import RunBusy, load_checkpoint, read_json
+from .drivers import Executor, Sequential, compare, failed, format_table, grid, parse_model, parse_value, safe_name
+from .files import RunBusy, read_json
 from .plots import plot_confusion, plot_curves, plot_feature_maps, plot_gradient_norms, plot_grid, plot_points_2d
+from .protocols import PROTOCOLS
 from .ray_runner import RayRunner
-from .runconfig import PROTOCOLS, RunConfig
-from .trainer import load_run_data, run
+from .recipe import Recipe
+from .runconfig import RunConfig
+from .status import Status
+from .trainer import run
 
 DEFAULT_MODELS = ("thesis_resnet2", "thesis_odenet", "thesis_hamiltonian")
 
@@ -65,13 +68,14 @@ def _folder_name(target: str, pairs: list[tuple[str, Any]]) -> str:
     return safe_name(Path(target).stem + "".join(f",{k}={v}" for k, v in pairs))
 
 
-def cmd_train(args: argparse.Namespace) -> None:
+def cmd_train(args: argparse.Namespace) -> int:
     pairs = _key_values(args.overrides)
     config = _apply(_base_config(args.target), pairs)
     out = Path(args.out) if args.out else Path("runs") / "train" / _folder_name(args.target, pairs)
     metrics = run(config, out, progress=not args.quiet, wait=args.wait, restart=args.restart)
     if ranks_from_env().main:
         _print_run(out, metrics)
+    return 0
 
 
 def _executor(args: argparse.Namespace) -> Executor:
@@ -98,7 +102,7 @@ def _print_run(out: Path, metrics: dict[str, Any]) -> None:
         line += (
             f"\ntest accuracy {100 * metrics['test_accuracy']:.2f}% (best {100 * metrics['best_test_accuracy']:.2f}%)"
         )
-    if status == "diverged":
+    if status == Status.DIVERGED:
         line += f"\ndiverged in epoch {metrics['diverged_epoch']} (loss {metrics['diverged_loss']})"
     print(line)
 
@@ -118,16 +122,22 @@ def _compare_base(args: argparse.Namespace) -> RunConfig:
     return _apply(config, [(k, v) for k, v in settings if v is not None] + _key_values(args.overrides))
 
 
-def cmd_compare(args: argparse.Namespace) -> None:
+def cmd_compare(args: argparse.Namespace) -> int:
     base = _compare_base(args)
     out = Path(args.out)
     print(f"comparing {', '.join(args.models)} on {base.dataset}, {base.epochs} epochs, seeds {args.seeds} -> {out}")
     rows = compare(args.models, base, args.seeds, out, progress=not args.quiet, executor=_executor(args))
     print(format_table(rows))
     print(f"written: {out / 'compare.csv'}, {out / 'compare.md'}, {out / 'compare.png'}")
+    return _exit_status(any(row["failed"] for row in rows), any("busy" in row["status"] for row in rows))
 
 
-def cmd_grid(args: argparse.Namespace) -> None:
+def _exit_status(failed: bool, busy: bool) -> int:
+    """1 when a run failed, else 75 when one was skipped because another process held it."""
+    return 1 if failed else 75 if busy else 0
+
+
+def cmd_grid(args: argparse.Namespace) -> int:
     base = _apply(_base_config(args.target), _key_values(args.overrides))
     axes = []
     for spec in args.param:
@@ -141,21 +151,22 @@ def cmd_grid(args: argparse.Namespace) -> None:
         else Path("runs") / "grid" / _folder_name(args.target, [(k, "grid") for k, _ in axes])
     )
     rows = grid(base, axes, args.seeds, out, progress=not args.quiet, executor=_executor(args))
-    failed = [r for r in rows if r["status"] not in ("finished", "stopped_early")]
-    stopped = sum(r["status"] == "stopped_early" for r in rows)
-    done = len(rows) - len(failed) - stopped
+    bad = [r for r in rows if r["status"] not in (Status.FINISHED, Status.STOPPED_EARLY)]
+    stopped = sum(r["status"] == Status.STOPPED_EARLY for r in rows)
+    done = len(rows) - len(bad) - stopped
     print(
         f"{done} of {len(rows)} runs finished"
         + (f", {stopped} stopped early" if stopped else "")
         + f"; written: {out / 'grid.csv'}, {out / 'grid.png'}"
     )
-    for r in failed:
+    for r in bad:
         print(
             f"  {r['status']}: " + ", ".join(f"{k}={r[k]}" for k, _ in axes) + f" seed {r['seed']} {r['error'] or ''}"
         )
+    return _exit_status(bool(failed(rows)), any(r["status"] == Status.BUSY for r in rows))
 
 
-def cmd_plot(args: argparse.Namespace) -> None:
+def cmd_plot(args: argparse.Namespace) -> int:
     for folder in map(Path, args.dirs):
         if not folder.is_dir():
             raise UsageError(f"{str(folder)!r} is not a folder")
@@ -182,43 +193,35 @@ def cmd_plot(args: argparse.Namespace) -> None:
                 f"{str(folder)!r} holds no run (history.json), comparison (compare.csv) or grid (grid.json)"
             )
         print("\n".join(map(str, written)))
+    return 0
 
 
 def _model_figures(folder: Path) -> list[Path]:
     """Report figures 5.2-5.3 for a finished HamiltonianNet run (one test image through the units),
-    the H-DNN papers' figures for a 2-D run."""
-    config = RunConfig.from_dict(read_json(folder / "config.json"))
-    assert config.dataset is not None  # resolved by validate()
-    if config.dataset in POINT_SETS:
-        return _points_2d(folder, config, config.dataset)
-    info = dataset_info(config.dataset)
-    image_size = 28 if config.preprocessing == "thesis" else info.image_size
-    model = build(config.model, in_channels=info.channels, num_classes=info.num_classes, image_size=image_size)
-    if not isinstance(model, HamiltonianNet) or not (folder / "checkpoint.pt").exists():
+    the H-DNN papers' figures for a 2-D run: the network rebuilt by the run's recipe (its
+    ``model_options`` included) with its checkpoint's weights."""
+    recipe = Recipe(RunConfig.from_dict(read_json(folder / "config.json")))
+    model = recipe.trained(folder)
+    if model is None:
         return []
-    model.load_state_dict(load_checkpoint(folder / "checkpoint.pt", map_location="cpu")["model"])
-    test = load_dataset(config.dataset, config.root, train=False, preprocessing=config.preprocessing or "report")
+    dataset = recipe.config.dataset
+    if dataset in POINT_SETS:
+        x, labels = tensors_of(recipe.data()[1]) or (None, None)
+        assert x is not None and labels is not None and dataset is not None
+        return [plot_points_2d(model, x, labels, POINT_DOMAINS[dataset], folder / "points_2d.png")]
+    if not isinstance(model, HamiltonianNet):
+        return []
+    test = recipe.data()[1]
     return [plot_feature_maps(model, test[0][0], folder / "feature_maps.png")]
 
 
-def _points_2d(folder: Path, config: RunConfig, dataset: str) -> list[Path]:
-    """The H-DNN papers' figures for a finished 2-D run: decision regions and hidden states."""
-    if not (folder / "checkpoint.pt").exists():
-        return []
-    _, test, shape = load_run_data(config)
-    model = build(config.model, **shape, **config.model_options)
-    model.load_state_dict(load_checkpoint(folder / "checkpoint.pt", map_location="cpu")["model"])
-    x, labels = tensors_of(test) or (None, None)
-    assert x is not None and labels is not None
-    return [plot_points_2d(model, x, labels, POINT_DOMAINS[dataset], folder / "points_2d.png")]
-
-
-def cmd_list(args: argparse.Namespace) -> None:
+def cmd_list(args: argparse.Namespace) -> int:
     for name in available():
         print(describe(name))
     print("datasets: " + ", ".join(DATASETS))
     print("point sets (hdnn_2d): " + ", ".join(POINT_SETS))
     print("protocols (learning=<name>): " + ", ".join(PROTOCOLS))
+    return 0
 
 
 def parser() -> argparse.ArgumentParser:
@@ -299,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
             extra = moved + extra
         args.overrides = [*args.overrides, *extra]
     try:
-        args.run(args)
+        return args.run(args)
     except RunBusy as error:
         print(f"contham {args.command}: skipped: {error}", file=sys.stderr)
         return 75
@@ -311,7 +314,6 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         shutdown()
-    return 0
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from ..config import read_yaml
 from .files import RunBusy, RunFolderError, prepare_folder, read_json, write_json
 from .plots import plot_curves, plot_grid
 from .runconfig import RunConfig
+from .status import Status
 from .trainer import run
 
 COLUMNS = (
@@ -34,6 +35,7 @@ COLUMNS = (
     "test_accuracy",
     "test_accuracy_std",
     "runs",
+    "failed",
     "seconds_per_epoch",
     "nfe_forward",
     "nfe_backward",
@@ -102,7 +104,7 @@ def run_job(
     try:
         return run(job.config, job.run_dir, progress=progress, wait=wait, restart=restart, on_epoch=on_epoch)
     except RunBusy as error:
-        return {"status": "busy", "error": str(error)}
+        return {"status": Status.BUSY, "error": str(error)}
     except KeyboardInterrupt:
         raise
     except ValueError as error:
@@ -114,7 +116,7 @@ def run_job(
 
 
 def _failed(job: Job, error: Exception) -> dict[str, Any]:
-    result = {"status": "failed", "error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()}
+    result = {"status": Status.FAILED, "error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()}
     try:
         write_json(job.run_dir / "metrics.json", result)
     except RunFolderError:
@@ -166,23 +168,35 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
 
 
 def _aggregate(label: str, results: list[dict[str, Any]]) -> dict[str, Any]:
-    done = [r for r in results if r.get("status") == "finished"]
+    done = [r for r in results if r.get("status") == Status.FINISHED]
     row: dict[str, Any] = {"model": label, "runs": len(done)}
     row["test_accuracy"], row["test_accuracy_std"] = _mean_std([r["test_accuracy"] for r in done])
     for key in ("parameters", "seconds_per_epoch", "nfe_forward", "nfe_backward", "saved_tensors_mb", "peak_memory_mb"):
         values = [r[key] for r in done if r.get(key) is not None]
         row[key] = _mean_std(values)[0]
-    statuses = [r.get("status", "?") for r in results]
+    row["failed"] = len(failed(results))
+    statuses = [str(r.get("status", "?")) for r in results]
     row["status"] = ", ".join(f"{statuses.count(s)} {s}" for s in sorted(set(statuses)))
     return row
 
 
-def _printer(progress: bool) -> OnResult:
+def execute(jobs: Sequence[Job], executor: Executor, progress: bool, results: list[dict[str, Any] | None]) -> None:
+    """Carry out ``jobs``, putting the result of job i into ``results[i]`` as it ends; a job
+    that an error or Ctrl-C kept from running keeps its None (the callers write the tables of
+    what ran, then the error goes on)."""
+    index = {id(job): i for i, job in enumerate(jobs)}
+
     def on_result(job: Job, result: dict[str, Any]) -> None:
+        results[index[id(job)]] = result
         if progress:
             print(_run_line(job.label, result), flush=True)
 
-    return on_result
+    executor.execute(jobs, on_result)
+
+
+def failed(results: Sequence[dict[str, Any] | None]) -> list[dict[str, Any]]:
+    """The results of runs that an error ended."""
+    return [r for r in results if r is not None and r.get("status") == Status.FAILED]
 
 
 def compare(
@@ -210,12 +224,24 @@ def compare(
             run_dir = out_dir / safe_name(spec) / f"seed{seed}"
             jobs.append(Job(f"{spec} seed {seed}", dataclasses.replace(copy.deepcopy(config), seed=seed), run_dir))
     prepare_folder(out_dir)
-    results = (executor or Sequential(progress)).execute(jobs, _printer(progress))
+    results: list[dict[str, Any] | None] = [None] * len(jobs)
+    try:
+        execute(jobs, executor or Sequential(progress), progress, results)
+    finally:
+        rows = _compare_tables(models, jobs, results, out_dir)
+    return rows
+
+
+def _compare_tables(
+    models: Sequence[str], jobs: Sequence[Job], results: Sequence[dict[str, Any] | None], out_dir: Path
+) -> list[dict[str, Any]]:
+    """Write ``compare.csv``, ``compare.md`` and ``compare.png`` for the runs that ran."""
     rows, histories = [], {}
+    per_spec = len(jobs) // len(models)
     for i, spec in enumerate(models):
-        mine = range(i * len(seeds), (i + 1) * len(seeds))
-        histories[spec] = [_history(jobs[k].run_dir) for k in mine]
-        rows.append(_aggregate(spec, [results[k] for k in mine]))
+        ran = [(job, r) for job, r in zip(jobs[i * per_spec : (i + 1) * per_spec], results[i * per_spec :]) if r]
+        histories[spec] = [_history(job.run_dir) for job, _ in ran]
+        rows.append(_aggregate(spec, [r for _, r in ran]))
     _write_table(rows, out_dir / "compare.csv", out_dir / "compare.md")
     plot_curves(histories, out_dir / "compare.png")
     return rows
@@ -249,20 +275,35 @@ def grid(
             jobs.append(Job(f"{name} seed {seed}", run_config, out_dir / safe_name(name) / f"seed{seed}"))
             points.append(values)
     prepare_folder(out_dir)
-    results = (executor or Sequential(progress)).execute(jobs, _printer(progress))
+    results: list[dict[str, Any] | None] = [None] * len(jobs)
+    try:
+        execute(jobs, executor or Sequential(progress), progress, results)
+    finally:
+        rows = _grid_tables(keys, jobs, points, results, out_dir)
+    return rows
+
+
+def _grid_tables(
+    keys: list[str], jobs: Sequence[Job], points: list[Any], results: Sequence[dict[str, Any] | None], out_dir: Path
+) -> list[dict[str, Any]]:
+    """Write ``grid.csv``, ``grid.json`` and ``grid.png`` for the runs that ran; one row each."""
     rows = []
     for job, values, result in zip(jobs, points, results):
-        row = {**dict(zip(keys, values)), "seed": job.config.seed, "status": result.get("status")}
+        if result is None:
+            continue
+        row = {**dict(zip(keys, values)), "seed": job.config.seed, "status": str(result.get("status"))}
         row.update({k: result.get(k) for k in ("test_accuracy", "best_test_accuracy", "train_accuracy")})
         row["epochs_done"] = result.get("epochs_done")
         row["error"] = result.get("error")
         rows.append(row)
+    fields = [*keys, "seed", "status", "test_accuracy", "best_test_accuracy", "train_accuracy", "epochs_done", "error"]
     with open(out_dir / "grid.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
     write_json(out_dir / "grid.json", {"keys": keys, "rows": rows})
-    plot_grid(rows, keys, out_dir / "grid.png")
+    if rows:
+        plot_grid(rows, keys, out_dir / "grid.png")
     return rows
 
 

@@ -32,8 +32,9 @@ import torch
 from .._checks import check_int, check_nonnegative
 from .drivers import Job, OnResult, run_job
 from .files import RunLock, read_json, write_json
+from .loop import summarize
 from .runconfig import RunConfig
-from .trainer import STOPPED, summarize
+from .status import Status
 
 
 def _run_remote(
@@ -127,7 +128,7 @@ class RayRunner:
                 except ValueError:  # bad input that fails every run, as in a sequential run
                     raise
                 except ray.exceptions.RayError as error:  # a worker died (out of memory, node lost)
-                    results[i] = {"status": "failed", "error": f"{type(error).__name__}: {error}"}
+                    results[i] = {"status": Status.FAILED, "error": f"{type(error).__name__}: {error}"}
                 on_result(jobs[i], results[i])
         except BaseException:
             # A Ray instance of our own is stopped by ray.shutdown(). Cancelling its tasks first
@@ -152,12 +153,14 @@ class RayRunner:
 
             def report(entry: dict[str, Any]) -> None:
                 reported.append(entry["epoch"])
-                tune.report({"test_accuracy": entry["test_accuracy"], "epoch": entry["epoch"], "status": "running"})
+                tune.report(
+                    {"test_accuracy": entry["test_accuracy"], "epoch": entry["epoch"], "status": Status.RUNNING.value}
+                )
 
             result = _run_remote(*payload[params["job"]], threads, wait, restart, report)  # type: ignore[call-arg]
-            if not reported or result.get("status") != "finished":
+            if not reported or result.get("status") != Status.FINISHED:
                 tune.report({"test_accuracy": result.get("test_accuracy") or 0.0,
-                             "epoch": result.get("epochs_done") or 0, "status": result.get("status")})  # fmt: skip
+                             "epoch": result.get("epochs_done") or 0, "status": str(result.get("status"))})  # fmt: skip
 
         # beyond the last epoch, so that a trial ends by itself and writes its final metrics
         max_epochs = max(job.config.epochs or 10_000 for job in jobs) + 1
@@ -195,15 +198,15 @@ def _settle(job: Job, error: Exception | None) -> dict[str, Any]:
     checkpoint, without training)."""
     metrics_path = job.run_dir / "metrics.json"
     if error is not None and not metrics_path.exists():
-        return {"status": "failed", "error": f"{type(error).__name__}: {error}"}
+        return {"status": Status.FAILED, "error": f"{type(error).__name__}: {error}"}
     with RunLock(job.run_dir, wait=True):  # the stopped trial's process may still be exiting
         metrics = read_json(metrics_path)
-        if metrics.get("status") not in ("running", "interrupted"):
+        if metrics.get("status") not in (Status.RUNNING, Status.INTERRUPTED):
             return metrics
         history_path = job.run_dir / "history.json"
         history = read_json(history_path) if history_path.exists() else []
         if len(history) < metrics.get("epochs", len(history) + 1):
-            metrics = {**metrics, **summarize(history), "status": STOPPED, "stopped_epoch": len(history)}
+            metrics = {**metrics, **summarize(history), "status": Status.STOPPED_EARLY, "stopped_epoch": len(history)}
             metrics["epochs_done"] = len(history)
             write_json(metrics_path, metrics)
             return metrics

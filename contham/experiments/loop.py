@@ -1,0 +1,384 @@
+"""The training loop of one run (the report's algorithm 1) and evaluation.
+
+:class:`Settings` holds every run option of the loop, written once: :class:`~contham.experiments.RunConfig`
+inherits them, :func:`~contham.experiments.fit` takes them by name. :class:`Loop` trains one
+epoch at a time and evaluates; what a protocol changes around each update comes from its
+strategies (:mod:`contham.experiments.protocols`), so the loop has no protocol flags.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import time
+from collections.abc import Sized
+from typing import Any, cast
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from .._checks import check_bool, check_int, check_positive
+from ..analysis import GradientNorms
+from ..config import LearningParameters
+from ..regularization import smoothness
+from . import distributed
+from .accelerate import (
+    Accelerator,
+    CompiledOrEager,
+    autocast,
+    check_amp,
+    check_compile,
+    grad_scaler,
+    memory_format,
+    to_channels_last,
+)
+from .batches import in_order, training_batches
+from .distributed import GlobalBatches, Ranks
+from .instruments import SavedTensors, field_evaluations, peak_memory_mb, reset_peak_memory
+from .protocols import FinalData, TrainingProtocol, make_optimizer, strategies
+
+DIVERGENCE_LOSS = 1e15
+"""A training loss above this (or not finite) ends a run as ``diverged`` (as in the report)."""
+
+
+@dataclasses.dataclass
+class Settings:
+    """The run options of the training loop.
+
+    Attributes:
+        epochs: None: from ``learning`` (report algorithm 1, :func:`epochs_for`).
+        max_batches: stop each epoch after this many batches (short runs).
+        seed: seeds the weights, the batches and the augmentation.
+        device: "auto" (CUDA when available, else CPU), "cpu" or "cuda[:i]".
+        deterministic: force deterministic algorithms.
+        gradient_norms: record, per epoch, the mean gradient norm of every block's output state
+            and of every parameter (:class:`~contham.analysis.GradientNorms`) in the history.
+        stop_at_accuracy: finish after the first epoch whose test accuracy reaches this
+            (time-to-accuracy studies).
+        max_train_seconds: finish after the epoch in which the training time (evaluation
+            excluded) reaches this.
+        sync_batchnorm: in a distributed run, batch norm with the statistics of the global batch,
+            as one process computes them.
+        amp: mixed precision None, "bf16" or "fp16" (:mod:`contham.experiments.accelerate`).
+        channels_last: the NHWC memory layout.
+        compile: ``torch.compile`` (true or a backend name).
+    """
+
+    epochs: int | None = None
+    max_batches: int | None = None
+    seed: int = 0
+    device: str = "auto"
+    deterministic: bool = False
+    gradient_norms: bool = False
+    stop_at_accuracy: float | None = None
+    max_train_seconds: float | None = None
+    sync_batchnorm: bool = False
+    amp: str | None = None
+    channels_last: bool = False
+    compile: bool | str = False
+
+    def validate(self) -> None:
+        """Check every option; raise ``ValueError`` naming the first bad one."""
+        for name in ("epochs", "max_batches"):
+            if getattr(self, name) is not None:
+                check_int(name, getattr(self, name))
+        check_int("seed", self.seed, 0)
+        if not isinstance(self.device, str):
+            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:index]'; got {self.device!r}")
+        for name in ("deterministic", "gradient_norms", "sync_batchnorm", "channels_last"):
+            check_bool(name, getattr(self, name))
+        if self.stop_at_accuracy is not None and not 0 < check_positive("stop_at_accuracy", self.stop_at_accuracy) <= 1:
+            raise ValueError(f"stop_at_accuracy must be a number in (0, 1]; got {self.stop_at_accuracy!r}")
+        if self.max_train_seconds is not None:
+            check_positive("max_train_seconds", self.max_train_seconds)
+        check_amp(self.amp)
+        check_compile(self.compile)
+
+    @property
+    def accelerator(self) -> Accelerator:
+        """The accelerator options (mixed precision, memory format, compilation)."""
+        return Accelerator(self.amp, self.channels_last, self.compile)
+
+    @classmethod
+    def of(cls, source: Any) -> Settings:
+        """The settings held by ``source`` (e.g. a :class:`~contham.experiments.RunConfig`)."""
+        return cls(**{f.name: getattr(source, f.name) for f in dataclasses.fields(cls)})
+
+
+def select_device(device: str = "auto") -> torch.device:
+    """``"auto"``: CUDA when available, else CPU; or an explicit ``"cpu"``/``"cuda[:i]"``."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not isinstance(device, str) or not (device == "cpu" or device.startswith("cuda")):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:index]'; got {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but CUDA is not available here; use 'auto' or 'cpu'")
+    return torch.device(device)
+
+
+def epochs_for(learning: LearningParameters, train_size: int) -> int:
+    """Report algorithm 1: ``ceil(training_steps_max * batch_size / train_size)``."""
+    return max(1, math.ceil(learning.training_steps_max * learning.batch_size / train_size))
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    dataset: Dataset,
+    device: torch.device,
+    batch_size: int = 500,
+    num_classes: int | None = None,
+    ranks: Ranks | None = None,
+    options: Accelerator | None = None,
+) -> dict[str, Any]:
+    """Loss, accuracy and (with ``num_classes``) the confusion matrix (rows: true class) on
+    ``dataset``. In a distributed run (``ranks``) each rank evaluates its share and the sums are
+    reduced; ``options``: the run's mixed precision and memory format."""
+    ranks = ranks or Ranks()
+    options = options or Accelerator()
+    model.eval()
+    classes = num_classes or 1
+    sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss, correct
+    total = 0
+    confusion = torch.zeros(classes * classes, dtype=torch.long, device=device)
+    for x, y in in_order(dataset, batch_size, device, ranks):
+        x = memory_format(x, options.channels_last)
+        with autocast(device, options.amp):
+            out = model(x)
+        predicted = out.argmax(1)
+        sums += torch.stack([F.cross_entropy(out, y, reduction="sum").double(), (predicted == y).sum().double()])
+        total += len(y)
+        if num_classes:
+            confusion += torch.bincount(y * num_classes + predicted, minlength=classes * classes)
+    loss, correct, total = distributed.all_reduce_sum(torch.cat([sums, sums.new_tensor([total])]), ranks).tolist()
+    result = {"loss": loss / total, "accuracy": correct / total}
+    if num_classes:
+        result["confusion"] = distributed.all_reduce_sum(confusion, ranks).view(classes, classes).tolist()
+    return result
+
+
+class Loop:
+    """The training of one run: the model on its device with its optimiser, lr schedule,
+    gradient scaler and protocol strategies; trains an epoch (:meth:`train_epoch`), evaluates
+    (:meth:`evaluate`), and gives and takes its state for checkpoints.
+
+    Args:
+        model: the network (moved to the device; converted to channels-last and synchronised
+            batch norm as ``settings`` say).
+        train_set, test_set: the data.
+        learning: the protocol.
+        settings: the run options (``settings.epochs`` None: :func:`epochs_for`).
+        ranks: the processes of a distributed run (default: this one).
+        device: default from ``settings.device``.
+        num_classes: for the confusion matrix (default: the model's output width).
+        eval_batch_size: batch size of evaluation.
+        progress: progress bars.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train_set: Dataset,
+        test_set: Dataset,
+        learning: LearningParameters,
+        settings: Settings,
+        *,
+        ranks: Ranks | None = None,
+        device: torch.device | None = None,
+        num_classes: int | None = None,
+        eval_batch_size: int = 500,
+        progress: bool = False,
+    ):
+        self.ranks = ranks or Ranks()
+        self.device = device or select_device(settings.device)
+        self.train_set, self.test_set, self.learning, self.settings = train_set, test_set, learning, settings
+        self.epochs = settings.epochs or epochs_for(learning, len(cast(Sized, train_set)))
+        self.eval_batch_size, self.progress = eval_batch_size, progress
+        self.protocol: TrainingProtocol = strategies(learning)
+        self.protocol.check(model, self.ranks)
+        self.model = self._placed(model)
+        self.optimizer = make_optimizer(self.model, learning, self.protocol)
+        self.protocol.start(self.model, self.optimizer)
+        self.scaler = grad_scaler(self.device, settings.amp)
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, learning.lr_decay_at, learning.lr_decay)
+        self.num_classes = num_classes or self._output_width()
+        network = self.protocol.network(self.model, distributed.wrap(self.model, self.device, self.ranks))
+        self.network = CompiledOrEager(network, settings.compile) if settings.compile else network
+
+    def _placed(self, model: nn.Module) -> nn.Module:
+        model.to(self.device)
+        if self.settings.channels_last:
+            to_channels_last(model)
+        if self.settings.sync_batchnorm and self.ranks.distributed:
+            model = distributed.convert_sync_batchnorm(model, self.device)
+        return model
+
+    def _output_width(self) -> int:
+        self.model.eval()
+        with torch.no_grad():
+            return self.model(self.test_set[0][0][None].to(self.device)).shape[1]
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint keeps of the loop."""
+        return dict(
+            model=self.model.state_dict(),
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(),
+            scaler=None if self.scaler is None else self.scaler.state_dict(),
+        )
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Load a :meth:`state`."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler") is not None:
+            self.scaler.load_state_dict(state["scaler"])
+
+    def epoch(self, epoch: int) -> dict[str, Any]:
+        """Train ``epoch`` (1-based), then (unless it diverged) end it: after the last epoch the
+        protocol's final step, then the lr schedule's step and the evaluation. Returns the
+        epoch's history entry, with ``confusion``; ``diverged`` marks a diverged epoch."""
+        hooks = GradientNorms(self.model) if self.settings.gradient_norms else None
+        try:
+            entry = self.train_epoch(epoch)
+        finally:
+            if hooks is not None:
+                hooks.remove()
+        if entry.get("diverged"):
+            return entry
+        if hooks is not None:
+            entry["gradient_norms"] = {k: sum(v) / len(v) for k, v in hooks.history.items()}
+        if epoch == self.epochs:
+            final = FinalData(self.train_set, self.eval_batch_size, self.device, self.settings.seed, self.epochs)
+            self.protocol.after_training(self.model, final)
+        self.scheduler.step()
+        test = self.evaluate()
+        entry.update(test_loss=test["loss"], test_accuracy=test["accuracy"], confusion=test["confusion"])
+        return entry
+
+    def evaluate(self) -> dict[str, Any]:
+        """Loss, accuracy and confusion matrix on the test set."""
+        accelerator = self.settings.accelerator
+        args = (self.eval_batch_size, self.num_classes, self.ranks, accelerator)
+        return evaluate(self.model, self.test_set, self.device, *args)
+
+    def train_epoch(self, epoch: int) -> dict[str, Any]:
+        """One epoch of updates; its history entry (or ``diverged`` with the loss). One host sync
+        per batch (the batch's summed loss, correct predictions and penalty, reduced over the
+        ranks), and one more in the fp16 gradient scaler's step."""
+        self.network.train()
+        seed, size_of = self.settings.seed, len(cast(Sized, self.train_set))
+        generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        batches = GlobalBatches(size_of, self.learning.batch_size, generator, self.ranks, self.settings.max_batches)
+        augmentation = torch.Generator().manual_seed(seed * 100_003 + epoch + 2**40)
+        reset_peak_memory(self.device)
+        tally = _Tally()
+        bar = tqdm(total=len(batches), desc=f"epoch {epoch}/{self.epochs}", disable=not self.progress, leave=False)
+        try:
+            for i, (x, y, size) in enumerate(training_batches(self.train_set, batches, generator, augmentation,
+                                                              self.device)):  # fmt: skip
+                value = self._update(i, x, y, size, epoch, tally)
+                if not math.isfinite(value) or value > DIVERGENCE_LOSS:
+                    return {"epoch": epoch, "diverged": True, "train_loss": value}
+                bar.update()
+                bar.set_postfix(loss=f"{tally.loss / tally.total:.4f}", acc=f"{tally.correct / tally.total:.4f}")
+        finally:
+            bar.close()
+        return tally.entry(epoch, self, len(batches))
+
+    def _update(self, i: int, x: Tensor, y: Tensor, size: int, epoch: int, tally: _Tally) -> float:
+        """One optimiser update on this rank's part ``(x, y)`` of a global batch of ``size``;
+        returns the batch's loss (cross-entropy plus penalty) and adds it to ``tally``."""
+        x = memory_format(x, self.settings.channels_last)
+        with autocast(self.device, self.settings.amp):
+            with SavedTensors() if i == 0 else contextlib.nullcontext() as memory:
+                out = self.protocol.outputs(self.network, self.model, x, y)
+                out = self.network(x) if out is None else out
+            data_loss = distributed.weighted_cross_entropy(out, y, size, self.ranks)
+        if memory is not None:
+            tally.saved = memory.megabytes
+        learning = self.learning
+        penalty = (
+            smoothness(self.model, learning.alpha, b_in_reg=learning.b_in_reg, h_div=learning.h_div,
+                       of=learning.smoothness_of)
+            if learning.alpha > 0
+            else None
+        )  # fmt: skip
+        # this rank's summed loss, correct predictions and share of the penalty, in one sync
+        world = self.ranks.world_size
+        parts = [data_loss.detach().double() * (size / world), (out.argmax(1) == y).sum().double()]
+        parts.append(penalty.detach().double() / world if penalty is not None else parts[1].new_zeros(()))
+        ce_sum, n_correct, penalty_value = distributed.all_reduce_sum(torch.stack(parts), self.ranks).tolist()
+        value = ce_sum / size + penalty_value
+        if not math.isfinite(value) or value > DIVERGENCE_LOSS:
+            return value
+        self._step(data_loss if penalty is None else data_loss + penalty, epoch)
+        tally.add(value, int(n_correct), size, field_evaluations(self.model))
+        return value
+
+    def _step(self, loss: Tensor, epoch: int) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.protocol.before_update(self.optimizer, epoch)
+        if self.scaler is None:
+            loss.backward()
+            self.optimizer.step()
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+
+
+class _Tally:
+    """The running sums of one epoch."""
+
+    def __init__(self) -> None:
+        self.loss, self.correct, self.total = 0.0, 0, 0
+        self.nfe, self.nfe_batches = [0, 0], 0
+        self.saved: float | None = None
+        self.begin = time.perf_counter()
+
+    def add(self, loss: float, correct: int, size: int, nfe: tuple[int, int] | None) -> None:
+        self.loss += loss * size
+        self.correct += correct
+        self.total += size
+        if nfe is not None:
+            self.nfe = [self.nfe[0] + nfe[0], self.nfe[1] + nfe[1]]
+            self.nfe_batches += 1
+
+    def entry(self, epoch: int, loop: Loop, batches: int) -> dict[str, Any]:
+        entry = {
+            "epoch": epoch,
+            "lr": loop.optimizer.param_groups[0]["lr"],
+            "train_loss": self.loss / self.total,
+            "train_accuracy": self.correct / self.total,
+            "seconds": time.perf_counter() - self.begin,
+            "batches": batches,
+            "saved_tensors_mb": self.saved,
+            "peak_memory_mb": peak_memory_mb(loop.device),
+        }
+        if self.nfe_batches:
+            entry.update(nfe_forward=self.nfe[0] / self.nfe_batches, nfe_backward=self.nfe[1] / self.nfe_batches)
+        return entry
+
+
+def summarize(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """The final metrics of a run from its per-epoch history (last and best accuracies, means)."""
+    if not history:
+        return {}
+    last = history[-1]
+    summary = {
+        key: last[key] for key in ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "saved_tensors_mb")
+    }
+    summary["best_test_accuracy"] = max(h["test_accuracy"] for h in history)
+    summary["seconds_per_epoch"] = sum(h["seconds"] for h in history) / len(history)
+    summary["train_seconds"] = sum(h["seconds"] for h in history)
+    summary["peak_memory_mb"] = max(h["peak_memory_mb"] for h in history)
+    for key in ("nfe_forward", "nfe_backward"):
+        if key in last:
+            summary[key] = sum(h[key] for h in history) / len(history)
+    return summary
