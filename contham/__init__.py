@@ -1,11 +1,11 @@
 """contham: continuous-depth and Hamiltonian deep neural networks in PyTorch.
 
-The public surface composes: a *field* ``f(t, y)`` (:mod:`contham.fields`), a *solver*
-(:mod:`contham.solvers`), a *gradient strategy* (:mod:`contham.gradients`), :func:`integrate`,
-and the *blocks* :class:`HamiltonianBlock`
-(discrete mode) and :class:`ODEBlock` (any field, any solver). Whole networks are in
-:mod:`contham.models` (by name: ``contham.models.build``), described by the parameter dataclasses
-of :mod:`contham.config`.
+The public surface composes: a *field* ``f(t, y)`` (`contham.fields`), a *solver*
+(`contham.solvers`), a *gradient strategy* (`contham.gradients`), `integrate`,
+and the *blocks* `HamiltonianBlock`
+(discrete mode) and `ODEBlock` (any field, any solver). Whole networks are in
+`contham.models` (by name: ``contham.models.build``), described by the parameter dataclasses
+of `contham.config`.
 """
 
 from . import config, fields, gradients, models, solvers

@@ -33,7 +33,7 @@ def check_even(name: str, value: int, why: str) -> int:
 
 
 def check_name(name: str, value: Any, allowed: Iterable[str]) -> str:
-    """Like :func:`check_choice` but case-insensitive; returns the allowed spelling."""
+    """Like `check_choice` but case-insensitive; returns the allowed spelling."""
     allowed = tuple(allowed)
     if isinstance(value, str):
         for option in allowed:

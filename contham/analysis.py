@@ -6,13 +6,13 @@ up to its time dependence. With a symplectic (semi-implicit) discretisation, eve
 sensitivity matrix ``dy_N / dy_l`` is symplectic, so its spectral norm is >= 1 at any depth and
 gradients cannot vanish. This module measures both:
 
-* :func:`jacobian`, :func:`eigenvalues` (dense, small states), :func:`top_eigenvalues` (a few
+* `jacobian`, `eigenvalues` (dense, small states), `top_eigenvalues` (a few
   eigenvalues through Jacobian-vector products and ``scipy.sparse.linalg.eigs``, for conv states),
-  :func:`max_real_part` along a trajectory;
-* :func:`sensitivities` (exact ``dy_N / dy_l`` for every step l of a block, small states) and
-  :func:`sensitivity_norms` (spectral norms by power iteration with JVP/VJP, any state);
-* :func:`energy_drift`, :func:`reversibility_error`, :func:`symplecticity_defect`;
-* :class:`GradientNorms`: hooks that record the gradient norm of every block's output state and
+  `max_real_part` along a trajectory;
+* `sensitivities` (exact ``dy_N / dy_l`` for every step l of a block, small states) and
+  `sensitivity_norms` (spectral norms by power iteration with JVP/VJP, any state);
+* `energy_drift`, `reversibility_error`, `symplecticity_defect`;
+* `GradientNorms`: hooks that record the gradient norm of every block's output state and
   of every parameter during training.
 
 Functions analyse one sample: a state ``y`` of shape ``(1, features)`` or ``(1, C, H, W)``; the
@@ -55,7 +55,7 @@ def jacobian(fn: Map, y: Tensor) -> Tensor:
 
 
 def field_map(field: nn.Module, t: float = 0.0) -> Map:
-    """``y -> f(t, y)`` for :func:`jacobian` and friends."""
+    """``y -> f(t, y)`` for `jacobian` and friends."""
     return lambda y: field(t, y)
 
 
@@ -125,7 +125,7 @@ def _states(block: Any, y: Tensor) -> list[Tensor]:
 
 def sensitivities(block: Any, y: Tensor) -> Tensor:
     """Exact backward sensitivity matrices ``dy_N / dy_l`` for ``l = 0..N`` of a stack of steps
-    (a :class:`HamiltonianBlock`, or anything with ``n_steps`` and ``step(j, y)``) from the single
+    (a `HamiltonianBlock`, or anything with ``n_steps`` and ``step(j, y)``) from the single
     sample ``y`` (small states): a tensor ``(N + 1, n, n)``, the last one the identity. Built from
     the step Jacobians ``A_l = dy_{l+1} / dy_l`` as ``A_{N-1} ... A_l``. For a batch ``y`` of B
     samples, the per-sample results stacked: ``(B, N + 1, n, n)`` (average with ``.mean(0)``)."""
@@ -157,7 +157,7 @@ def _power_norm(forward: Map, backward: Map, shape: torch.Size, like: Tensor, it
 
 def sensitivity_norms(block: Any, y: Tensor, layers: Sequence[int] | None = None, iterations: int = 30) -> np.ndarray:
     """Spectral norms ``||dy_N / dy_l||_2`` for the steps ``layers`` (default all ``0..N``) of a
-    stack of steps (as in :func:`sensitivities`), by power iteration on ``A^T A`` with JVPs and
+    stack of steps (as in `sensitivities`), by power iteration on ``A^T A`` with JVPs and
     VJPs through steps ``l..N-1``; for any state size. A batch gives one row per sample."""
     if isinstance(y, Tensor) and y.dim() >= 2 and y.shape[0] > 1:
         return np.stack([sensitivity_norms(block, sample[None], layers, iterations) for sample in y])
@@ -218,8 +218,8 @@ def reversibility_error(block: HamiltonianBlock, y: Tensor) -> float:
 
 class GradientNorms:
     """Records, at every backward pass, the norm of the loss's gradient with respect to the output
-    state of every :class:`HamiltonianBlock` / :class:`ODEBlock` (and, optionally, any module given)
-    and of every parameter. Use as a context manager or call :meth:`remove`.
+    state of every `HamiltonianBlock` / `ODEBlock` (and, optionally, any module given)
+    and of every parameter. Use as a context manager or call `remove`.
 
     ``history["state/<name>"]`` and ``history["param/<name>"]`` are lists with one value per
     backward pass; the hooks cost one norm per tensor.

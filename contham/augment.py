@@ -1,8 +1,8 @@
 """The seeds' image preprocessing applied to whole batches as tensor ops, on any device.
 
-:class:`BatchPreprocess` takes a batch of uint8 images ``(B, C, H, W)`` (already on the training
+`BatchPreprocess` takes a batch of uint8 images ``(B, C, H, W)`` (already on the training
 device) and returns the float batch that the per-sample torchvision pipeline of
-:func:`contham.data.transform` would give, image by image:
+`contham.data.transform` would give, image by image:
 
 * ``"report"``: with augmentation, zero-pad by ``p`` (4; 12 for STL-10), crop back to size at a
   random offset ``(top, left)`` in ``[0, 2p]^2`` and flip horizontally with probability 1/2;
@@ -10,7 +10,7 @@ device) and returns the float batch that the per-sample torchvision pipeline of
   offset in ``[0, 4]^2``; without, resize to 28;
 * ``"plain"``: nothing;
 
-then standardise per channel. The random parameters are drawn on the host by :meth:`draw`, three
+then standardise per channel. The random parameters are drawn on the host by `draw`, three
 integers per image from a ``torch.Generator``, so that a run gets the same augmentations on CPU
 and on CUDA, after a resumption, and split over any number of ranks (each rank takes its rows of
 the global batch's parameters). Crop and flip are one gather.
@@ -81,7 +81,7 @@ class BatchPreprocess(nn.Module):
         return torch.cat([params, flip[:, None]], 1)
 
     def forward(self, images: Tensor, params: Tensor | None = None) -> Tensor:
-        """The float batch from uint8 ``images`` ``(B, C, H, W)`` and ``params`` from :meth:`draw`
+        """The float batch from uint8 ``images`` ``(B, C, H, W)`` and ``params`` from `draw`
         (on any device; None: drawn from torch's global generator)."""
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError(f"images must be a uint8 batch (B, C, H, W); got {images.dtype} {tuple(images.shape)}")

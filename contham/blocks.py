@@ -8,7 +8,7 @@ from typing import cast
 import torch
 from torch import Tensor, nn
 
-from ._checks import check_positive
+from ._checks import check_int, check_positive
 from .fields.base import NodeField
 from .gradients import Gradient, get_gradient
 from .integrate import integrate
@@ -25,18 +25,18 @@ class HamiltonianBlock(nn.Module):
     ``z_{j+1} = z_j - h K2_j^T sigma(K2_j y_{j+1} + b2_j)`` (Chang et al.).
 
     Args:
-        field: a :class:`~contham.fields.NodeField` with ``time_mode`` "piecewise" (or
+        field: a `NodeField` with ``time_mode`` "piecewise" (or
             "constant": one step).
         solver: a fixed-step solver name or object; default the field's ``default_solver``
             (euler for J1/J2/antisymmetric, symplectic_euler for split fields).
         gradient: ``"backprop"`` (autograd; on dense sigma-term fields the fused path of
-            :mod:`contham.solvers.fused` runs all steps as one autograd node, several times faster on
+            `contham.solvers.fused` runs all steps as one autograd node, several times faster on
             small states) or ``"reversible"`` (split solvers: store nothing and rebuild the
             states backwards during backprop, exact gradients with activation memory independent
-            of depth; see :mod:`contham.solvers.reversible`); or a :mod:`contham.gradients` object, e.g.
+            of depth; see `contham.solvers.reversible`); or a `contham.gradients` object, e.g.
             ``Backprop(higher_order=True)`` for double backward.
 
-    ``last_stats`` holds the :class:`~contham.solvers.Stats` of the latest forward.
+    ``last_stats`` holds the `Stats` of the latest forward.
     """
 
     def __init__(
@@ -67,7 +67,7 @@ class HamiltonianBlock(nn.Module):
 
     def forward(self, y: Tensor) -> Tensor:
         """``y_{n_steps}`` from ``y_0 = y`` (in the field's precision, also under autocast)."""
-        precision, y = field_precision(self.field, y)
+        precision, y = field_precision(self.field, y, "y")
         with precision:
             self.field.check_input(y)
             stats = Stats(self.solver.name)
@@ -81,7 +81,7 @@ class HamiltonianBlock(nn.Module):
         return self.gradient.fused(self.schedule) is not None
 
     def step(self, j: int, y: Tensor) -> Tensor:
-        """Step ``j`` alone (0-based): ``y_{j+1}`` from ``y_j = y`` (used by :mod:`contham.analysis`)."""
+        """Step ``j`` alone (0-based): ``y_{j+1}`` from ``y_j = y`` (used by `contham.analysis`)."""
         s, h, node = self.schedule.steps[self._index(j)]
         assert node is not None  # a block's steps are pinned to its nodes
         return self.solver.step(self.field.at_node(node), s, h, y)
@@ -126,15 +126,15 @@ class ODEBlock(nn.Module):
     Args:
         field: an ``nn.Module`` with ``forward(t, y)``.
         T: the end time.
-        solver: a registered name or a solver object (see :func:`~contham.integrate`).
-        gradient: how gradients are computed, as in :func:`~contham.integrate`
+        solver: a registered name or a solver object (see `integrate`).
+        gradient: how gradients are computed, as in `integrate`
             (e.g. ``gradient=Adjoint(rtol=1e-4, seminorm=True)``).
         step_size: the largest fixed step (fixed-step solvers).
         rtol: relative tolerance of an adaptive method named by string.
         atol: absolute tolerance of an adaptive method named by string.
         max_nfe: field calls allowed per pass.
 
-    ``last_stats`` holds the :class:`~contham.solvers.Stats` of the latest forward (its
+    ``last_stats`` holds the `Stats` of the latest forward (its
     ``nfe_backward`` fills in during ``backward()``).
     """
 
@@ -157,14 +157,14 @@ class ODEBlock(nn.Module):
         self.solver.check_field(field)
         self.gradient.check(self.solver)
         self.t = [0.0, check_positive("T", T)]
-        self.step_size = step_size
-        self.max_nfe = max_nfe
+        self.step_size = None if step_size is None else check_positive("step_size", step_size)
+        self.max_nfe = check_int("max_nfe", max_nfe)
         self.last_stats: Stats | None = None
 
     def solve(self, y0: Tensor) -> Solution:
-        """The whole :class:`~contham.solvers.Solution` on ``[0, T]`` (in the field's precision,
+        """The whole `Solution` on ``[0, T]`` (in the field's precision,
         also under autocast)."""
-        precision, y0 = field_precision(self.field, y0)
+        precision, y0 = field_precision(self.field, y0, "y0")
         with precision:
             solution = integrate(
                 self.field,
@@ -186,11 +186,16 @@ class ODEBlock(nn.Module):
         return f"T={self.t[1]:g}, solver={self.solver.name}, gradient={self.gradient}"
 
 
-def field_precision(field: nn.Module, y: Tensor) -> tuple[contextlib.AbstractContextManager, Tensor]:
+def field_precision(field: nn.Module, y: Tensor, name: str = "y") -> tuple[contextlib.AbstractContextManager, Tensor]:
     """Blocks integrate in their field's precision: under ``torch.autocast`` (mixed-precision
     training) a context that turns autocast off and ``y`` cast to the field's dtype; otherwise
     no change. Low precision would spoil the integrators' accuracy and structure (energy,
-    reversibility); the layers around the block keep autocast."""
+    reversibility); the layers around the block keep autocast. ``y`` is checked first: a
+    tensor with data (``name`` is the block's argument, for the error)."""
+    if not isinstance(y, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor; got {type(y).__name__}")
+    if y.is_meta:
+        raise ValueError(f"{name} is a meta tensor (a shape without data); pass a tensor on a real device")
     if not torch.is_autocast_enabled(y.device.type):
         return contextlib.nullcontext(), y
     like = next(field.parameters(), None)
@@ -198,7 +203,7 @@ def field_precision(field: nn.Module, y: Tensor) -> tuple[contextlib.AbstractCon
 
 
 def collect_stats(model: nn.Module) -> list[Stats]:
-    """The ``last_stats`` of every :class:`HamiltonianBlock` and :class:`ODEBlock` in ``model``
+    """The ``last_stats`` of every `HamiltonianBlock` and `ODEBlock` in ``model``
     (in module order) that has run: field evaluations and steps of the latest forward, and for
     ODE blocks of the latest backward."""
     return [

@@ -1,25 +1,23 @@
 """The report's parameter dataclasses (tables 3.1-3.3): what to build and how to train it.
 
-* :class:`HamiltonianParameters` (table 3.3): the Hamiltonian layer of each unit.
-* :class:`NetworkParameters` (table 3.2): the image classifier of the report's figure 3.1.
-* :class:`LearningParameters` (table 3.1): the training protocol (algorithm 1).
-* :class:`Preset`: a network and its training protocol, as in tables 4.1-4.5.
+* `HamiltonianParameters` (table 3.3): the Hamiltonian layer of each unit.
+* `NetworkParameters` (table 3.2): the image classifier of the report's figure 3.1.
+* `LearningParameters` (table 3.1): the training protocol (algorithm 1).
+* `Preset`: a network and its training protocol, as in tables 4.1-4.5.
 
 Every value is checked on construction; a bad one raises ``ValueError`` naming the parameter and
 the allowed values. Names (activation, init, pooling, optimiser, Hamiltonian) match in any case
-and are stored in the report's spelling. Change a parameter with :func:`dataclasses.replace`, which
+and are stored in the report's spelling. Change a parameter with `dataclasses.replace`, which
 checks again; networks and trainers also re-check what they receive.
 
-Python names follow the report except where it breaks PEP 8; :meth:`from_dict` accepts both:
+Python names follow the report except where it breaks PEP 8; `from_dict` accepts both:
 
-=====================  ===================
-report                 contham
-=====================  ===================
-hamiltonianFunction(s) ``function``
-hamParams              ``ham_params``
-second_final_FC        ``second_final_fc``
-batchnorm_bool         ``batchnorm``
-=====================  ===================
+| report | contham |
+|---|---|
+| hamiltonianFunction(s) | ``function`` |
+| hamParams | ``ham_params`` |
+| second_final_FC | ``second_final_fc`` |
+| batchnorm_bool | ``batchnorm`` |
 
 All four classes save to and load from YAML (``.yaml``/``.yml``) or JSON (``.json``).
 """
@@ -89,7 +87,7 @@ class Parameters:
 
     @classmethod
     def from_dict(cls: type[P], data: dict[str, Any]) -> P:
-        """Build from a dict with contham's or the report's names (see :data:`REPORT_NAMES`)."""
+        """Build from a dict with contham's or the report's names (see `REPORT_NAMES`)."""
         if not isinstance(data, dict):
             raise ValueError(f"{cls.__name__} data must be a dict; got {type(data).__name__}")
         names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
@@ -111,7 +109,7 @@ class Parameters:
 
     @classmethod
     def load(cls: type[P], path: str | Path) -> P:
-        """Read a file written by :meth:`save` (or by hand, with the report's names)."""
+        """Read a file written by `save` (or by hand, with the report's names)."""
         path = Path(path)
         file_format = _format(path)
         try:
@@ -181,7 +179,7 @@ class HamiltonianParameters(Parameters):
         ks: odd kernel size of the convolutional operator K.
         h: the step size (discretisation timestep).
         act: sigma, "ReLU", "Tanh", "Sigmoid" or "Identity".
-        init: initialisation of K and b, one of :data:`INITS` ("Xavier" is the report's
+        init: initialisation of K and b, one of `INITS` ("Xavier" is the report's
             N(0, 2 / (N ks^2)) with N the unit's channels, eq. A.6).
         solver: a fixed-step solver name (contham's addition); None takes the report's scheme:
             forward Euler for J1/J2/antisymmetric, the symplectic Euler (Verlet) of Chang et al.
@@ -243,7 +241,7 @@ class NetworkParameters(Parameters):
     (table 4.1).
 
     Attributes:
-        ham_params: the :class:`HamiltonianParameters` of every unit (report: ``hamParams``).
+        ham_params: the `HamiltonianParameters` of every unit (report: ``hamParams``).
         nb_units: number of units.
         nb_features: channels of the input image, then at the input of each unit
             (``nb_units + 1`` values, never decreasing; even for J1 and the split Hamiltonians).
@@ -251,7 +249,7 @@ class NetworkParameters(Parameters):
         strd_conv: stride of the first conv.
         pd_conv: zero padding of the first conv.
         pooling: "Avg" or "Max"; ks_pool, strd_pool: its kernel size and stride.
-        init: initialisation of the conv and FC weights, one of :data:`INITS` ("Xavier" is
+        init: initialisation of the conv and FC weights, one of `INITS` ("Xavier" is
             PyTorch's Xavier-uniform; biases start at zero).
         second_final_fc: width of an extra FC layer before the classifier, or None
             (report: ``second_final_FC``).
@@ -324,12 +322,12 @@ class LearningParameters(Parameters):
             ``lr_decay``.
         wd: weight decay (inside the optimiser).
         alpha: weight of the smoothness regularisation (eq. A.1-A.3, see
-            :func:`contham.regularization.smoothness`).
+            `contham.regularization.smoothness`).
         b_in_reg: include the biases b in the regularisation.
         h_div: divide the differences between layers by h.
         smoothness_of: "parameters" (the report's) or "K" (the H-DNN papers': the K of
             ``J K^T sigma(K y + b)``, which differs for MS1 and MS2), see
-            :func:`contham.regularization.smoothness`.
+            `contham.regularization.smoothness`.
         optimiser: "SGD" or "Adam"; momentum: SGD's momentum, or Adam's ``(beta1, beta2)``.
         adam_step_epoch: Adam only: names of trained parameters (``fnmatch`` patterns such as
             ``"block.field.K*"``) whose Adam step count is the epoch: every update in epoch e
@@ -338,7 +336,7 @@ class LearningParameters(Parameters):
             its network (the ``hdnn_2d_code`` protocol).
         crop_and_flip: random crop (after zero padding) and horizontal flip of training images.
         inner_steps: 0, or the H-DNN papers' 2-D protocol for a network with a ``classifier``
-            (:class:`~contham.models.hdnn.HDNN2d`): before each update of the rest of the
+            (`HDNN2d`): before each update of the rest of the
             network, a fresh classifier is fitted to the batch's features by ``inner_steps``
             Adam iterations; after the last epoch the classifier is fitted afresh on all the
             training data (as many epochs, one Adam step per batch). The optimiser then trains

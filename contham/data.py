@@ -1,8 +1,8 @@
 """Datasets: torchvision's image sets with the seeds' preprocessing, offline sets, subsets.
 
-Two ways to the same images: :func:`load_image_set` decodes a set once into uint8 tensors and
-preprocesses whole batches on the training device (:class:`ImageSet`, :mod:`contham.augment`;
-what training uses), and :func:`load_dataset` gives torchvision's dataset with per-sample
+Two ways to the same images: `load_image_set` decodes a set once into uint8 tensors and
+preprocesses whole batches on the training device (`ImageSet`, `contham.augment`;
+what training uses), and `load_dataset` gives torchvision's dataset with per-sample
 transforms (for a user's own ``DataLoader``). Both give the same images and the same augmentation
 distribution.
 
@@ -23,26 +23,29 @@ Preprocessing (``preprocessing=``):
   ``augment``), test images resized to 28; standardised.
 * ``"plain"``: standardisation only.
 
-2-D point sets of the H-DNN papers: :func:`points` and its train/test split :func:`point_set`
-(``swiss_roll``, ``double_circles``, ``double_moons``). Reduced data: :func:`balanced_subset`.
+2-D point sets of the H-DNN papers: `points` and its train/test split `point_set`
+(``swiss_roll``, ``double_circles``, ``double_moons``). Reduced data: `balanced_subset`.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-import torchvision
 from torch import Tensor
 from torch.utils.data import Dataset, Subset, TensorDataset
-from torchvision.transforms import v2
 
 from ._checks import check_choice, check_int, check_nonnegative, check_positive
 from .augment import PREPROCESSINGS, THESIS_CROP, BatchPreprocess
+
+Transform = Callable[[Any], Tensor]
+"""A per-sample transform (a torchvision ``v2.Compose``)."""
 
 POINT_SETS = ("swiss_roll", "double_circles", "double_moons")
 
@@ -68,13 +71,13 @@ DATASETS: dict[str, DatasetInfo] = {
     "stl10": DatasetInfo(3, 96, 10, (0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713), crop_padding=12),
     "digits": DatasetInfo(1, 8, 10, (0.3052,), (0.3749,)),
 }
-"""Every image set :func:`load_dataset` knows."""
+"""Every image set `load_dataset` knows."""
 
 _DIGITS_TRAIN = 1500
 
 
 def dataset_info(name: str) -> DatasetInfo:
-    """The :class:`DatasetInfo` of image set ``name``."""
+    """The `DatasetInfo` of image set ``name``."""
     return DATASETS[check_choice("dataset", name, DATASETS)]
 
 
@@ -89,10 +92,12 @@ def input_shape(dataset: str, preprocessing: str = "report") -> dict[str, int]:
     return dict(in_channels=info.channels, num_classes=info.num_classes, image_size=image_size)
 
 
-def transform(name: str, train: bool, preprocessing: str = "report", augment: bool = True) -> v2.Compose:
+def transform(name: str, train: bool, preprocessing: str = "report", augment: bool = True) -> Transform:
     """The preprocessing of image set ``name`` (see the module docstring)."""
     info = dataset_info(name)
     check_choice("preprocessing", preprocessing, PREPROCESSINGS)
+    from torchvision.transforms import v2  # imported on use: torchvision's import costs seconds
+
     steps: list = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
     if preprocessing == "report" and train and augment:
         steps += [v2.RandomCrop(info.image_size, padding=info.crop_padding), v2.RandomHorizontalFlip()]
@@ -120,6 +125,8 @@ def load_dataset(
         return _digits(train, tf)
     if root is None:
         raise ValueError(f"root is required for dataset={name!r} (a torchvision data folder)")
+    import torchvision  # imported on use, as in `transform`
+
     root = Path(root)
     split = "train" if train else "test"
     if name == "stl10":
@@ -138,8 +145,9 @@ def load_dataset(
         return cls(root, transform=tf, download=download or _has_local_archives(root, name), **kwargs)
     except RuntimeError as error:
         raise ValueError(
-            f"dataset={name!r} not found under root={str(root)!r} ({error}). Pass download=True (CLI: --download) "
-            "where a network exists, or point root at a writable copy of a folder holding it."
+            f"dataset={name!r} not found under root={str(root)!r} ({error}). Pass download=True (command line: "
+            "download=true; contham compare: --download) where a network exists, or point root at a writable "
+            "copy of a folder holding it."
         ) from None
 
 
@@ -152,7 +160,7 @@ def _has_local_archives(root: Path, name: str) -> bool:
 class _ImageTensors(Dataset):
     """uint8 images ``(N, C, H, W)`` and labels, with a transform."""
 
-    def __init__(self, images: Tensor, labels: Tensor, transform: v2.Compose):
+    def __init__(self, images: Tensor, labels: Tensor, transform: Transform):
         self.images, self.targets, self.transform = images, labels, transform
 
     def __len__(self) -> int:
@@ -172,15 +180,15 @@ def _digit_tensors(train: bool) -> tuple[Tensor, Tensor]:
     return images[part], labels[part]
 
 
-def _digits(train: bool, tf: v2.Compose) -> Dataset:
+def _digits(train: bool, tf: Transform) -> Dataset:
     return _ImageTensors(*_digit_tensors(train), tf)
 
 
 class ImageSet(Dataset):
     """An image set decoded once: uint8 ``images`` ``(N, C, H, W)``, int64 ``targets`` and the
-    :class:`~contham.augment.BatchPreprocess` of its split.
+    `BatchPreprocess` of its split.
 
-    Training takes whole batches with :meth:`batch`; indexing one item gives the preprocessed
+    Training takes whole batches with `batch`; indexing one item gives the preprocessed
     image (random augmentation from torch's global generator) and its label, as a torchvision
     dataset does.
     """
@@ -203,7 +211,7 @@ class ImageSet(Dataset):
     def batch(self, indices: Tensor, device: torch.device, params: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Preprocessed images and labels of ``indices`` on ``device``: gathered on the host
         (into pinned memory when ``device`` is CUDA), copied without blocking, preprocessed there
-        with ``params`` (from :meth:`~contham.augment.BatchPreprocess.draw`)."""
+        with ``params`` (from `draw`)."""
         images, labels = self.images.index_select(0, indices), self.targets.index_select(0, indices)
         if device.type == "cuda":
             images, labels = images.pin_memory(), labels.pin_memory()
@@ -264,7 +272,7 @@ def load_image_set(
     augment: bool = True,
 ) -> ImageSet:
     """Image set ``name`` decoded once, with the batched preprocessing of its split (see the
-    module docstring); the tensor-backed counterpart of :func:`load_dataset`."""
+    module docstring); the tensor-backed counterpart of `load_dataset`."""
     info = dataset_info(name)
     images, labels = load_images(name, root, train=train, download=download)
     preprocess = BatchPreprocess(info.mean, info.std, info.image_size, preprocessing, train=train, augment=augment,
@@ -288,7 +296,7 @@ def labels_of(dataset: Dataset) -> Tensor:
 
 
 def tensors_of(dataset: Dataset) -> tuple[Tensor, ...] | None:
-    """The stacked tensors of a :class:`TensorDataset` (or a ``Subset`` of one), for batches by
+    """The stacked tensors of a `TensorDataset` (or a ``Subset`` of one), for batches by
     indexing instead of item by item; None for any other dataset."""
     if isinstance(dataset, TensorDataset):
         return dataset.tensors
@@ -331,7 +339,7 @@ def points(name: str, n: int = 8000, *, noise: float = 0.0, seed: int = 0) -> Te
       second pair shifted by 2 along x), n/4 points each, jittered uniformly by +-0.15.
 
     ``noise``: standard deviation of Gaussian noise added to both coordinates. The train/test
-    split of the experiments is :func:`point_set`.
+    split of the experiments is `point_set`.
     """
     check_choice("name", name, POINT_SETS)
     check_int("n", n, 8)
@@ -374,7 +382,7 @@ POINT_DOMAINS = {"swiss_roll": (-1.2, 1.2, -1.2, 1.2), "double_circles": (-5.0, 
 
 
 def point_set(name: str, size: int = 8000, *, noise: float = 0.0, seed: int = 0) -> tuple[Subset, Subset]:
-    """``(train, test)``: :func:`points` split as in the H-DNN experiments, the even positions of
+    """``(train, test)``: `points` split as in the H-DNN experiments, the even positions of
     the shuffled set for training and the odd ones for testing (4,000 each by default)."""
     data = points(name, size, noise=noise, seed=seed)
     return Subset(data, list(range(0, len(data), 2))), Subset(data, list(range(1, len(data), 2)))

@@ -1,7 +1,7 @@
 """Gradient strategies: how the gradients of a solve are computed.
 
 One argument, ``gradient=``, of `integrate`, `HamiltonianBlock` and `ODEBlock` takes one of
-these objects or its name (:data:`GRADIENTS`). A strategy carries its behaviour: a solver hands
+these objects or its name (`GRADIENTS`). A strategy carries its behaviour: a solver hands
 its steps (or its torchdiffeq call) to the strategy, which runs them
 (`contham.solvers.Gradient`); each strategy checks the solvers it can serve.
 
@@ -33,7 +33,7 @@ from .solvers.reversible import reversible_steps
 G = TypeVar("G", bound=type[Gradient])
 
 GRADIENTS: dict[str, type[Gradient]] = {}
-"""Every strategy class by name (:func:`register_gradient`); read at the time of use."""
+"""Every strategy class by name (`register_gradient`); read at the time of use."""
 
 
 def register_gradient(cls: G) -> G:

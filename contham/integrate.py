@@ -35,17 +35,17 @@ def integrate(
         y0: the initial state, ``(batch, n)`` or ``(batch, C, H, W)``.
         t: strictly monotone output times (at least two): increasing, or decreasing to solve
             backwards in time.
-        solver: a registered name (see :func:`contham.solvers.get_solver`) or a solver object.
-        gradient: how gradients are computed (:mod:`contham.gradients`): ``"backprop"``,
+        solver: a registered name (see `contham.solvers.get_solver`) or a solver object.
+        gradient: how gradients are computed (`contham.gradients`): ``"backprop"``,
             ``"reversible"`` (split fixed-step solvers), ``"adjoint"`` (torchdiffeq's methods),
-            or a :class:`~contham.gradients.Backprop`/``Reversible``/``Adjoint`` object with
+            or a `Backprop`/``Reversible``/``Adjoint`` object with
             options (adjoint tolerances, seminorm).
         step_size: fixed-step solvers only: the largest step; each interval between output
             times and weight jumps is cut in equal steps no larger than this. None: one step per
             such interval (the discrete mode of a piecewise field).
         rtol: relative tolerance of an adaptive method named by string.
         atol: absolute tolerance of an adaptive method named by string.
-        max_nfe: field calls allowed per pass; more raises :class:`IntegrationError`.
+        max_nfe: field calls allowed per pass; more raises `IntegrationError`.
 
     The node times of piecewise and linear fields (``field.nodes.breaks``) become step
     boundaries: no step of a fixed-step or adaptive solver straddles a jump of the weights

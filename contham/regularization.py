@@ -1,6 +1,6 @@
 """Weight smoothness regularisation of time-dependent weights (report eq. A.1-A.3).
 
-For every :class:`~contham.fields.NodeField` in a model, with nodes ``j = 0..N-1`` ``h = dt`` apart:
+For every `NodeField` in a model, with nodes ``j = 0..N-1`` ``h = dt`` apart:
 
     R(K) = h~ sum_j ||K_j - K_{j-1}||_F^2,   R(b) = h~ sum_j ||b_j - b_{j-1}||^2,
 
@@ -11,7 +11,7 @@ else ``alpha R(K)``. Differences are taken along the node axis in one operation 
 
 ``of`` says what K is. ``"parameters"`` (the report's): each node-axis weight as stored.
 ``"K"`` (the H-DNN papers' and their code's): the matrix K of ``f = J K^T sigma(K y + b)``
-(:meth:`~contham.fields.base.NodeField.equation_weights`). The two differ only where K is not
+(`equation_weights`). The two differ only where K is not
 its parameters: MS1's K = [[0, K0], [-K0^T, 0]] counts K0 twice, and MS2's K = W - W^T.
 """
 
@@ -32,7 +32,7 @@ def smoothness(
 ) -> Tensor:
     """``alpha (R(K) + [b_in_reg] R(b))`` over every node-axis weight in ``model`` (a scalar
     tensor on the model's device; zero if it has no field with two or more nodes); ``of``: one of
-    :data:`SMOOTHED`."""
+    `SMOOTHED`."""
     check_nonnegative("alpha", alpha)
     check_bool("b_in_reg", b_in_reg)
     check_bool("h_div", h_div)

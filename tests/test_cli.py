@@ -21,10 +21,11 @@ def test_list(capsys):
 
 def test_train_then_plot(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["train", "nominal", "h=0.1", "gradient_norms=true", *FAST, "--out", str(out)]) == 0
+    args = ["train", "nominal", "h=0.1", "n_blocks=2", "gradient_norms=true", *FAST, "--out", str(out)]
+    assert main(args) == 0
     assert "finished after 1 epoch(s)" in capsys.readouterr().out
     config = json.loads((out / "config.json").read_text())
-    assert config["model_options"] == {"h": 0.1} and config["preprocessing"] == "report"
+    assert config["model_options"] == {"h": 0.1, "n_blocks": 2} and config["preprocessing"] == "report"
     assert main(["plot", str(out)]) == 0
     assert {p.name for p in out.glob("*.png")} == {
         "curves.png",
@@ -34,6 +35,41 @@ def test_train_then_plot(tmp_path, capsys):
     }
     norms = json.loads((out / "history.json").read_text())[0]["gradient_norms"]
     assert {"state/units.0.block", "state/units.2.block", "param/units.0.block.field.K1"} <= set(norms)
+
+
+def test_every_run_writes_tensorboard_event_files(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    assert main(["train", "thesis_odenet", "epochs=2", *FAST[1:], "gradient_norms=true", "--out", str(out)]) == 0
+    events = EventAccumulator(str(out)).Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"loss/train", "loss/test", "accuracy/test", "lr", "nfe/forward", "nfe/backward"} <= tags
+    assert any(tag.startswith("gradient_norm/param/") for tag in tags)
+    history = json.loads((out / "history.json").read_text())
+    test_accuracy = [(e.step, e.value) for e in events.Scalars("accuracy/test")]
+    assert test_accuracy == [(h["epoch"], pytest.approx(h["test_accuracy"])) for h in history]
+    assert [e.step for e in events.Scalars("nfe/forward")] == [1, 2]
+    assert main(["train", "thesis_odenet", "epochs=1", *FAST[1:], "--restart", "--out", str(out)]) == 0
+    assert len(list(out.glob("events.out.tfevents.*"))) == 1  # --restart discards the old events too
+
+
+def test_seeds_and_key_value_items_mix(tmp_path):
+    out = tmp_path / "g"
+    assert (
+        main(["grid", "thesis_resnet2", "--param", "learning.lr=0.1", "--seeds", "0", "1", *FAST, "--out", str(out)])
+        == 0
+    )
+    assert sorted(p.name for p in (out / "learning.lr=0.1").iterdir()) == ["seed0", "seed1"]
+
+
+def test_grid_and_compare_check_every_point_before_training_any(tmp_path, capsys):
+    assert main(["grid", "nominal", "--param", "n_blocks=2,0", *FAST, "--out", str(tmp_path / "g")]) == 2
+    assert "n_blocks must be an integer >= 1; got 0" in capsys.readouterr().err
+    assert not (tmp_path / "g").exists()  # nothing trained, no folder made
+    specs = ["thesis_resnet2", "hdnn_mnist:nf=0"]
+    assert main(["compare", "--models", *specs, *FAST[:2], "--out", str(tmp_path / "c")]) == 2
+    assert "nf must be an integer >= 2; got 0" in capsys.readouterr().err and not (tmp_path / "c").exists()
 
 
 def test_train_from_a_config_file(tmp_path):
@@ -118,6 +154,14 @@ def test_two_dimensional_grid(tmp_path):
         (["compare", "--models", "thesis_odenet:adjoint"], "expected name:key=value"),
         (["grid", "nominal", "--param", "lr"], "--param expects key=v1,v2"),
         (["grid", "nominal", "--param", "learning.lr=0.1,-1"], "lr must be a finite number > 0; got -1"),
+        (["grid", "nominal", "--param", "h=0.1,,0.2"], "--param 'h=0.1,,0.2' has an empty value"),
+        (["grid", "nominal", "--param", "h=0.1", "--seeds", "0", "one"], "--seeds takes integers >= 0; got 0 one"),
+        (["train", "nominal", "learning.lrr=0.1"], "learning.<field> must be one of 'training_steps_max'"),
+        (["train", "nominal", "nb_features=3"], "nb_features must be a list of integers"),
+        (["train", "hdnn_2d", "nf=3"], "nf must be even for function='H1_J1'"),
+        (["train", "hdnn_2d", "inputs=3"], "inputs must be a list of 2 feature indices; got 3"),
+        (["train", "thesis_odenet", "gradient=adjoint", "adjoint_rtol=-1"], "adjoint_rtol must be a finite number"),
+        (["compare", "--dataset", "mnist", "--root", "/nonexistent", "--epochs", "1"], "download=true"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(argv, message, capsys, tmp_path, monkeypatch):
@@ -130,3 +174,50 @@ def test_bad_input_exits_2_with_one_line(argv, message, capsys, tmp_path, monkey
 def test_plot_needs_results(tmp_path, capsys):
     assert main(["plot", str(tmp_path)]) == 2
     assert "holds no run" in capsys.readouterr().err
+    for name, text, needle in (("history.json", '{"a": 1}', "is not a run's history"),
+                               ("history.json", "[1, 2]", "is not a run's history"),
+                               ("grid.json", '{"keys": 3}', "is not a grid's results")):  # fmt: skip
+        folder = tmp_path / name.split(".")[0] / text.strip("[]{}").split(":")[0].strip('" ')
+        folder.mkdir(parents=True)
+        (folder / name).write_text(text)
+        assert main(["plot", str(folder)]) == 2
+        err = capsys.readouterr().err
+        assert needle in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_train_says_when_it_resumes_or_reads_back_and_exits_1_when_it_diverged(tmp_path, capsys, monkeypatch):
+    from contham.experiments import Loop
+
+    out = tmp_path / "run"
+    args = ["train", "thesis_resnet2", "epochs=2", *FAST[1:], "--out", str(out)]
+    real_epoch, calls = Loop.epoch, []
+
+    def interrupt_in_epoch_2(self, epoch):
+        calls.append(epoch)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_epoch(self, epoch)
+
+    monkeypatch.setattr(Loop, "epoch", interrupt_in_epoch_2)
+    assert main(args) == 130
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert main(args) == 0
+    assert f"resuming {out} after epoch 1" in capsys.readouterr().out
+    assert main(args) == 0
+    assert "had finished before: read back, not trained again" in capsys.readouterr().out
+    diverging = ["train", "thesis_resnet2", "learning.lr=1e12", *FAST, "--out", str(tmp_path / "d")]
+    assert main(diverging) == 1
+    assert "diverged in epoch 1" in capsys.readouterr().out
+
+
+def test_the_compare_table_gives_the_sample_std_from_two_seeds_on():
+    from contham.experiments.drivers import aggregate, format_table
+
+    run = {"status": "finished", "parameters": 10, "seconds_per_epoch": 1.0}
+    two = aggregate("a", [{**run, "test_accuracy": 0.90}, {**run, "test_accuracy": 0.94}])
+    one = aggregate("b", [{**run, "test_accuracy": 0.90}, {"status": "failed", "error": "boom"}])
+    assert two["test_accuracy_std"] == pytest.approx(0.02 * 2**0.5)  # n - 1: sqrt(2) x the population std
+    assert one["test_accuracy_std"] is None and one["failed"] == 1 and one["status"] == "1 failed, 1 finished"
+    table = format_table([two, one]).splitlines()
+    assert "| 92.00 ± 2.83 |" in table[2] and "| 90.00 |" in table[3]

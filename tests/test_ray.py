@@ -42,7 +42,14 @@ def one_thread():
 
 
 def files(folder):
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and p.suffix != ".png")
+    """The files under ``folder`` but figures; TensorBoard's event files by folder (their names
+    hold the time and the process)."""
+
+    def name(p):
+        events = p.name.startswith("events.out.tfevents.")
+        return str(p.parent.relative_to(folder) / "events") if events else str(p.relative_to(folder))
+
+    return sorted(name(p) for p in folder.rglob("*") if p.is_file() and p.suffix != ".png")
 
 
 def test_ray_grid_equals_the_sequential_grid(local_ray, one_thread, tmp_path):
@@ -126,3 +133,19 @@ def test_ctrl_c_on_a_ray_grid_keeps_finished_runs(tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "grid.csv")))
     assert [r["status"] for r in rows] == ["finished"] * 6
     assert {d: (d / "checkpoint.pt").stat().st_mtime_ns for d in done} == stamps
+
+
+def test_an_unreachable_ray_address_is_one_clear_line(tmp_path, capsys):
+    import socket
+
+    from contham.experiments.cli import main
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    args = ["grid", "thesis_resnet2", "--param", "learning.lr=0.1", "epochs=1", "--quiet", "--out", str(tmp_path)]
+    assert main([*args, "--ray", f"127.0.0.1:{port}"]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot reach the Ray cluster at address='127.0.0.1:{port}'" in err and err.count("\n") == 1
+    assert main([*args, "--ray", "nowhere"]) == 2
+    assert "--ray address must be 'auto' or host:port; got 'nowhere'" in capsys.readouterr().err

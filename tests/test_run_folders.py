@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from contham.experiments import RunBusy, RunConfig, RunFolderError, RunLock, run
+from contham.experiments import Loop, RunBusy, RunConfig, RunFolderError, RunLock, run
 from contham.experiments.cli import main
 
 FAST = ["epochs=1", "max_batches=2", "test_fraction=0.1", "learning.batch_size=16", "--quiet"]
@@ -96,7 +96,7 @@ def test_a_second_process_skips_or_waits_for_a_locked_run(tmp_path, capsys):
     assert holder.stdout.readline().strip() == "locked"
     assert main(["train", "thesis_resnet2", *FAST, "--out", str(out)]) == 75
     err = capsys.readouterr().err
-    assert "skipped" in err and f"pid {holder.pid}" in err and "--wait" in err and err.count("\n") == 1
+    assert err.count("skipped") == 1 and f"pid {holder.pid}" in err and "--wait" in err and err.count("\n") == 1
     assert not (out / "metrics.json").exists()  # nothing written into the other process's folder
     rows = []
     main(["grid", "thesis_resnet2", "--param", "learning.lr=0.1", *FAST, "--out", str(tmp_path / "g")])
@@ -118,3 +118,95 @@ def test_lock_api(tmp_path):
             RunLock(tmp_path).__enter__()
     with RunLock(tmp_path):  # released on exit
         pass
+
+
+def _drop_new_fields(run_dir, fields, learning_fields):
+    """Make ``run_dir`` look written by an earlier contham, which had no such fields."""
+    import torch
+
+    config = json.loads((run_dir / "config.json").read_text())
+    for name in fields:
+        del config[name]
+    for name in learning_fields:
+        del config["learning"][name]
+    (run_dir / "config.json").write_text(json.dumps(config))
+    if (run_dir / "checkpoint.pt").exists():
+        state = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+        state["config"] = config
+        torch.save(state, run_dir / "checkpoint.pt")
+
+
+def test_a_run_folder_of_an_earlier_contham_resumes_when_new_fields_hold_their_defaults(tmp_path, monkeypatch):
+    config = RunConfig(model="hdnn_2d", data_size=200, epochs=2, seed=1, device="cpu")
+    finished = run(config, tmp_path / "done", progress=False)
+    _drop_new_fields(tmp_path / "done", ["compile", "deterministic"], ["adam_step_epoch"])
+    assert run(config, tmp_path / "done", progress=False) == finished  # read back, not "a different run"
+
+    straight = run(config, tmp_path / "straight", progress=False)
+    calls = {"n": 0}
+    real_epoch = Loop.epoch
+
+    def interrupt_in_epoch_2(self, epoch):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real_epoch(self, epoch)
+
+    monkeypatch.setattr(Loop, "epoch", interrupt_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        run(config, tmp_path / "old", progress=False)
+    monkeypatch.undo()
+    _drop_new_fields(tmp_path / "old", ["amp"], ["adam_step_epoch"])
+    resumed = run(config, tmp_path / "old", progress=False)  # resumed from epoch 1
+    assert resumed["test_loss"] == straight["test_loss"] and resumed["epochs_done"] == 2
+    assert json.loads((tmp_path / "old" / "config.json").read_text()) == config.to_dict()
+
+    other = RunConfig(model="hdnn_2d", data_size=200, epochs=2, seed=1, device="cpu", amp="bf16")
+    with pytest.raises(RunFolderError, match="holds a different run"):  # a missing field that is not at its default
+        run(other, tmp_path / "done", progress=False)
+
+
+def test_an_interrupted_grid_writes_the_table_of_what_ran(tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real_epoch = Loop.epoch
+
+    def interrupt_the_second_run(self, epoch):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real_epoch(self, epoch)
+
+    monkeypatch.setattr(Loop, "epoch", interrupt_the_second_run)
+    args = ["grid", "hdnn_2d", "--param", "learning.lr=0.01,0.02,0.05", "data_size=200", *FAST, "--out", str(tmp_path)]
+    assert main(args) == 130
+    rows = (tmp_path / "grid.csv").read_text().splitlines()
+    assert len(rows) == 2 and rows[1].startswith("0.01,0,finished")
+    assert json.loads((tmp_path / "grid.json").read_text())["rows"][0]["status"] == "finished"
+
+
+def test_a_failing_write_leaves_no_temporary_file_and_one_clear_error(tmp_path, monkeypatch):
+    from contham.experiments.files import save_checkpoint
+
+    def full_disk(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:659] . PytorchStreamWriter failed writing file")
+
+    monkeypatch.setattr("torch.save", full_disk)
+    with pytest.raises(RunFolderError, match="cannot write .*checkpoint.pt.: .* PytorchStreamWriter failed"):
+        save_checkpoint(tmp_path / "checkpoint.pt", {"model": {}})
+    assert list(tmp_path.iterdir()) == []  # no stale .checkpoint.pt.<pid>.tmp
+
+
+def test_a_lock_that_cannot_be_taken_is_one_clear_error(tmp_path, capsys):
+    out = tmp_path / "run"
+    (out / ".lock").mkdir(parents=True)  # as a full disk or a read-only folder would refuse it
+    with pytest.raises(RunFolderError, match="cannot lock"):
+        RunLock(out).__enter__()
+    assert main(["train", "thesis_resnet2", *FAST, "--out", str(out)]) == 2
+    one_line_error(capsys, "cannot lock")
+
+
+def test_a_run_that_cannot_start_leaves_no_folder(tmp_path):
+    config = RunConfig(model="thesis_resnet2", dataset="mnist", root=str(tmp_path / "no-data"))
+    with pytest.raises(ValueError, match="not found under root"):
+        run(config, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()

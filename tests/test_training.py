@@ -231,3 +231,15 @@ def test_run_hands_the_built_network_to_on_build_before_training(tmp_path):
     for key in ("train_loss", "test_loss", "test_accuracy"):
         assert shifted[key] == by_hand[key], key
     assert shifted["test_loss"] != run(config, tmp_path / "c", progress=False)["test_loss"]
+
+
+def test_the_cpu_peak_memory_starts_afresh_with_each_epoch():
+    from contham.experiments.instruments import peak_memory_mb, reset_peak_memory
+
+    cpu = torch.device("cpu")
+    reset_peak_memory(cpu)
+    big = torch.ones(2**27)  # 512 MiB, touched
+    del big
+    high = peak_memory_mb(cpu)
+    reset_peak_memory(cpu)  # as each epoch does: no longer the process's running maximum
+    assert peak_memory_mb(cpu) < high - 400

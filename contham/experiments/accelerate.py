@@ -8,7 +8,7 @@
   convolutions prefer (tensor cores on GPUs).
 * ``compile=True`` (or a backend name from ``torch.compiler.list_backends()``): the training
   forward runs through ``torch.compile``. A network that cannot be compiled is trained eagerly
-  after one warning that names the error (:class:`CompiledOrEager`); evaluation runs eagerly.
+  after one warning that names the error (`CompiledOrEager`); evaluation runs eagerly.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ AMP_MODES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 @dataclass(frozen=True)
 class Accelerator:
-    """The accelerator options of one run (checked by :func:`check_amp` and :func:`check_compile`)."""
+    """The accelerator options of one run (checked by `check_amp` and `check_compile`)."""
 
     amp: str | None = None
     channels_last: bool = False

@@ -1,6 +1,6 @@
 """How a run's data reaches the device: shuffled training batches and in-order evaluation batches.
 
-An :class:`~contham.data.ImageSet` is gathered and preprocessed as whole batches on the device;
+An `ImageSet` is gathered and preprocessed as whole batches on the device;
 tensors in memory (point sets, bundled digits) are gathered by index; any other dataset goes
 through a ``DataLoader`` with its per-sample transforms.
 """

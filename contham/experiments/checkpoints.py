@@ -47,7 +47,7 @@ def random_state() -> dict[str, Any]:
 
 
 def set_random_state(state: dict[str, Any]) -> None:
-    """Restore a state of :func:`random_state`."""
+    """Restore a state of `random_state`."""
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"].cpu())
@@ -57,7 +57,7 @@ def set_random_state(state: dict[str, Any]) -> None:
 
 @contextlib.contextmanager
 def folder_lock(run_dir: Path, ranks: Ranks, wait: bool) -> Iterator[None]:
-    """Rank 0 holds the run folder's lock (:class:`~contham.experiments.RunLock`); every rank
+    """Rank 0 holds the run folder's lock (`RunLock`); every rank
     raises if rank 0 could not take it."""
     with contextlib.ExitStack() as held:
         error = None
@@ -87,7 +87,7 @@ def same_run(stored: Any, config: dict[str, Any], run_fields: dict[str, Any]) ->
     """Whether the config a folder was trained with (``stored``) describes the run ``config``.
     A field that ``stored`` lacks (written by an earlier contham) matches its default:
     ``run_fields`` are the run config's defaults, the protocol's come from
-    :class:`~contham.config.LearningParameters`."""
+    `LearningParameters`."""
     if stored == config or not isinstance(stored, dict):
         return stored == config
     completed = {**run_fields, **stored}
@@ -107,9 +107,9 @@ def json_like(value: Any) -> Any:
 
 
 class RunFolder:
-    """The files of one run (see :mod:`contham.experiments.files`) as the trainer reads and writes
+    """The files of one run (see `contham.experiments.files`) as the trainer reads and writes
     them; ``config``: the run's config dict, ``run_fields``: the defaults of its fields (for
-    :func:`same_run`)."""
+    `same_run`)."""
 
     def __init__(self, path: Path, config: dict[str, Any], run_fields: dict[str, Any] | None = None):
         self.path, self.config, self.run_fields = path, config, run_fields or {}

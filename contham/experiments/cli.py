@@ -7,8 +7,8 @@ exit status 75 (``--wait`` waits for it instead). Ctrl-C exits with 130 after th
 epoch is saved; the same command resumes from there, and ``--restart`` starts afresh.
 
 ``compare`` and ``grid`` take ``--ray [ADDRESS]`` to run every (model or point, seed) on Ray
-(:mod:`contham.experiments.ray_runner`); ``torchrun --nproc_per_node=N -m contham train ...``
-trains one run on N processes (:mod:`contham.experiments.distributed`).
+(`contham.experiments.ray_runner`); ``torchrun --nproc_per_node=N -m contham train ...``
+trains one run on N processes (`contham.experiments.distributed`).
 """
 
 from __future__ import annotations
@@ -38,6 +38,16 @@ class UsageError(Exception):
     """Bad command-line input: reported in one line, exit status 2."""
 
 
+def _seeds(items: list[str]) -> list[int]:
+    try:
+        seeds = [int(item) for item in items]
+    except ValueError:
+        raise UsageError(f"--seeds takes integers >= 0; got {' '.join(items)}") from None
+    if not seeds or min(seeds) < 0:
+        raise UsageError(f"--seeds takes integers >= 0; got {' '.join(items) or 'none'}")
+    return seeds
+
+
 def _key_values(items: list[str]) -> list[tuple[str, Any]]:
     pairs = []
     for item in items:
@@ -49,7 +59,7 @@ def _key_values(items: list[str]) -> list[tuple[str, Any]]:
 
 
 def _base_config(target: str) -> RunConfig:
-    """A network name, or a YAML/JSON file of a :class:`RunConfig`."""
+    """A network name, or a YAML/JSON file of a `RunConfig`."""
     path = Path(target)
     if path.suffix.lower() in (".yaml", ".yml", ".json"):
         if not path.is_file():
@@ -72,10 +82,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     pairs = _key_values(args.overrides)
     config = _apply(_base_config(args.target), pairs)
     out = Path(args.out) if args.out else Path("runs") / "train" / _folder_name(args.target, pairs)
+    main_rank = ranks_from_env().main
+    before = None if args.restart else _progress_of(out)
+    if main_rank and before is not None and not before[0].done:
+        print(f"resuming {out} after epoch {before[1]} (--restart trains it afresh)", flush=True)
     metrics = run(config, out, progress=not args.quiet, wait=args.wait, restart=args.restart)
-    if ranks_from_env().main:
+    if main_rank:
+        if before is not None and before[0].done:
+            print(f"{out} had {before[0]} before: read back, not trained again (--restart trains it afresh)")
         _print_run(out, metrics)
-    return 0
+    return 1 if metrics["status"] == Status.DIVERGED else 0
+
+
+def _progress_of(run_dir: Path) -> tuple[Status, int] | None:
+    """The status and finished epochs a run folder holds, or None (no run, or unreadable)."""
+    try:
+        metrics = read_json(run_dir / "metrics.json")
+        return Status(metrics["status"]), int(metrics.get("epochs_done", 0))
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def _executor(args: argparse.Namespace) -> Executor:
@@ -144,7 +169,10 @@ def cmd_grid(args: argparse.Namespace) -> int:
         key, sep, values = spec.partition("=")
         if not sep or not values:
             raise UsageError(f"--param expects key=v1,v2,...; got {spec!r}")
-        axes.append((key, [parse_value(v) for v in values.split(",")]))
+        items = values.split(",")
+        if not all(item.strip() for item in items):
+            raise UsageError(f"--param {spec!r} has an empty value; expected key=v1,v2,...")
+        axes.append((key, [parse_value(v) for v in items]))
     out = (
         Path(args.out)
         if args.out
@@ -172,19 +200,19 @@ def cmd_plot(args: argparse.Namespace) -> int:
             raise UsageError(f"{str(folder)!r} is not a folder")
         written = []
         if (folder / "grid.json").exists():
-            data = read_json(folder / "grid.json")
+            data = _results(folder / "grid.json", dict, "a grid's results", "keys", "rows")
             written.append(plot_grid(data["rows"], data["keys"], folder / "grid.png"))
         if (folder / "compare.csv").exists():
             histories: dict[str, list] = {}
-            for history in sorted(folder.glob("*/seed*/history.json")):
-                histories.setdefault(history.parent.parent.name, []).append(read_json(history))
+            for path in sorted(folder.glob("*/seed*/history.json")):
+                histories.setdefault(path.parent.parent.name, []).append(_history(path))
             written.append(plot_curves(histories, folder / "compare.png"))
         if (folder / "history.json").exists():
-            history = read_json(folder / "history.json")
+            history = _history(folder / "history.json")
             written.append(plot_curves({folder.name: [history]}, folder / "curves.png"))
             if any("gradient_norms" in h for h in history):
                 written.append(plot_gradient_norms(history, folder / "gradient_norms.png"))
-            metrics = read_json(folder / "metrics.json")
+            metrics = _results(folder / "metrics.json", dict, "a run's metrics", "status")
             if "confusion" in metrics:
                 written.append(plot_confusion(metrics["confusion"], folder / "confusion.png"))
             written += _model_figures(folder)
@@ -194,6 +222,19 @@ def cmd_plot(args: argparse.Namespace) -> int:
             )
         print("\n".join(map(str, written)))
     return 0
+
+
+def _results(path: Path, kind: type, what: str, *keys: str) -> Any:
+    """A results file of ``kind`` (a list or a dict) holding ``keys``, or a one-line error."""
+    data = read_json(path)
+    entries = data if isinstance(data, list) else [data]
+    if not isinstance(data, kind) or not all(isinstance(e, dict) and set(keys) <= set(e) for e in entries):
+        raise UsageError(f"{str(path)!r} is not {what} (expected {', '.join(keys)}); fix or delete it")
+    return data
+
+
+def _history(path: Path) -> list[dict[str, Any]]:
+    return _results(path, list, "a run's history", "epoch", "train_loss", "test_accuracy")
 
 
 def _model_figures(folder: Path) -> list[Path]:
@@ -242,7 +283,7 @@ def parser() -> argparse.ArgumentParser:
     comp.add_argument("--root", help="torchvision data folder (writable)")
     comp.add_argument("--download", action="store_true", help="let torchvision download missing data")
     comp.add_argument("--epochs", type=int, default=5)
-    comp.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    comp.add_argument("--seeds", nargs="+", default=["0", "1"], help="integers (default 0 1)")
     comp.add_argument("--max-batches", type=int, help="batches per epoch (short runs)")
     comp.add_argument("--fraction", type=float, help="class-balanced fraction of the training set")
     comp.add_argument("--batch-size", type=int, default=32)
@@ -255,7 +296,7 @@ def parser() -> argparse.ArgumentParser:
     gr = sub.add_parser("grid", help="1-D or 2-D grid over any run field, resumable")
     gr.add_argument("target", help="network name or run config file")
     gr.add_argument("--param", action="append", required=True, help="key=v1,v2,... (once or twice)")
-    gr.add_argument("--seeds", type=int, nargs="+", default=[0])
+    gr.add_argument("--seeds", nargs="+", default=["0"], help="integers (default 0)")
     gr.add_argument("--out", help="results folder (default runs/grid/<target,keys>)")
     gr.add_argument("overrides", nargs="*", help="key=value for every point")
     gr.set_defaults(run=cmd_grid)
@@ -295,13 +336,16 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = p.parse_known_args(argv)
     if extra and (not hasattr(args, "overrides") or any(e.startswith("-") for e in extra)):
         p.error(f"unrecognized arguments: {' '.join(extra)}")
-    if hasattr(args, "overrides"):  # key=value items may come before or after the options
-        if hasattr(args, "models"):  # "--models a b key=value": items with "=" before any ":" are overrides
-            moved = [m for m in args.models if "=" in m.split(":")[0]]
-            args.models = [m for m in args.models if m not in moved]
-            extra = moved + extra
-        args.overrides = [*args.overrides, *extra]
     try:
+        if hasattr(args, "overrides"):  # key=value items may come before or after the options
+            if hasattr(args, "models"):  # "--models a b key=value": items with "=" before any ":" are overrides
+                moved = [m for m in args.models if "=" in m.split(":")[0]]
+                args.models = [m for m in args.models if m not in moved]
+                extra = moved + extra
+            if hasattr(args, "seeds"):  # "--seeds 0 1 key=value": the items with "=" are overrides
+                extra = [s for s in args.seeds if "=" in s] + extra
+                args.seeds = _seeds([s for s in args.seeds if "=" not in s])
+            args.overrides = [*args.overrides, *extra]
         return args.run(args)
     except RunBusy as error:
         print(f"contham {args.command}: skipped: {error}", file=sys.stderr)

@@ -1,19 +1,19 @@
 """One run on many devices: ``torch.distributed`` and DistributedDataParallel under ``torchrun``.
 
 ``torchrun --nproc_per_node=N -m contham train ...`` starts N processes (ranks) that set
-``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``; :func:`setup` reads them and joins the process
+``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``; `setup` reads them and joins the process
 group (NCCL on CUDA, gloo on CPU). Every global batch of the 1-process run is split into N
-contiguous shards, one per rank (:class:`GlobalBatches`), and each rank's loss is weighted by its
+contiguous shards, one per rank (`GlobalBatches`), and each rank's loss is weighted by its
 share of the global batch, so that the gradient DDP averages is the 1-process gradient of the same
 global batch: an N-rank run follows the same optimisation as a 1-process run. The random
-augmentation of a :class:`~contham.data.ImageSet` is drawn for the whole global batch, so the
+augmentation of a `ImageSet` is drawn for the whole global batch, so the
 ranks see the crops and flips of one process; dropout and the per-sample transforms of other
 datasets draw from each rank's own generator (same distribution, other samples).
 
 Batch norm normalises each rank's shard on its own unless the run converts it
-(``sync_batchnorm=true``) with :func:`convert_sync_batchnorm`: then the statistics are those of the
+(``sync_batchnorm=true``) with `convert_sync_batchnorm`: then the statistics are those of the
 global batch, exactly as in one process: ``torch.nn.SyncBatchNorm`` on CUDA, which PyTorch
-supports on GPUs only, and on CPU (gloo) :class:`GlooSyncBatchNorm`, which reduces the statistics
+supports on GPUs only, and on CPU (gloo) `GlooSyncBatchNorm`, which reduces the statistics
 with the differentiable ``torch.distributed.nn.functional.all_reduce``.
 """
 
@@ -54,7 +54,7 @@ class Ranks:
 
 
 def ranks_from_env() -> Ranks:
-    """The :class:`Ranks` that ``torchrun`` put in the environment (1 process without it)."""
+    """The `Ranks` that ``torchrun`` put in the environment (1 process without it)."""
     try:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         rank = int(os.environ.get("RANK", "0"))
@@ -70,7 +70,7 @@ def ranks_from_env() -> Ranks:
 def setup(ranks: Ranks, device: torch.device, timeout_s: float = 1800.0) -> None:
     """Join the process group of a ``torchrun`` launch (no-op for one process).
 
-    ``device`` is this rank's device (see :func:`rank_device`); its type picks the backend."""
+    ``device`` is this rank's device (see `rank_device`); its type picks the backend."""
     if ranks.distributed and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
@@ -130,7 +130,7 @@ class GlobalBatches(Sampler[list[int]]):
     the same permutation, the same order.
 
     A last global batch with fewer samples than ranks is dropped in a distributed run (every rank
-    needs at least one sample); :attr:`global_sizes` holds the size of every global batch yielded.
+    needs at least one sample); `global_sizes` holds the size of every global batch yielded.
     """
 
     def __init__(self, n: int, batch_size: int, generator: torch.Generator, ranks: Ranks, limit: int | None = None):
@@ -208,7 +208,7 @@ class GlooSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
 
 def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
     """``model`` with every batch norm normalising over the global batch: ``torch.nn.SyncBatchNorm``
-    on CUDA, :class:`GlooSyncBatchNorm` on CPU. Parameters, buffers and state-dict keys are kept
+    on CUDA, `GlooSyncBatchNorm` on CPU. Parameters, buffers and state-dict keys are kept
     (checkpoints load either way)."""
     if device.type == "cuda":
         return nn.SyncBatchNorm.convert_sync_batchnorm(model)

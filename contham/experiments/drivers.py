@@ -1,11 +1,11 @@
-"""Experiments made of runs: :func:`compare` (several networks, several seeds) and :func:`grid`
+"""Experiments made of runs: `compare` (several networks, several seeds) and `grid`
 (1-D or 2-D parameter grids).
 
 Both are resumable: each run has its own folder and a finished run is not rerun. A run that fails
 is recorded as ``failed`` with its error, and the others go on; a run whose folder another process
 is training is reported as ``busy`` and left alone. The runs are carried out by an executor:
-:class:`Sequential` (one after another in this process, the default) or
-:class:`~contham.experiments.ray_runner.RayRunner` (Ray tasks on this machine or a cluster). Both
+`Sequential` (one after another in this process, the default) or
+`RayRunner` (Ray tasks on this machine or a cluster). Both
 write the same folders, files and tables.
 """
 
@@ -15,6 +15,7 @@ import copy
 import csv
 import dataclasses
 import itertools
+import statistics
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -97,7 +98,7 @@ def run_job(
     restart: bool = False,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """:func:`~contham.experiments.run` one job, never raising for the job's own failure: an
+    """`run` one job, never raising for the job's own failure: an
     error inside the run is returned (and written to its ``metrics.json``) as ``failed``, a folder
     held by another process as ``busy``. Bad input that would fail every run (``ValueError``
     other than a broken run folder) and Ctrl-C are raised."""
@@ -127,7 +128,7 @@ def _failed(job: Job, error: Exception) -> dict[str, Any]:
 @dataclasses.dataclass
 class Sequential:
     """Runs one after another in this process (progress bars with ``progress``); ``wait`` and
-    ``restart`` as in :func:`~contham.experiments.fit`."""
+    ``restart`` as in `fit`."""
 
     progress: bool = True
     wait: bool = False
@@ -161,13 +162,15 @@ def _history(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    """The mean and the sample standard deviation (n - 1; None for fewer than two values)."""
     if not values:
         return None, None
-    mean = sum(values) / len(values)
-    return mean, (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
 
 
-def _aggregate(label: str, results: list[dict[str, Any]]) -> dict[str, Any]:
+def aggregate(label: str, results: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row of the comparison table from the results of one spec's runs (means over the
+    finished ones; the status of every run counted)."""
     done = [r for r in results if r.get("status") == Status.FINISHED]
     row: dict[str, Any] = {"model": label, "runs": len(done)}
     row["test_accuracy"], row["test_accuracy_std"] = _mean_std([r["test_accuracy"] for r in done])
@@ -208,11 +211,11 @@ def compare(
     progress: bool = True,
     executor: Executor | None = None,
 ) -> list[dict[str, Any]]:
-    """Train every model spec (see :func:`parse_model`) for every seed on ``base``'s data (same
+    """Train every model spec (see `parse_model`) for every seed on ``base``'s data (same
     preprocessing) with ``base``'s protocol (same epochs, batches, optimiser), into
     ``out_dir/<spec>/seed<k>``. Write ``compare.csv``, ``compare.md`` and ``compare.png``
     (curves with mean +/- std bands); return the table rows. ``executor``: default
-    :class:`Sequential`."""
+    `Sequential`."""
     out_dir = Path(out_dir)
     jobs = []
     for spec in models:  # check every spec before training anything
@@ -228,7 +231,8 @@ def compare(
     try:
         execute(jobs, executor or Sequential(progress), progress, results)
     finally:
-        rows = _compare_tables(models, jobs, results, out_dir)
+        if any(results):  # what ran, also when an error or Ctrl-C stopped the others
+            rows = _compare_tables(models, jobs, results, out_dir)
     return rows
 
 
@@ -241,7 +245,7 @@ def _compare_tables(
     for i, spec in enumerate(models):
         ran = [(job, r) for job, r in zip(jobs[i * per_spec : (i + 1) * per_spec], results[i * per_spec :]) if r]
         histories[spec] = [_history(job.run_dir) for job, _ in ran]
-        rows.append(_aggregate(spec, [r for _, r in ran]))
+        rows.append(aggregate(spec, [r for _, r in ran]))
     _write_table(rows, out_dir / "compare.csv", out_dir / "compare.md")
     plot_curves(histories, out_dir / "compare.png")
     return rows
@@ -257,9 +261,9 @@ def grid(
     executor: Executor | None = None,
 ) -> list[dict[str, Any]]:
     """Run ``base`` at every point of a 1-D or 2-D grid (``axes``: (key, values) pairs, keys as in
-    :meth:`RunConfig.set`) for every seed; write ``grid.csv`` and ``grid.png`` and return one
+    `RunConfig.set`) for every seed; write ``grid.csv`` and ``grid.png`` and return one
     row per run. Points already finished are read back, not rerun. ``executor``: default
-    :class:`Sequential`."""
+    `Sequential`."""
     if not 1 <= len(axes) <= 2:
         raise ValueError(f"axes must hold one or two (key, values) pairs; got {len(axes)}")
     out_dir = Path(out_dir)
@@ -279,7 +283,8 @@ def grid(
     try:
         execute(jobs, executor or Sequential(progress), progress, results)
     finally:
-        rows = _grid_tables(keys, jobs, points, results, out_dir)
+        if any(results):  # what ran, also when an error or Ctrl-C stopped the others
+            rows = _grid_tables(keys, jobs, points, results, out_dir)
     return rows
 
 
@@ -302,8 +307,7 @@ def _grid_tables(
         writer.writeheader()
         writer.writerows(rows)
     write_json(out_dir / "grid.json", {"keys": keys, "rows": rows})
-    if rows:
-        plot_grid(rows, keys, out_dir / "grid.png")
+    plot_grid(rows, keys, out_dir / "grid.png")
     return rows
 
 
@@ -320,13 +324,16 @@ def _format(value: Any, key: str) -> str:
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    """The comparison as a Markdown table (accuracy in %, mean +/- std over seeds)."""
+    """The comparison as a Markdown table (accuracy in %: the mean over the finished seeds +/- their
+    sample standard deviation, shown from two seeds on; the columns are defined in
+    docs/experiments.md)."""
     names: tuple[str, ...] = ("model", "parameters", "test accuracy (%)", "runs", "s/epoch", "NFE fwd", "NFE bwd")
     names += ("autograd MB", "peak MB", "status")
     lines = ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
     for r in rows:
-        accuracy = "-" if r["test_accuracy"] is None else f"{_format(r['test_accuracy'], 'test_accuracy')} ± "
-        accuracy += "" if r["test_accuracy"] is None else _format(r["test_accuracy_std"], "test_accuracy_std")
+        accuracy = _format(r["test_accuracy"], "test_accuracy")
+        if r["test_accuracy_std"] is not None:
+            accuracy += f" ± {_format(r['test_accuracy_std'], 'test_accuracy_std')}"
         cells = [r["model"], _format(r["parameters"], "parameters"), accuracy, str(r["runs"])]
         keys = ("seconds_per_epoch", "nfe_forward", "nfe_backward", "saved_tensors_mb", "peak_memory_mb")
         cells += [_format(r[k], k) for k in keys]

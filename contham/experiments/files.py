@@ -1,12 +1,12 @@
 """Run folders: atomic JSON and checkpoint files, clear errors for broken ones, and a lock.
 
 A run folder holds ``config.json``, ``history.json``, ``metrics.json`` and ``checkpoint.pt``
-(see :mod:`contham.experiments.trainer`). Every file is written to a temporary name in the same
+(see `contham.experiments.trainer`). Every file is written to a temporary name in the same
 folder and renamed over the old one, so a crash or Ctrl-C never leaves a half-written file. A file
-that cannot be read (truncated, corrupt, not JSON) raises :class:`RunFolderError`, a
+that cannot be read (truncated, corrupt, not JSON) raises `RunFolderError`, a
 ``ValueError`` naming the file, instead of a traceback from deep inside ``json`` or ``torch``.
 
-:class:`RunLock` is an advisory lock (``flock`` on ``<run>/.lock``): two processes, two terminals
+`RunLock` is an advisory lock (``flock`` on ``<run>/.lock``): two processes, two terminals
 or two Ray workers on one machine, never train the same folder at once. The operating system
 releases it when its process dies, so no stale lock outlives a crash. On a shared filesystem
 ``flock`` is only as good as that filesystem's support for it (NFSv4 and Lustre have it).
@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 RUN_FILES = ("config.json", "history.json", "metrics.json", "checkpoint.pt")
-"""The files of a run folder (:func:`discard_run` removes exactly these)."""
+"""The files of a run folder (`discard_run` removes exactly these)."""
 
 
 class RunFolderError(ValueError):
@@ -41,9 +41,13 @@ def _atomic_write(path: Path, write: Any) -> None:
     try:
         write(tmp)
         os.replace(tmp, path)
-    except OSError as error:
-        tmp.unlink(missing_ok=True)
-        raise RunFolderError(f"cannot write {str(path)!r}: {error.strerror or error}") from None
+    except Exception as error:  # OSError, or torch.save's RuntimeError on a full disk or a read-only folder
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass  # the folder cannot be changed at all: nothing was left in it either
+        detail = getattr(error, "strerror", None) or str(error).splitlines()[0]
+        raise RunFolderError(f"cannot write {str(path)!r}: {detail}") from None
 
 
 def write_json(path: str | Path, data: Any) -> None:
@@ -52,7 +56,7 @@ def write_json(path: str | Path, data: Any) -> None:
 
 
 def read_json(path: str | Path) -> Any:
-    """Read a JSON file; :class:`RunFolderError` naming it when it is missing, unreadable or not JSON."""
+    """Read a JSON file; `RunFolderError` naming it when it is missing, unreadable or not JSON."""
     path = Path(path)
     try:
         return json.loads(path.read_text())
@@ -68,7 +72,7 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: str | Path, map_location: Any = None) -> dict[str, Any]:
-    """``torch.load`` a checkpoint written by :func:`save_checkpoint`; :class:`RunFolderError`
+    """``torch.load`` a checkpoint written by `save_checkpoint`; `RunFolderError`
     naming it when it is truncated or corrupt."""
     path = Path(path)
     try:
@@ -97,11 +101,12 @@ def prepare_folder(path: str | Path) -> Path:
 
 
 def discard_run(run_dir: str | Path) -> None:
-    """Remove a run's files (:data:`RUN_FILES`, temporaries, figures) so that it starts from scratch."""
+    """Remove a run's files (`RUN_FILES`, temporaries, figures, TensorBoard event files) so that
+    it starts from scratch."""
     run_dir = Path(run_dir)
     for name in RUN_FILES:
         (run_dir / name).unlink(missing_ok=True)
-    for leftover in [*run_dir.glob(".*.tmp"), *run_dir.glob("*.png")]:
+    for leftover in [*run_dir.glob(".*.tmp"), *run_dir.glob("*.png"), *run_dir.glob("events.out.tfevents.*")]:
         leftover.unlink()
 
 
@@ -110,7 +115,7 @@ class RunLock:
 
     Args:
         run_dir: the run folder (created if needed).
-        wait: wait until the other process is done (True) or raise :class:`RunBusy` at once.
+        wait: wait until the other process is done (True) or raise `RunBusy` at once.
         poll: seconds between attempts while waiting.
     """
 
@@ -121,6 +126,12 @@ class RunLock:
         self._handle: Any = None
 
     def __enter__(self) -> RunLock:
+        try:
+            return self._take()
+        except OSError as error:  # a full disk, a folder that turned read-only, a .lock that is not a file
+            raise RunFolderError(f"cannot lock {str(self.path)!r}: {error.strerror or error}") from None
+
+    def _take(self) -> RunLock:
         handle = open(self.path, "a+")
         while True:
             try:
@@ -132,8 +143,7 @@ class RunLock:
                     owner = handle.read().strip() or "another process"
                     handle.close()
                     raise RunBusy(
-                        f"run folder {str(self.path.parent)!r} is being trained by {owner}; "
-                        "skipped (wait for it with --wait)"
+                        f"run folder {str(self.path.parent)!r} is being trained by {owner}; wait for it with --wait"
                     ) from None
                 time.sleep(self.poll)
         handle.seek(0)

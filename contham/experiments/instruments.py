@@ -1,11 +1,12 @@
 """What a training run measures besides loss and accuracy: the memory autograd keeps, the peak
 device memory and the field evaluations of ODE and Hamiltonian blocks (from
-:func:`contham.collect_stats`)."""
+`contham.collect_stats`)."""
 
 from __future__ import annotations
 
-import resource
+import re
 from collections.abc import Iterable
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -60,14 +61,26 @@ def field_evaluations(model: nn.Module) -> tuple[int, int] | None:
 
 
 def reset_peak_memory(device: torch.device) -> None:
-    """Start a new peak for :func:`peak_memory_mb` (CUDA only; the CPU figure is process-wide)."""
+    """Start a new peak for `peak_memory_mb`: CUDA's peak allocated memory, or on Linux the
+    process's peak resident set (``/proc/self/clear_refs``, Linux 4.0 and later)."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass  # not Linux: peak_memory_mb has no CPU figure
 
 
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak CUDA memory allocated since :func:`reset_peak_memory`, or on CPU the process's peak
-    resident set (MiB, monotone over the process's life)."""
+def peak_memory_mb(device: torch.device) -> float | None:
+    """Since `reset_peak_memory`: the peak CUDA memory allocated, or on the CPU the peak
+    resident set of the process (MiB; on Linux only, else None). The CPU figure is the whole
+    process's: the data, the libraries, and memory that earlier runs in the same process left
+    to the allocator."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    try:
+        found = re.search(r"VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text())
+    except OSError:
+        return None
+    return None if found is None else int(found.group(1)) / 1024

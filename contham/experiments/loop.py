@@ -1,9 +1,9 @@
 """The training loop of one run (the report's algorithm 1) and evaluation.
 
-:class:`Settings` holds every run option of the loop, written once: :class:`~contham.experiments.RunConfig`
-inherits them, :func:`~contham.experiments.fit` takes them by name. :class:`Loop` trains one
+`Settings` holds every run option of the loop, written once: `RunConfig`
+inherits them, `fit` takes them by name. `Loop` trains one
 epoch at a time and evaluates; what a protocol changes around each update comes from its
-strategies (:mod:`contham.experiments.protocols`), so the loop has no protocol flags.
+strategies (`contham.experiments.protocols`), so the loop has no protocol flags.
 """
 
 from __future__ import annotations
@@ -50,20 +50,20 @@ class Settings:
     """The run options of the training loop.
 
     Attributes:
-        epochs: None: from ``learning`` (report algorithm 1, :func:`epochs_for`).
+        epochs: None: from ``learning`` (report algorithm 1, `epochs_for`).
         max_batches: stop each epoch after this many batches (short runs).
         seed: seeds the weights, the batches and the augmentation.
         device: "auto" (CUDA when available, else CPU), "cpu" or "cuda[:i]".
         deterministic: force deterministic algorithms.
         gradient_norms: record, per epoch, the mean gradient norm of every block's output state
-            and of every parameter (:class:`~contham.analysis.GradientNorms`) in the history.
+            and of every parameter (`GradientNorms`) in the history.
         stop_at_accuracy: finish after the first epoch whose test accuracy reaches this
             (time-to-accuracy studies).
         max_train_seconds: finish after the epoch in which the training time (evaluation
             excluded) reaches this.
         sync_batchnorm: in a distributed run, batch norm with the statistics of the global batch,
             as one process computes them.
-        amp: mixed precision None, "bf16" or "fp16" (:mod:`contham.experiments.accelerate`).
+        amp: mixed precision None, "bf16" or "fp16" (`contham.experiments.accelerate`).
         channels_last: the NHWC memory layout.
         compile: ``torch.compile`` (true or a backend name).
     """
@@ -105,7 +105,7 @@ class Settings:
 
     @classmethod
     def of(cls, source: Any) -> Settings:
-        """The settings held by ``source`` (e.g. a :class:`~contham.experiments.RunConfig`)."""
+        """The settings held by ``source`` (e.g. a `RunConfig`)."""
         return cls(**{f.name: getattr(source, f.name) for f in dataclasses.fields(cls)})
 
 
@@ -163,15 +163,15 @@ def evaluate(
 
 class Loop:
     """The training of one run: the model on its device with its optimiser, lr schedule,
-    gradient scaler and protocol strategies; trains an epoch (:meth:`train_epoch`), evaluates
-    (:meth:`evaluate`), and gives and takes its state for checkpoints.
+    gradient scaler and protocol strategies; trains an epoch (`train_epoch`), evaluates
+    (`evaluate`), and gives and takes its state for checkpoints.
 
     Args:
         model: the network (moved to the device; converted to channels-last and synchronised
             batch norm as ``settings`` say).
         train_set, test_set: the data.
         learning: the protocol.
-        settings: the run options (``settings.epochs`` None: :func:`epochs_for`).
+        settings: the run options (``settings.epochs`` None: `epochs_for`).
         ranks: the processes of a distributed run (default: this one).
         device: default from ``settings.device``.
         num_classes: for the confusion matrix (default: the model's output width).
@@ -232,7 +232,7 @@ class Loop:
         )
 
     def restore(self, state: dict[str, Any]) -> None:
-        """Load a :meth:`state`."""
+        """Load a `state`."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -377,7 +377,8 @@ def summarize(history: list[dict[str, Any]]) -> dict[str, Any]:
     summary["best_test_accuracy"] = max(h["test_accuracy"] for h in history)
     summary["seconds_per_epoch"] = sum(h["seconds"] for h in history) / len(history)
     summary["train_seconds"] = sum(h["seconds"] for h in history)
-    summary["peak_memory_mb"] = max(h["peak_memory_mb"] for h in history)
+    peaks = [h["peak_memory_mb"] for h in history if h.get("peak_memory_mb") is not None]
+    summary["peak_memory_mb"] = max(peaks) if peaks else None
     for key in ("nfe_forward", "nfe_backward"):
         if key in last:
             summary[key] = sum(h[key] for h in history) / len(history)

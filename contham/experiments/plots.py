@@ -1,15 +1,15 @@
 """Figures of runs, comparisons and grids, written as PNG files (matplotlib's object API: no
 pyplot, so the user's backend is left alone).
 
-* :func:`plot_curves`: accuracy and loss per epoch, the mean over seeds with a +/- std band (train
+* `plot_curves`: accuracy and loss per epoch, the mean over seeds with a +/- std band (train
   dashed, test solid), one colour per model: the report's figure 4.3.
-* :func:`plot_grid`: test accuracy against a parameter (1-D, error bars over seeds) or a heat map
+* `plot_grid`: test accuracy against a parameter (1-D, error bars over seeds) or a heat map
   (2-D): figures 4.4-4.10.
-* :func:`plot_confusion`: the confusion matrix of a run; :func:`plot_gradient_norms`: its
+* `plot_confusion`: the confusion matrix of a run; `plot_gradient_norms`: its
   per-epoch gradient norms across blocks and parameters.
-* :func:`plot_feature_maps`: one image after the first conv and after each unit of a
-  :class:`~contham.models.HamiltonianNet`: figures 5.2-5.3.
-* :func:`plot_points_2d`: a 2-D classifier (``hdnn_2d``): its decision regions with the test
+* `plot_feature_maps`: one image after the first conv and after each unit of a
+  `HamiltonianNet`: figures 5.2-5.3.
+* `plot_points_2d`: a 2-D classifier (``hdnn_2d``): its decision regions with the test
   points, and the propagation of the hidden states through the layers (the H-DNN papers' figures).
 """
 
@@ -25,12 +25,14 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from torch import Tensor
 
+from .status import Status
+
 
 def _band(ax: Any, runs: list[list[float]], label: str, color: Any, style: str) -> None:
     length = min(len(r) for r in runs)
     values = np.array([r[:length] for r in runs])
     epochs = np.arange(1, length + 1)
-    mean, std = values.mean(0), values.std(0)
+    mean, std = values.mean(0), values.std(0, ddof=1) if len(runs) > 1 else np.zeros(length)
     ax.plot(epochs, mean, style, color=color, label=label)
     if len(runs) > 1:
         ax.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.2)
@@ -54,13 +56,18 @@ def plot_curves(histories: dict[str, list[list[dict[str, Any]]]], path: str | Pa
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
     acc.legend(fontsize=7)
+    fig.suptitle(
+        "test (solid) and training (dashed) curves: mean over seeds, shaded band +/- 1 sample std", fontsize=10
+    )
     fig.tight_layout()
     return _save(fig, path)
 
 
 def plot_grid(rows: list[dict[str, Any]], keys: Sequence[str], path: str | Path) -> Path:
     """Test accuracy of grid ``rows`` (each with the grid keys, ``seed`` and ``test_accuracy``)."""
-    finished = [r for r in rows if r.get("test_accuracy") is not None and r.get("status", "finished") == "finished"]
+    finished = [
+        r for r in rows if r.get("test_accuracy") is not None and r.get("status", Status.FINISHED) == Status.FINISHED
+    ]
     fig = Figure(figsize=(6, 4.5))
     ax = fig.subplots()
     if len(keys) == 1:
@@ -70,8 +77,9 @@ def plot_grid(rows: list[dict[str, Any]], keys: Sequence[str], path: str | Path)
         numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
         x = values if numeric else list(range(len(values)))
         means = [np.mean(a) if a else np.nan for a in acc]
-        stds = [np.std(a) if a else np.nan for a in acc]
+        stds = [np.std(a, ddof=1) if len(a) > 1 else 0.0 for a in acc]
         ax.errorbar(x, means, yerr=stds, marker="o", capsize=3)
+        ax.set_title("test accuracy: mean over seeds, error bars +/- 1 sample std", fontsize=10)
         if numeric and min(values) > 0 and max(values) / min(values) >= 100:
             ax.set_xscale("log")
         if not numeric:
@@ -91,12 +99,15 @@ def plot_grid(rows: list[dict[str, Any]], keys: Sequence[str], path: str | Path)
                     grid[j, i] = np.mean(acc)
         image = ax.imshow(grid, origin="lower", cmap="viridis", aspect="auto")
         for (j, i), value in np.ndenumerate(grid):
-            ax.text(i, j, "failed" if np.isnan(value) else f"{value:.3f}", ha="center", va="center", fontsize=8)
+            ax.text(
+                i, j, Status.FAILED.value if np.isnan(value) else f"{value:.3f}", ha="center", va="center", fontsize=8
+            )
         ax.set_xticks(range(len(xs)), [str(v) for v in xs])
         ax.set_yticks(range(len(ys)), [str(v) for v in ys])
         ax.set_xlabel(kx)
         ax.set_ylabel(ky)
         fig.colorbar(image, label="test accuracy")
+        ax.set_title("test accuracy, mean over seeds (failed: no finished run)", fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -114,7 +125,7 @@ def plot_gradient_norms(history: list[dict[str, Any]], path: str | Path) -> Path
     for ax, title in ((states, "dL/d(block output)"), (params, "dL/d(parameter)")):
         ax.set_yscale("log")
         ax.set_xlabel("epoch")
-        ax.set_title(title, fontsize=9)
+        ax.set_title(f"{title}: mean norm over the epoch's batches", fontsize=9)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         if len(ax.lines) <= 12:
@@ -138,12 +149,13 @@ def plot_confusion(confusion: list[list[int]], path: str | Path, classes: Sequen
         ax.set_yticks(range(len(matrix)), labels)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
+    ax.set_title("test set: images per (true, predicted) class", fontsize=9)
     fig.tight_layout()
     return _save(fig, path)
 
 
 def plot_feature_maps(model: Any, image: Tensor, path: str | Path, channels: int = 4) -> Path:
-    """``image`` (C, H, W) through a :class:`~contham.models.HamiltonianNet`: the input, then
+    """``image`` (C, H, W) through a `HamiltonianNet`: the input, then
     ``channels`` channels after the first conv and after each unit (rows)."""
     model.eval()
     stages: list[tuple[str, Tensor]] = []
@@ -163,8 +175,14 @@ def plot_feature_maps(model: Any, image: Tensor, path: str | Path, channels: int
     for row, (name, maps) in enumerate(stages, start=1):
         energy = maps.flatten(1).abs().mean(1)  # show the most active channels
         for col, c in enumerate(energy.argsort(descending=True)[:channels].tolist()):
-            axes[row, col].imshow(maps[c].numpy(), cmap="magma")
-            axes[row, col].set_title(f"{name}, ch {c}", fontsize=7)
+            low, high = float(maps[c].min()), float(maps[c].max())
+            constant = high - low <= 1e-12 * max(1.0, abs(high))
+            # a constant map (a 1 x 1 map after the last pooling, a dead channel) shown mid-scale, not black
+            axes[row, col].imshow(maps[c].numpy(), cmap="magma", vmin=low - 1 if constant else low,
+                                  vmax=high + 1 if constant else high)  # fmt: skip
+            size = "x".join(map(str, maps[c].shape))
+            axes[row, col].set_title(f"{name}, ch {c} ({size}{', constant' if constant else ''})", fontsize=7)
+    fig.suptitle("the most active channels of one test image, stage by stage (each map on its own scale)", fontsize=9)
     fig.tight_layout()
     return _save(fig, path)
 

@@ -1,18 +1,18 @@
 """Training protocols: the named ones (``learning=<name>``) and the strategies a protocol adds to
 the training loop.
 
-A protocol is a :class:`~contham.config.LearningParameters` (optimiser, lr schedule, batches,
+A protocol is a `LearningParameters` (optimiser, lr schedule, batches,
 penalties). Some protocols also change what the loop does around each update; those changes are
-strategy objects (:class:`TrainingProtocol`) that the loop calls at fixed points, so the loop
+strategy objects (`TrainingProtocol`) that the loop calls at fixed points, so the loop
 itself has no protocol flags:
 
-* :class:`InnerClassifierFits` (``learning.inner_steps``): the H-DNN papers' 2-D protocol, a fresh
+* `InnerClassifierFits` (``learning.inner_steps``): the H-DNN papers' 2-D protocol, a fresh
   classifier fitted to each batch's frozen features before the update, and refitted on all the
   data after the last epoch;
-* :class:`EpochAdamStep` (``learning.adam_step_epoch``): the papers' code's Adam step count, the
+* `EpochAdamStep` (``learning.adam_step_epoch``): the papers' code's Adam step count, the
   epoch instead of the number of updates.
 
-:func:`strategies` reads them off a protocol.
+`strategies` reads them off a protocol.
 """
 
 from __future__ import annotations
@@ -67,14 +67,14 @@ step of the H-DNN; the classifier refitted on all the data at the end; smoothnes
 form ``J K^T sigma(K y + b)`` (``smoothness_of="K"``), classifier penalty 1e-4.
 The lr is halved after epochs 10, 20, 30 and 40: the papers' code sets Adam's step count to the
 epoch, which shrinks its steps over the first 10 epochs (docs/hdnn.md); contham runs standard
-Adam with this decay instead (:data:`HDNN_2D_CODE` runs the code's step count)."""
+Adam with this decay instead (`HDNN_2D_CODE` runs the code's step count)."""
 
 HDNN_2D_CODE = dataclasses.replace(
     HDNN_2D_LEARNING,
     lr_decay_at=[],
     adam_step_epoch=["block.field.K*", "block.field.W", "block.field.b", "block.field.bp", "block.field.bq"],
 )
-"""The papers' 2-D protocol to the letter of their code: :data:`HDNN_2D_LEARNING` with a constant
+"""The papers' 2-D protocol to the letter of their code: `HDNN_2D_LEARNING` with a constant
 lr 0.05 and Adam's step count set to the epoch before every update of the first two parameters of
 their network, which are, in contham's names: K and b (H1), K0 and b (MS1), W and b (MS2), K1 and K2
 but not b1 and b2 (MS3), Kp, Kq, bp and bq (H2, whose K and b hold both halves)."""
@@ -124,16 +124,16 @@ PROTOCOLS = {
 
 
 def protocol(name: str) -> LearningParameters:
-    """A fresh copy of the protocol called ``name`` (see :data:`PROTOCOLS`)."""
+    """A fresh copy of the protocol called ``name`` (see `PROTOCOLS`)."""
     return dataclasses.replace(PROTOCOLS[check_choice("learning", name, PROTOCOLS)])
 
 
 class TrainingProtocol:
     """A change a protocol makes to the training loop; every hook does nothing by default.
 
-    The loop calls, in this order: :meth:`check` once, :meth:`trained_parameters` to build the
-    optimiser, :meth:`start` once the optimiser exists, :meth:`network` for what the batches run
-    through; per batch :meth:`outputs` and :meth:`before_update`; :meth:`after_training` once
+    The loop calls, in this order: `check` once, `trained_parameters` to build the
+    optimiser, `start` once the optimiser exists, `network` for what the batches run
+    through; per batch `outputs` and `before_update`; `after_training` once
     after the last epoch's updates."""
 
     def check(self, model: nn.Module, ranks: Ranks) -> None:
@@ -163,7 +163,7 @@ class TrainingProtocol:
 
 @dataclasses.dataclass
 class FinalData:
-    """What :meth:`TrainingProtocol.after_training` may use: the training set, read in batches
+    """What `TrainingProtocol.after_training` may use: the training set, read in batches
     of ``batch_size`` on ``device``, and the run's seed and number of epochs."""
 
     train_set: Dataset
@@ -237,7 +237,7 @@ class EpochAdamStep(TrainingProtocol):
 
 
 class Strategies(TrainingProtocol):
-    """Several strategies as one: each hook calls them in turn (:meth:`outputs`: the first that
+    """Several strategies as one: each hook calls them in turn (`outputs`: the first that
     gives logits)."""
 
     def __init__(self, parts: list[TrainingProtocol]):
@@ -287,7 +287,7 @@ def make_optimizer(
     model: nn.Module, learning: LearningParameters, protocol: TrainingProtocol | None = None
 ) -> torch.optim.Optimizer:
     """SGD with momentum or Adam with betas = ``momentum``; weight decay ``wd`` inside; the
-    parameters ``protocol`` trains (default: those of :func:`strategies`)."""
+    parameters ``protocol`` trains (default: those of `strategies`)."""
     momentum = learning.momentum  # validate(): a float for SGD, a pair for Adam
     params = (protocol or strategies(learning)).trained_parameters(model, list(model.parameters()))
     if learning.optimiser == "SGD":

@@ -1,7 +1,7 @@
-"""Many runs at once with Ray: every (grid point or model, seed) of :func:`~contham.experiments.compare`
-and :func:`~contham.experiments.grid` becomes a Ray task, or with early stopping a Ray Tune trial.
+"""Many runs at once with Ray: every (grid point or model, seed) of `compare`
+and `grid` becomes a Ray task, or with early stopping a Ray Tune trial.
 
-Without an address :class:`RayRunner` starts a Ray instance on this machine and stops it at the
+Without an address `RayRunner` starts a Ray instance on this machine and stops it at the
 end; with one (``ray start --head`` on one node prints it, ``ray start --address=...`` joins the
 others) it sends the runs to that cluster. Each run reserves ``cpus_per_run`` CPUs (and sets
 torch's thread count to match) and ``gpus_per_run`` GPUs. The runs write the same folders as
@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -35,6 +36,21 @@ from .files import RunLock, read_json, write_json
 from .loop import summarize
 from .runconfig import RunConfig
 from .status import Status
+
+
+def reachable(address: str, timeout_s: float = 10.0) -> None:
+    """Raise ``ValueError`` naming ``address`` unless a ``host:port`` (or ``ray://host:port``)
+    address accepts a connection within ``timeout_s`` (Ray itself would retry for minutes).
+    ``"auto"`` (the cluster this machine belongs to) is left to Ray."""
+    if address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"--ray address must be 'auto' or host:port; got {address!r}")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as error:
+        raise ValueError(f"cannot reach the Ray cluster at address={address!r}: {error.strerror or error}") from None
 
 
 def _run_remote(
@@ -54,7 +70,7 @@ def _run_remote(
 
 @dataclasses.dataclass
 class RayRunner:
-    """An executor for :func:`~contham.experiments.compare` and :func:`~contham.experiments.grid`
+    """An executor for `compare` and `grid`
     that runs every job on Ray.
 
     Args:
@@ -65,8 +81,8 @@ class RayRunner:
         gpus_per_run: GPUs each run reserves (fractions allowed).
         early_stop: ASHA early stopping on test accuracy (Ray Tune); grace_epochs: epochs every
             run gets before it can be stopped; reduction_factor: ASHA's rung ratio.
-        wait: as in :func:`~contham.experiments.fit`, for every run.
-        restart: as in :func:`~contham.experiments.fit`, for every run.
+        wait: as in `fit`, for every run.
+        restart: as in `fit`, for every run.
     """
 
     address: str | None = None
@@ -90,6 +106,8 @@ class RayRunner:
             import ray
         except ImportError:
             raise ValueError("running on Ray needs the ray package: pip install 'contham[ray]'") from None
+        if self.address is not None:
+            reachable(self.address)
         started = not ray.is_initialized()
         if started:
             if self.address is None:

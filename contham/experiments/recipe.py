@@ -1,6 +1,6 @@
-"""A run's recipe: what a :class:`~contham.experiments.RunConfig` turns into, the data, its input
-shape and the network built for it. Training (:func:`~contham.experiments.run`), ``contham plot``,
-:func:`~contham.experiments.compare` and :func:`~contham.experiments.grid` all go through it,
+"""A run's recipe: what a `RunConfig` turns into, the data, its input
+shape and the network built for it. Training (`run`), ``contham plot``,
+`compare` and `grid` all go through it,
 so a network is rebuilt exactly as it was trained (its ``model_options`` included)."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ class Recipe:
         config.validate()
         self.config = config
         assert config.dataset is not None and config.preprocessing is not None  # resolved by validate()
-        #: ``in_channels``, ``num_classes``, ``image_size`` of the data (:func:`contham.data.input_shape`)
+        #: ``in_channels``, ``num_classes``, ``image_size`` of the data (`contham.data.input_shape`)
         self.shape = input_shape(config.dataset, config.preprocessing)
 
     def data(self) -> tuple[Dataset, Dataset]:

@@ -1,4 +1,4 @@
-"""A training run described as data: :class:`RunConfig` (network, data, protocol, run options),
+"""A training run described as data: `RunConfig` (network, data, protocol, run options),
 saved as ``config.json`` in its run folder and readable from YAML/JSON files."""
 
 from __future__ import annotations
@@ -19,23 +19,23 @@ from .protocols import HDNN_2D_LEARNING, HDNN_MNIST_LEARNING, PROTOCOLS, THESIS_
 @dataclasses.dataclass
 class RunConfig(Settings, Parameters):
     """One training run: network, data, protocol, and the run options of
-    :class:`~contham.experiments.loop.Settings` (epochs, seed, device, ...). Every value is checked
+    `Settings` (epochs, seed, device, ...). Every value is checked
     when it is set, network options included (the network is built on the meta device).
 
     Attributes:
-        model: a :func:`contham.models.build` name; model_options: its overrides.
-        dataset: a :data:`contham.data.DATASETS` name, or for ``hdnn_2d`` a point set of
-            :data:`contham.data.POINT_SETS`; None: ``swiss_roll`` for ``hdnn_2d``, ``mnist`` for
+        model: a `contham.models.build` name; model_options: its overrides.
+        dataset: a `contham.data.DATASETS` name, or for ``hdnn_2d`` a point set of
+            `contham.data.POINT_SETS`; None: ``swiss_roll`` for ``hdnn_2d``, ``mnist`` for
             ``hdnn_mnist``, else ``digits``. root, download: for torchvision.
         data_size, noise: a point set's size (default 8,000: 4,000 train, 4,000 test) and
-            Gaussian noise (see :func:`contham.data.point_set`).
+            Gaussian noise (see `contham.data.point_set`).
         preprocessing: "report", "thesis", "plain"; None: the network's own
-            (:func:`contham.models.default_data`: "thesis" for the thesis's networks, "plain"
+            (`contham.models.default_data`: "thesis" for the thesis's networks, "plain"
             for the H-DNNs, else "report").
         fraction: class-balanced fraction of the training set (report figure 4.13);
             test_fraction: of the test set (short runs).
         learning: the protocol, or the name of one of
-            :data:`~contham.experiments.protocols.PROTOCOLS`; None: the report preset's, the
+            `PROTOCOLS`; None: the report preset's, the
             H-DNN papers' 2-D or MNIST protocol, or the thesis's.
     """
 

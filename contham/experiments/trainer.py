@@ -1,20 +1,20 @@
-"""Training into a run folder: :func:`fit` trains any classifier on any pair of datasets,
-:func:`run` trains the network of a :class:`~contham.experiments.RunConfig` on its data (its
-:class:`~contham.experiments.recipe.Recipe`). In one process or on many (``torchrun``, see
-:mod:`contham.experiments.distributed`).
+"""Training into a run folder: `fit` trains any classifier on any pair of datasets,
+`run` trains the network of a `RunConfig` on its data (its
+`Recipe`). In one process or on many (``torchrun``, see
+`contham.experiments.distributed`).
 
 A run folder holds:
 
 * ``config.json``: the resolved run config;
 * ``history.json``: one entry per epoch (train/test loss and accuracy, lr, seconds, field
   evaluations per batch for ODE and Hamiltonian blocks, autograd memory, peak device memory);
-* ``metrics.json``: status (:class:`~contham.experiments.status.Status`), final and best
+* ``metrics.json``: status (`Status`), final and best
   accuracies, parameters, confusion matrix;
 * ``checkpoint.pt``: everything needed to resume after the last finished epoch
-  (:mod:`contham.experiments.checkpoints`);
-* TensorBoard event files, when TensorBoard is installed (:mod:`contham.experiments.tensorboard`).
+  (`contham.experiments.checkpoints`);
+* TensorBoard event files, when TensorBoard is installed (`contham.experiments.tensorboard`).
 
-Files are written atomically (:mod:`contham.experiments.files`) by rank 0 alone, under a lock
+Files are written atomically (`contham.experiments.files`) by rank 0 alone, under a lock
 that keeps a second process out of the folder. Run the same config into the same folder again
 and it resumes after the last checkpoint; the final numbers equal those of an uninterrupted run
 (same seed, same device, same number of ranks). A finished run is not rerun.
@@ -34,7 +34,7 @@ from ..config import LearningParameters
 from ..models import count_parameters
 from . import distributed
 from .checkpoints import RunFolder, folder_lock, random_state, seed_everything, set_random_state
-from .files import discard_run, prepare_folder, write_json
+from .files import discard_run, write_json
 from .loop import Loop, Settings, select_device, summarize
 from .recipe import Recipe
 from .runconfig import RunConfig
@@ -68,19 +68,19 @@ def fit(
     h_div, smoothness_of)``, an optimiser step, then the lr decay if the epoch is in
     ``lr_decay_at``; evaluation on ``test_set``. Training loss and accuracy are the running means
     over the epoch's batches. What the protocol adds around each update comes from its strategies
-    (:mod:`contham.experiments.protocols`).
+    (`contham.experiments.protocols`).
 
     Under ``torchrun`` (several ranks) the model is wrapped in DistributedDataParallel, each rank
     trains on its shard of every global batch and the metrics are reduced over the ranks; the
-    numbers equal a 1-process run's up to rounding (see :mod:`contham.experiments.distributed`).
+    numbers equal a 1-process run's up to rounding (see `contham.experiments.distributed`).
 
     Args:
-        settings: the run options (:class:`~contham.experiments.loop.Settings`); ``options``
+        settings: the run options (`Settings`); ``options``
             (its field names, e.g. ``epochs=2, device="cpu"``) replace some of them.
         num_classes: for the confusion matrix (default: the model's output width).
         config: saved as ``config.json`` and compared on resumption.
         wait: if another process holds ``run_dir``, wait for it instead of raising
-            :class:`~contham.experiments.files.RunBusy`.
+            `RunBusy`.
         restart: discard what ``run_dir`` holds (a broken or unwanted run) and start afresh.
         on_epoch: called on rank 0 with each epoch's history entry once its files are written
             (e.g. to report to a Ray Tune scheduler).
@@ -89,7 +89,7 @@ def fit(
     (``stop_at_accuracy``) or "time" (``max_train_seconds``).
 
     Raises:
-        ValueError: bad arguments; :class:`~contham.experiments.files.RunFolderError` (a
+        ValueError: bad arguments; `RunFolderError` (a
             ValueError) for a run folder that cannot be read or written or is in use.
     """
     settings = dataclasses.replace(settings or Settings(), **_known(options))
@@ -216,13 +216,11 @@ def run(
     on_epoch: OnEpoch | None = None,
     on_build: Callable[[nn.Module], None] | None = None,
 ) -> dict[str, Any]:
-    """Build the data and the network of ``config`` (its :class:`~contham.experiments.recipe.Recipe`)
-    and :func:`fit` it into ``run_dir`` (``wait``, ``restart`` and ``on_epoch`` as in :func:`fit`).
+    """Build the data and the network of ``config`` (its `Recipe`)
+    and `fit` it into ``run_dir`` (``wait``, ``restart`` and ``on_epoch`` as in `fit`).
     ``on_build`` is called with the freshly built network before training, e.g. to load or
     perturb its initial weights (a resumed run then continues from its checkpoint)."""
-    config.validate()
-    prepare_folder(run_dir)
-    recipe = Recipe(config)
+    recipe = Recipe(config)  # checked; the folder is made only once the data and network are
     train_set, test_set = recipe.data()
     seed_everything(config.seed, config.deterministic)
     model = recipe.network()

@@ -1,6 +1,6 @@
 """Activation functions sigma: the one table of everything contham needs to know about each.
 
-For each named sigma, :class:`Activation` holds the function, its antiderivative sigma~ (for the
+For each named sigma, `Activation` holds the function, its antiderivative sigma~ (for the
 energy ``H = 1^T sigma~(K y + b)``), its derivative written in terms of its *output*
 ``w = sigma(z)`` (the fused backward pass keeps w, not z) and an in-place form (the fused forward
 pass applies sigma to the buffer it just filled).
@@ -129,7 +129,7 @@ ACTIVATIONS: dict[str, Activation] = {
 
 
 def resolve_activation(sigma: str | Function, antiderivative: Function | None = None) -> Activation:
-    """The :class:`Activation` of a name in :data:`ACTIVATIONS` or of a callable.
+    """The `Activation` of a name in `ACTIVATIONS` or of a callable.
 
     A callable that is a table entry's function (``torch.tanh``) is that entry; another gets
     ``antiderivative`` (if given; without it the field has no energy) and no fused path.

@@ -1,4 +1,4 @@
-"""Base classes for vector fields whose weights live on a node axis (see :mod:`.time`)."""
+"""Base classes for vector fields whose weights live on a node axis (see `.time`)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ Params = tuple[Tensor, ...]
 
 @runtime_checkable
 class CheckedField(Protocol):
-    """A field that checks a state before a solve (contham's fields do; :func:`~contham.integrate`
+    """A field that checks a state before a solve (contham's fields do; `integrate`
     calls it on ``y0``)."""
 
     def check_input(self, y: Tensor) -> None: ...
@@ -27,7 +27,7 @@ class CheckedField(Protocol):
 @runtime_checkable
 class TimedField(Protocol):
     """A field whose weights live on a node axis: solvers put step boundaries at its node times
-    (every :class:`NodeField`, and wrappers that expose their field's ``nodes``)."""
+    (every `NodeField`, and wrappers that expose their field's ``nodes``)."""
 
     nodes: TimeNodes
 
@@ -47,7 +47,7 @@ def linear_op(K: Tensor, x: Tensor, b: Tensor | None = None) -> Tensor:
 
 
 def linear_op_t(K: Tensor, x: Tensor) -> Tensor:
-    """``K^T x``: the adjoint of :func:`linear_op` (``conv_transpose2d`` with the same weight)."""
+    """``K^T x``: the adjoint of `linear_op` (``conv_transpose2d`` with the same weight)."""
     if K.dim() == 2:
         return x @ K
     return F.conv_transpose2d(x, K, padding=K.shape[-1] // 2)
@@ -67,13 +67,13 @@ class NodeField(nn.Module, ABC):
     ``y`` is ``(batch, features)`` for dense fields (``kernel_size=None``) and
     ``(batch, channels, H, W)`` for convolutional ones. Subclasses name their node-axis
     parameters in ``node_names`` and implement ``_f(params, y)``; the weights at time t are
-    found by :meth:`params_at` and passed in, so a solver can also pin a step to one node
-    with :meth:`at_node`.
+    found by `params_at` and passed in, so a solver can also pin a step to one node
+    with `at_node`.
 
     Args:
         features: state width n (features of a dense state, channels of a conv state).
         kernel_size: None for dense weights, an odd int for convolutions.
-        n_nodes: number of weight nodes (see :class:`~contham.fields.TimeNodes`).
+        n_nodes: number of weight nodes (see `TimeNodes`).
         dt: time between nodes.
         time_mode: "constant", "piecewise" or "linear"; default "constant" for one node,
             "piecewise" otherwise.
@@ -135,7 +135,7 @@ class NodeField(nn.Module, ABC):
         each block of K as often as it appears in K, and b, named after the parameter they are made
         of. By default the parameters themselves; a field whose K repeats or combines its
         parameters (MS1, MS2) says how. The smoothness penalty on the papers' K
-        (:func:`contham.regularization.smoothness` with ``of="K"``) reads these."""
+        (`contham.regularization.smoothness` with ``of="K"``) reads these."""
         return tuple(zip(self.node_names, self.node_params()))
 
     def node(self, j: int) -> Params:
@@ -143,7 +143,7 @@ class NodeField(nn.Module, ABC):
         return tuple(p[j] for p in self.node_params())
 
     def step_weights(self) -> list[Params]:
-        """The weights of every node as :meth:`_f` takes them, for a run of fixed steps: computed
+        """The weights of every node as `_f` takes them, for a run of fixed steps: computed
         once per run for all nodes, and split per node once (``unbind``: backprop then gathers each
         weight's gradient in one stack instead of one full-size scatter per step). Fields add
         derived weights here (H1: ``J`` folded into ``K``) so no step rebuilds them."""
@@ -247,7 +247,7 @@ class SplitField(NodeField):
 
 
 class FrozenField:
-    """A :class:`NodeField` with fixed weights, callable like the field (``f(t, y)``, and
+    """A `NodeField` with fixed weights, callable like the field (``f(t, y)``, and
     ``dy``/``dz``/``split``/``merge`` for split fields)."""
 
     __slots__ = ("field", "params")

@@ -32,8 +32,8 @@ class SigmaTerm(NamedTuple):
     ``node_names``; ``skew``: whether the field's J multiplies it (else J is the identity).
 
     A field made of such terms declares them once in ``sigma_terms``, keyed by the half u they
-    drive ("y", "z", or "x" for the whole state); v is the other half (:func:`other_half`).
-    Evaluation, energy, the fused path (:mod:`contham.solvers.fused`) and the reversible path all read
+    drive ("y", "z", or "x" for the whole state); v is the other half (`other_half`).
+    Evaluation, energy, the fused path (`contham.solvers.fused`) and the reversible path all read
     this declaration."""
 
     K: int
@@ -43,11 +43,11 @@ class SigmaTerm(NamedTuple):
 
 
 class SigmaTermField(NodeField):
-    """Base of the fields made of :class:`SigmaTerm`: ``f``, its halves and the energy
+    """Base of the fields made of `SigmaTerm`: ``f``, its halves and the energy
     ``H = sum over terms of 1^T sigma~(K v + b)`` all follow from ``sigma_terms``.
 
     A term with ``skew=True`` is read with ``K J^T`` (J on the small weight rather than on the
-    activation); :meth:`step_weights` computes it for every node at once and passes it after the
+    activation); `step_weights` computes it for every node at once and passes it after the
     node weights."""
 
     sigma_terms: dict[str, SigmaTerm]
@@ -58,7 +58,7 @@ class SigmaTermField(NodeField):
         self.sigma = self.activation.fn
 
     def drive(self, params: Params, u: str, v: Tensor) -> Tensor:
-        """The term driving half ``u`` (see :class:`SigmaTerm`) evaluated on half ``v``."""
+        """The term driving half ``u`` (see `SigmaTerm`) evaluated on half ``v``."""
         term = self.sigma_terms[u]
         K = params[term.K]
         back = K
@@ -110,13 +110,13 @@ class HamiltonianField(SigmaTermField):
         features: n, the state width (features or channels).
         J: ``"J1"`` (``[[0, I], [-I, 0]]``, needs even n), ``"J2"`` (+1 above the diagonal,
             -1 below) or a skew-symmetric ``(n, n)`` matrix.
-        sigma: a name of :data:`~contham.fields.ACTIVATIONS` or a callable.
+        sigma: a name of `ACTIVATIONS` or a callable.
         width: m, the output width of K (default n).
         kernel_size: None (dense) or an odd kernel size (convolutional K).
-        n_nodes: number of weight nodes (see :class:`~contham.fields.TimeNodes`).
+        n_nodes: number of weight nodes (see `TimeNodes`).
         dt: time between nodes.
         time_mode: "constant", "piecewise" or "linear" (default by ``n_nodes``).
-        sigma_antiderivative: sigma~ for a callable sigma (needed only by :meth:`energy`).
+        sigma_antiderivative: sigma~ for a callable sigma (needed only by `energy`).
     """
 
     node_names = ("K", "b")

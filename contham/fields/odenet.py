@@ -31,9 +31,9 @@ class ConcatConv2d(nn.Module):
 class ODENetField(nn.Module):
     """The thesis's ODE-block field on ``(batch, channels, H, W)`` states (64 channels there).
 
-    Parameters: two :class:`ConcatConv2d` (``(C+1) * C * 9 + C`` each) and three GroupNorms.
+    Parameters: two `ConcatConv2d` (``(C+1) * C * 9 + C`` each) and three GroupNorms.
 
-    ``activation``: a name of :data:`~contham.fields.ACTIVATIONS`; ReLU in the thesis. ReLU makes
+    ``activation``: a name of `ACTIVATIONS`; ReLU in the thesis. ReLU makes
     the field non-smooth: adaptive solvers then
     need many more steps, and adjoint gradients agree with direct backprop only to about 1e-3
     (float64, rtol 1e-8) instead of 1e-8 with ``"softplus"`` (see docs/solvers.md).

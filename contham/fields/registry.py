@@ -47,7 +47,7 @@ class FieldEntry:
 
 
 FIELDS: dict[str, FieldEntry] = {}
-"""Every registered variant by its main name (see :func:`field_entry` for the aliases)."""
+"""Every registered variant by its main name (see `field_entry` for the aliases)."""
 
 
 def register_field(name: str, *, aliases: tuple[str, ...] = (), **options: Any) -> Callable[[F], F]:

@@ -1,19 +1,19 @@
-"""Structured Hamiltonian fields of the literature, in the notation of :mod:`.hamiltonian`.
+"""Structured Hamiltonian fields of the literature, in the notation of `.hamiltonian`.
 
 With the state split channel-wise in halves ``x = (y, z)``:
 
-* :class:`TwoLayerField` (Chang et al. 2018, the report's "TwoLayersHam"):
+* `TwoLayerField` (Chang et al. 2018, the report's "TwoLayersHam"):
   ``K = [[0, K1], [K2, 0]]``, ``J = J1``, i.e. ``y' = K1^T sigma(K1 z + b1)``,
   ``z' = -K2^T sigma(K2 y + b2)``.
-* :class:`SeparableField` ("H2", Galimberti et al.): ``K = blockdiag(Kp, Kq)``, ``J = J1``, i.e.
+* `SeparableField` ("H2", Galimberti et al.): ``K = blockdiag(Kp, Kq)``, ``J = J1``, i.e.
   ``y' = Kq^T sigma(Kq z + bq)``, ``z' = -Kp^T sigma(Kp y + bp)``.
-* :class:`SymmetricField` ("MS1", Haber & Ruthotto 2017): ``K = [[0, K0], [-K0^T, 0]]`` with
+* `SymmetricField` ("MS1", Haber & Ruthotto 2017): ``K = [[0, K0], [-K0^T, 0]]`` with
   ``J K^T = I``, i.e. ``f = sigma(K x + b)``: ``y' = sigma(K0 z + b_y)``,
   ``z' = sigma(-K0^T y + b_z)``. Not a canonical Hamiltonian field: no energy.
-* :class:`AntisymmetricField` ("MS2", Haber & Ruthotto 2017):
+* `AntisymmetricField` ("MS2", Haber & Ruthotto 2017):
   ``f = sigma((W - W^T - gamma I) y + b)``.
 
-A free K with J1 or J2 ("H1") is :class:`~contham.fields.HamiltonianField`.
+A free K with J1 or J2 ("H1") is `HamiltonianField`.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ class TwoLayerField(_SplitHamiltonian):
 
     Node-axis parameters ``K1``, ``K2``: ``(n_nodes, m, n/2[, k, k])``; ``b1``, ``b2``:
     ``(n_nodes, m)``; m = ``width`` (default n/2). Split solvers update y first (Chang et al.).
-    Arguments as :class:`~contham.fields.HamiltonianField` without ``J`` (always J1).
+    Arguments as `HamiltonianField` without ``J`` (always J1).
     """
 
     node_names = ("K1", "b1", "K2", "b2")
@@ -109,11 +109,11 @@ class SeparableField(_SplitHamiltonian):
         K_mask: Tensor | None = None,
         **options: Any,
     ):
-        """Arguments as :class:`TwoLayerField`, and ``K_mask``: None, or a 0/1 tensor of shape
+        """Arguments as `TwoLayerField`, and ``K_mask``: None, or a 0/1 tensor of shape
         ``(2, m, n/2[, k, k])`` that zeroes entries of Kp (``K_mask[0]``) and Kq (``K_mask[1]``)
         at every node: the sparse H2 of Galimberti et al.'s distributed-control example. Masked
         entries start at zero and get no gradient, so they stay zero through training;
-        :meth:`effective_parameters` counts the others."""
+        `effective_parameters` counts the others."""
         super().__init__(features, sigma, **options)
         if K_mask is not None:
             shape = (2, *self.Kp.shape[1:])

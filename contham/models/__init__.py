@@ -1,5 +1,5 @@
 """Networks: the report's Hamiltonian classifiers, He et al.'s CIFAR ResNets, the thesis's
-ResNet-k / ODENet and a Hamiltonian network of the same shape; all by name in :func:`build`."""
+ResNet-k / ODENet and a Hamiltonian network of the same shape; all by name in `build`."""
 
 from .hamiltonian_net import ChannelPad, HamiltonianNet, init_field, init_layer, make_block, make_field
 from .presets import PRESETS, preset

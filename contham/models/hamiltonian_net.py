@@ -1,4 +1,4 @@
-"""The report's Hamiltonian image classifier (figure 3.1), built from :class:`NetworkParameters`."""
+"""The report's Hamiltonian image classifier (figure 3.1), built from `NetworkParameters`."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from ..fields import NodeField, field_entry
 def make_field(ham: HamiltonianParameters, channels: int, time_mode: str | None = None) -> NodeField:
     """The convolutional field of ``ham.function`` on ``channels`` channels: ``n_blocks`` weight
     nodes ``dt = h`` apart (piecewise constant unless ``time_mode`` says otherwise), K of kernel
-    size ``ks``, sigma ``act``, K and b initialised by ``ham.init`` (see :func:`init_field`)."""
+    size ``ks``, sigma ``act``, K and b initialised by ``ham.init`` (see `init_field`)."""
     ham.validate()
     layout = dict(kernel_size=ham.ks, n_nodes=ham.n_blocks, dt=ham.h, time_mode=time_mode)
     field = field_entry(ham.function).build(channels, sigma=ham.act.lower(), **layout)
@@ -89,14 +89,14 @@ class HamiltonianNet(nn.Module):
     """The report's classifier: conv -> [batch norm] -> [dropout] -> units -> flatten ->
     [dropout] -> FC [-> FC].
 
-    A unit ``units[i]`` is ``block`` (a :class:`~contham.HamiltonianBlock` of
+    A unit ``units[i]`` is ``block`` (a `HamiltonianBlock` of
     ``ham_params.n_blocks`` steps on ``nb_features[i + 1]`` channels), ``pool`` (average or max)
     and, except in the last unit, ``pad`` (zero channels up to the next unit's width). With
     ``second_final_fc`` the classifier is two linear layers with nothing between them, as the
     report describes it.
 
     Args:
-        params: the :class:`~contham.config.NetworkParameters` (checked again here).
+        params: the `NetworkParameters` (checked again here).
         num_classes: outputs of the classifier.
         image_size: side of the (square) input images; the FC layer's width depends on it.
     """

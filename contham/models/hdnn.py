@@ -5,14 +5,14 @@ non-vanishing gradients by design"), on contham's fields and blocks.
 ``function`` names the discretised Hamiltonian of a layer, as in the papers and their code:
 
 =========  ==========================================  ==================================
-function   field (:mod:`contham.fields`)               step
+function   field (`contham.fields`)               step
 =========  ==========================================  ==================================
-``MS1``    :class:`~contham.fields.SymmetricField`     symplectic Euler, z first
-``MS2``    :class:`~contham.fields.AntisymmetricField`  forward Euler
-``MS3``    :class:`~contham.fields.TwoLayerField`      symplectic Euler, z first
-``H1_J1``  :class:`~contham.fields.HamiltonianField`   forward Euler
+``MS1``    `SymmetricField`     symplectic Euler, z first
+``MS2``    `AntisymmetricField`  forward Euler
+``MS3``    `TwoLayerField`      symplectic Euler, z first
+``H1_J1``  `HamiltonianField`   forward Euler
 ``H1_J2``  the same with J2                            forward Euler
-``H2``     :class:`~contham.fields.SeparableField`     symplectic Euler, z first
+``H2``     `SeparableField`     symplectic Euler, z first
 =========  ==========================================  ==================================
 
 A network of ``n_layers`` layers to final time ``t_end`` takes steps ``h = t_end / n_layers``,
@@ -20,13 +20,13 @@ layer j with its own weights (K_j, b_j). The code of the papers calls its MS1 an
 "Verlet"; they are one kick of z then one of y per layer, i.e. symplectic Euler with z first
 (leapfrog up to the half steps at the ends), which is what contham runs.
 
-* :class:`HDNN2d` (``hdnn_2d``): the 2-D benchmarks. The two input coordinates are written into
+* `HDNN2d` (``hdnn_2d``): the 2-D benchmarks. The two input coordinates are written into
   features ``inputs`` (default the first and the last) of an otherwise zero state of ``nf``
   features, propagated by the H-DNN and read by a linear classifier ``W y + mu`` with one output
   per class, or one logit for two classes (the papers' logistic classifier; the network then
   returns the logits ``[0, W y + mu]``, so that cross-entropy is the papers' binary
   cross-entropy).
-* :class:`HDNNMnist` (``hdnn_mnist``): a 3x3 convolution from the image to ``nf`` channels, the
+* `HDNNMnist` (``hdnn_mnist``): a 3x3 convolution from the image to ``nf`` channels, the
   H-DNN applied to the ``nf`` channels of every pixel independently (a dense field on
   ``(batch * H * W, nf)``), and a fully connected layer to the classes.
 
@@ -69,11 +69,13 @@ def hdnn_block(
     K_mask: Tensor | None = None,
     gradient: str = "backprop",
 ) -> HamiltonianBlock:
-    """``n_layers`` H-DNN layers of type ``function`` (see :data:`FUNCTIONS`) on ``nf`` features
+    """``n_layers`` H-DNN layers of type ``function`` (see `FUNCTIONS`) on ``nf`` features
     with step ``h``. ``K_mask`` (H2 only): a 0/1 mask on K, see
-    :class:`~contham.fields.SeparableField`."""
+    `SeparableField`."""
     field_name, solver = FUNCTIONS[check_choice("function", function, FUNCTIONS)]
     check_int("nf", nf, 2)
+    if field_entry(field_name).needs_even_features and nf % 2:
+        raise ValueError(f"nf must be even for function={function!r} (the state is split in two halves); got {nf}")
     check_int("n_layers", n_layers)
     check_positive("h", h)
     check_choice("init", init, INITS)
@@ -166,10 +168,10 @@ class HDNN2d(nn.Module):
         in_features: coordinates of a point (2).
         num_classes: classes (2 for the benchmarks).
         nf: state width; n_layers: H-DNN layers; t_end: final time (h = t_end / n_layers).
-        function: a name of :data:`FUNCTIONS`.
+        function: a name of `FUNCTIONS`.
         inputs: the features that receive the coordinates (default: 0 and nf - 1).
         init: "normal" or "scaled" (see the module docstring).
-        mask: H2 only: None, or "sparse"/"full", the K masks of :func:`sparse_H2_mask`.
+        mask: H2 only: None, or "sparse"/"full", the K masks of `sparse_H2_mask`.
     """
 
     inputs: Tensor
@@ -193,6 +195,8 @@ class HDNN2d(nn.Module):
             raise ValueError(f"mask is an option of function 'H2' only; got function={function!r}")
         K_mask = None if mask is None else sparse_H2_mask(nf, mask)
         check_int("n_layers", n_layers)
+        if inputs is not None and not isinstance(inputs, (list, tuple)):
+            raise ValueError(f"inputs must be a list of {in_features} feature indices; got {inputs!r}")
         inputs = [0, nf - 1] if inputs is None else list(inputs)
         if (
             len(inputs) != in_features

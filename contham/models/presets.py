@@ -96,11 +96,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     "j1_tanh_reduced": _merge(_J1_TANH, _REDUCED),
     "j2_reduced": _merge(_J2, _REDUCED, _learn(lr=0.005, training_steps_max=150_000, lr_decay_at=[200, 250, 275])),
 }
-"""Each preset as its changes to :class:`~contham.config.Preset` ``()`` (table 4.1)."""
+"""Each preset as its changes to `Preset` ``()`` (table 4.1)."""
 
 
 def preset(name: str) -> Preset:
-    """A fresh (checked, mutable) :class:`~contham.config.Preset` of the report's network ``name``."""
+    """A fresh (checked, mutable) `Preset` of the report's network ``name``."""
     if name not in PRESETS:
         raise ValueError(f"preset must be one of {', '.join(map(repr, PRESETS))}; got {name!r}")
     return Preset.from_dict(_merge(Preset().to_dict(), PRESETS[name]))

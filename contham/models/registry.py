@@ -1,11 +1,11 @@
-"""Every network by name: :func:`build`, :func:`available`, :func:`count_parameters`.
+"""Every network by name: `build`, `available`, `count_parameters`.
 
 Families:
 
-* ``report``: the report's Hamiltonian classifiers (:mod:`.presets`), :class:`HamiltonianNet`.
-* ``cifar_resnet``: He et al.'s ``resnet20`` ... ``resnet1202`` (:class:`CifarResNet`).
+* ``report``: the report's Hamiltonian classifiers (`.presets`), `HamiltonianNet`.
+* ``cifar_resnet``: He et al.'s ``resnet20`` ... ``resnet1202`` (`CifarResNet`).
 * ``hdnn``: Galimberti et al.'s H-DNNs, ``hdnn_2d`` (2-D benchmarks) and ``hdnn_mnist``
-  (:mod:`.hdnn`).
+  (`.hdnn`).
 * ``thesis``: the thesis's ``thesis_resnet2/4/8``, ``thesis_odenet``, and the same segments around
   a Hamiltonian layer, ``thesis_hamiltonian`` (discrete) and ``thesis_hamiltonian_ode``.
 """
@@ -19,6 +19,7 @@ from typing import Any
 
 from torch import nn
 
+from .._checks import check_int
 from ..config import HamiltonianParameters, NetworkParameters
 from ..data import input_shape
 from .hamiltonian_net import HamiltonianNet
@@ -54,7 +55,10 @@ def _report(name: str, in_channels: int, num_classes: int, image_size: int, **ov
     net = {k: v for k, v in overrides.items() if k in _NET_FIELDS}
     if "init" in overrides:  # as in the report's "init" experiments: conv, FC, K and b alike
         ham["init"] = overrides["init"]
-    features = list(net.pop("nb_features", network.nb_features))
+    features = net.pop("nb_features", network.nb_features)
+    if not isinstance(features, (list, tuple)):
+        raise ValueError(f"nb_features must be a list of integers (channels per unit); got {features!r}")
+    features = list(features)
     features[0] = in_channels
     network = dataclasses.replace(
         network, ham_params=dataclasses.replace(network.ham_params, **ham), nb_features=features, **net
@@ -150,7 +154,7 @@ _REGISTRY["hdnn_mnist"] = _Entry(
 
 
 def available(family: str | None = None) -> list[str]:
-    """Names :func:`build` accepts, optionally of one family ("report", "cifar_resnet", "thesis")."""
+    """Names `build` accepts, optionally of one family ("report", "cifar_resnet", "thesis")."""
     families = sorted({e.family for e in _REGISTRY.values()})
     if family is not None and family not in families:
         raise ValueError(f"family must be one of {', '.join(map(repr, families))}; got {family!r}")
@@ -165,7 +169,7 @@ def describe(name: str) -> str:
 
 
 def options(name: str) -> tuple[str, ...]:
-    """The override names :func:`build` accepts for network ``name``."""
+    """The override names `build` accepts for network ``name``."""
     return _entry(name).options
 
 
@@ -185,16 +189,16 @@ def build(
     image_size: int | None = None,
     **overrides: Any,
 ) -> nn.Module:
-    """The network ``name`` (see :func:`available`) for ``in_channels``-channel square images of
+    """The network ``name`` (see `available`) for ``in_channels``-channel square images of
     side ``image_size`` (only the report's networks depend on it) and ``num_classes`` classes.
-    Each shape argument left out is that of the network's own data (:func:`default_data`):
+    Each shape argument left out is that of the network's own data (`default_data`):
     ``build("hdnn_2d")`` takes 2 coordinates to 2 classes, ``build("thesis_resnet2")`` MNIST
     digits, ``build("nominal")`` CIFAR-10 images.
 
-    ``overrides`` change the network's own options (see :func:`describe`), e.g.
+    ``overrides`` change the network's own options (see `describe`), e.g.
     ``build("nominal", ks=5)``, ``build("thesis_odenet", gradient="adjoint", seminorm=True)``. For the
-    report's networks they are fields of :class:`NetworkParameters` or
-    :class:`HamiltonianParameters`; ``init`` sets both the conv/FC and the K/b initialisation.
+    report's networks they are fields of `NetworkParameters` or
+    `HamiltonianParameters`; ``init`` sets both the conv/FC and the K/b initialisation.
     """
     entry = _entry(name)
     unknown = sorted(set(overrides) - set(entry.options))
@@ -204,6 +208,9 @@ def build(
             f"allowed: {', '.join(entry.options) or 'none'}"
         )
     given = dict(in_channels=in_channels, num_classes=num_classes, image_size=image_size)
+    for key, value in given.items():
+        if value is not None:
+            check_int(key, value)
     shape = {**input_shape(entry.dataset, entry.preprocessing), **{k: v for k, v in given.items() if v is not None}}
     return entry.make(shape["in_channels"], shape["num_classes"], shape["image_size"], **overrides)
 

@@ -5,7 +5,7 @@ Every network is three segments on 64 channels:
 * downsampling: conv3x3(in, 64, stride 1, padding 0) -> GN -> ReLU -> conv4x4(64, 64, stride 2,
   padding 1) -> GN -> ReLU -> conv4x4(64, 64, stride 2, padding 1) (convs with bias);
 * features: k full-pre-activation residual blocks (ResNet-k), one or more ODE blocks of the
-  :class:`~contham.fields.ODENetField` (ODENet), or a Hamiltonian layer (contham's addition);
+  `ODENetField` (ODENet), or a Hamiltonian layer (contham's addition);
 * classification: GN -> ReLU -> adaptive average pooling -> flatten -> Linear(64, classes).
 
 GN is GroupNorm with ``min(32, C)`` groups.
@@ -85,7 +85,7 @@ class ThesisNet(nn.Sequential):
 
 
 def thesis_resnet(k: int = 2, in_channels: int = 1, num_classes: int = 10) -> ThesisNet:
-    """ResNet-k: k :class:`PreActBlock` s."""
+    """ResNet-k: k `PreActBlock` s."""
     blocks = [PreActBlock() for _ in range(check_int("k", k))]
     return ThesisNet(nn.Sequential(*blocks), in_channels, num_classes)
 
@@ -98,9 +98,9 @@ def thesis_odenet(
     activation: str = "relu",
     **ode: Any,
 ) -> ThesisNet:
-    """ODENet: ``n_ode_blocks`` :class:`~contham.ODEBlock` s of the ODENet field on [0, 1].
+    """ODENet: ``n_ode_blocks`` `ODEBlock` s of the ODENet field on [0, 1].
 
-    ``ode``: the solver options of :func:`ode_options`. The thesis used dopri5 with relative
+    ``ode``: the solver options of `ode_options`. The thesis used dopri5 with relative
     tolerance 1e-3 (and the same absolute tolerance, as Chen et al.'s code), with and without
     the adjoint method.
     """
@@ -122,11 +122,11 @@ def thesis_hamiltonian(
 ) -> ThesisNet:
     """The thesis's segments around a convolutional Hamiltonian layer of ``ham`` on 64 channels.
 
-    Discrete (default): a :class:`~contham.HamiltonianBlock` of ``ham.n_blocks`` steps of size
+    Discrete (default): a `HamiltonianBlock` of ``ham.n_blocks`` steps of size
     ``ham.h``, exactly as in a unit of the report's network. Continuous: an
-    :class:`~contham.ODEBlock` of the same field with weights linear in t between its nodes
+    `ODEBlock` of the same field with weights linear in t between its nodes
     (``t_j = j h``; the last node holds on ``[(n-1) h, n h]``), integrated over
-    ``[0, n_blocks h]`` as ``ode`` says (:func:`ode_options`). Both have the parameter count of
+    ``[0, n_blocks h]`` as ``ode`` says (`ode_options`). Both have the parameter count of
     the discrete layer: with the two-layer Hamiltonian that is ``n_blocks x 18,496``, so 8 blocks
     match ResNet-2's two residual blocks (147,968) exactly.
     """
@@ -149,13 +149,13 @@ def ode_options(
     adjoint_atol: float | None = None,
     seminorm: bool = False,
 ) -> dict[str, Any]:
-    """The keyword arguments of an :class:`~contham.ODEBlock` of the thesis's networks.
+    """The keyword arguments of an `ODEBlock` of the thesis's networks.
 
     ``rtol``/``atol`` apply to adaptive solvers and are ignored by fixed-step ones (which take
     ``step_size``). ``gradient`` is a strategy name that serves ``solver``
     (`contham.gradients.gradient_names`: ``"backprop"``, ``"adjoint"`` for torchdiffeq's methods); with the adjoint,
     ``adjoint_rtol``/``adjoint_atol`` (default: the forward ones) are the backward solve's
-    tolerances and ``seminorm`` turns on the seminorm (:class:`~contham.gradients.Adjoint`).
+    tolerances and ``seminorm`` turns on the seminorm (`Adjoint`).
     """
     check_choice("gradient", gradient, gradient_names(get_solver(solver)))
     for name, value in (("adjoint_rtol", adjoint_rtol), ("adjoint_atol", adjoint_atol)):

@@ -1,7 +1,7 @@
 """Solvers: contham's fixed-step methods and torchdiffeq's methods, all registered by name.
 
-:func:`get_solver` turns a name into a solver; :func:`register_solver` adds one. A solver owns its
-loop (:meth:`Solver.solve`); :func:`~contham.integrate` only checks and dispatches.
+`get_solver` turns a name into a solver; `register_solver` adds one. A solver owns its
+loop (`Solver.solve`); `integrate` only checks and dispatches.
 """
 
 from .adaptive import ADAPTIVE_METHODS, FIXED_GRID_METHODS, TORCHDIFFEQ_METHODS, TorchDiffEq, method_order

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,7 +84,7 @@ class TorchDiffEq(Solver):
     def solve(self, problem: Problem) -> Solution:
         if problem.step_size is not None:
             raise ValueError(f"step_size applies to fixed-step solvers; for solver={self.name!r} use options")
-        return _solve(self, problem)
+        return _outside_compile()(self, problem)
 
 
 register_solver(*TORCHDIFFEQ_METHODS, replace=False)(TorchDiffEq)
@@ -117,7 +118,7 @@ class _Counted(nn.Module):
 
 
 class _CountedSteps(_Counted):
-    """:class:`_Counted` with torchdiffeq's step callbacks (adaptive methods only: fixed-grid ones
+    """`_Counted` with torchdiffeq's step callbacks (adaptive methods only: fixed-grid ones
     warn that they do not support them)."""
 
     def callback_accept_step(self, t0: Tensor, y0: Tensor, dt: Tensor) -> None:
@@ -133,7 +134,14 @@ class _CountedSteps(_Counted):
         self.stats.steps_rejected_backward = (self.stats.steps_rejected_backward or 0) + 1
 
 
-@torch.compiler.disable  # adaptive steps decide on the host: torch.compile runs around, not through, them
+@functools.cache
+def _outside_compile() -> Any:
+    """`_solve` run outside ``torch.compile``: adaptive steps decide on the host, so
+    ``torch.compile`` runs around, not through, them. Made at the first solve, so that importing
+    contham does not import ``torch._dynamo`` (1.5 s)."""
+    return torch.compiler.disable(_solve)
+
+
 def _solve(solver: TorchDiffEq, problem: Problem) -> Solution:
     y0 = problem.y0
     stats = Stats(solver.name)

@@ -1,9 +1,9 @@
 """What every solver shares: the registry, the problem it is handed, what it returns.
 
 A solver is one class: it declares its ``order`` (and ``symplectic``), checks the fields and the
-gradient strategies it accepts, and owns its integration loop in :meth:`Solver.solve`. It becomes
-reachable by name through :func:`register_solver`; :func:`~contham.integrate` only checks the
-arguments, builds a :class:`Problem` and hands it over.
+gradient strategies it accepts, and owns its integration loop in `Solver.solve`. It becomes
+reachable by name through `register_solver`; `integrate` only checks the
+arguments, builds a `Problem` and hands it over.
 """
 
 from __future__ import annotations
@@ -84,9 +84,9 @@ class Problem:
 
 class Gradient(ABC):
     """A gradient strategy: how the gradients of a solve are computed. A solver hands its work
-    to the strategy of its :class:`Problem`, which runs it: a fixed-step solver its steps
-    (:meth:`fixed_steps`), a solver built on torchdiffeq its call (:meth:`odeint`). The strategies
-    themselves live in :mod:`contham.gradients`."""
+    to the strategy of its `Problem`, which runs it: a fixed-step solver its steps
+    (`fixed_steps`), a solver built on torchdiffeq its call (`odeint`). The strategies
+    themselves live in `contham.gradients`."""
 
     #: the name of the strategy (``gradient=<name>``)
     name: ClassVar[str]
@@ -105,7 +105,7 @@ class Gradient(ABC):
         ``stats``."""
 
     def fused(self, schedule: Any) -> Any:
-        """The fused plan this strategy runs ``schedule`` with (:mod:`contham.solvers.fused`), or
+        """The fused plan this strategy runs ``schedule`` with (`contham.solvers.fused`), or
         None: the one place that decides the fused path."""
         return None
 
@@ -114,7 +114,7 @@ class Kick(NamedTuple):
     """One update ``u <- u + (c h) f_u(t + d h, v)`` of half ``u`` ("y" or "z", or "x": the whole
     state) by the term that drives it, read on the other half v. Split steps are sequences of
     kicks with u != v; each is undone exactly by subtracting the same term, which makes them
-    reversible (:mod:`contham.solvers.reversible`) and lets :mod:`contham.solvers.fused` run them."""
+    reversible (`contham.solvers.reversible`) and lets `contham.solvers.fused` run them."""
 
     u: str
     c: float
@@ -122,7 +122,7 @@ class Kick(NamedTuple):
 
 
 class Solver(ABC):
-    """Base of all solvers: ``name``, ``order``, the checks, and :meth:`solve`."""
+    """Base of all solvers: ``name``, ``order``, the checks, and `solve`."""
 
     name: str
     #: order of accuracy of the solution (None where it depends on options)
@@ -161,7 +161,7 @@ SOLVERS: dict[str, type[Solver]] = {}
 
 
 def register_solver(*names: str, replace: bool = True) -> Callable[[S], S]:
-    """Class decorator: make the solver reachable by ``names`` in :func:`get_solver`.
+    """Class decorator: make the solver reachable by ``names`` in `get_solver`.
     ``replace=False`` keeps a name someone registered before (contham's own fixed-step methods
     keep ``euler``, ``midpoint`` and ``rk4`` from torchdiffeq's)."""
 
@@ -175,7 +175,7 @@ def register_solver(*names: str, replace: bool = True) -> Callable[[S], S]:
 
 
 def solver_names() -> tuple[str, ...]:
-    """Every name :func:`get_solver` accepts."""
+    """Every name `get_solver` accepts."""
     return tuple(SOLVERS)
 
 
@@ -184,7 +184,7 @@ def get_solver(solver: str | Solver, rtol: float | None = None, atol: float | No
 
     Names of contham's fixed-step methods (``euler``, ``midpoint``, ``rk4``,
     ``symplectic_euler``, ``verlet``/``leapfrog``) give those; any other torchdiffeq method name
-    (``dopri5``, ``bosh3``, ``adaptive_heun``, ...) gives :class:`~contham.solvers.TorchDiffEq`
+    (``dopri5``, ``bosh3``, ``adaptive_heun``, ...) gives `TorchDiffEq`
     with ``rtol`` and ``atol``. (For torchdiffeq's own ``rk4`` use
     ``TorchDiffEq("rk4", options=...)``.)
     """

@@ -1,10 +1,10 @@
 """Fixed-step one-step methods and their integration loop.
 
 Each method is one class with its ``order`` and one ``step(f, t, h, y)``; the base class
-:class:`FixedStepSolver` owns the loop (:meth:`~FixedStepSolver.solve`, :meth:`~FixedStepSolver.run`)
+`FixedStepSolver` owns the loop (`solve`, `run`)
 and the choice of the backward pass. ``f`` is a field (or a field pinned to a node,
-:meth:`~contham.fields.NodeField.at_node`) called as ``f(t, y)``; split methods instead update the
-halves ``(y, z)`` of a :class:`~contham.fields.SplitField` by :class:`~contham.solvers.Kick` s
+`at_node`) called as ``f(t, y)``; split methods instead update the
+halves ``(y, z)`` of a `SplitField` by `Kick` s
 through ``f.dy(t, z)`` and ``f.dz(t, y)``.
 """
 
@@ -101,7 +101,7 @@ class FixedStepSolver(Solver):
 
     def run(self, schedule: Schedule, y: Tensor, gradient: Gradient, stats: Stats) -> list[Tensor]:
         """The states at ``schedule.outputs`` from ``y``, computed as ``gradient`` says
-        (:meth:`~contham.solvers.Gradient.fixed_steps`); fills ``stats``."""
+        (`fixed_steps`); fills ``stats``."""
         field = schedule.field
         stats.nfe_forward = len(schedule.steps) * self.evals_per_step
         stats.steps_accepted, stats.steps_rejected = len(schedule.steps), 0
@@ -207,7 +207,7 @@ class SplitSolver(FixedStepSolver):
         return f.merge(halves["y"], halves["z"])
 
     def unstep(self, f: Any, t: float, h: float, x: Tensor) -> Tensor:
-        """The exact inverse of :meth:`step` (up to rounding): the kicks undone in reverse order."""
+        """The exact inverse of `step` (up to rounding): the kicks undone in reverse order."""
         halves = dict(zip("yz", f.split(x)))
         for k in reversed(self.kicks(f)):
             halves[k.u] = halves[k.u] - (k.c * h) * self.term(f, k, t, h, halves["z" if k.u == "y" else "y"])

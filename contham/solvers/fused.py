@@ -1,10 +1,10 @@
-"""Fused dense blocks: all steps of a :class:`~contham.blocks.HamiltonianBlock` in one autograd node.
+"""Fused dense blocks: all steps of a `HamiltonianBlock` in one autograd node.
 
 On dense states each step is a few small matrix products: on a 2-D benchmark (125 rows of 4
 features, tens of layers) eager autograd spends more time recording and replaying them than
 computing them, and on the per-pixel H-DNN (78,400 rows of 8 features) each product is memory
 bound. Fields made of terms ``sign * J K^T sigma(K v + b)`` (H1 with any J, the two-layer and the
-separable fields; :class:`~contham.fields.SigmaTerm`) integrated by forward Euler (H1) or a split
+separable fields; `SigmaTerm`) integrated by forward Euler (H1) or a split
 solver (the split fields) are a sequence of *kicks* ``u <- u + c h sign * M^T sigma(K v + b)``,
 ``M = K J^T``. The fused path runs them in column form, a state ``(features, batch)``, where every
 product is a short-and-wide matrix times the state (several times faster than the row form on
@@ -46,7 +46,7 @@ class FusedPlan:
     nothing is stacked afterwards. ``kicks[k]`` is ``(u, v, coef, j, i, row_u, row_v)``: step j,
     the kick's index i among u's kicks (``j * per_step[u] + slot``, slot its place among them
     within a step), and the history rows of u (after the kick) and of v (read). Build it with
-    :func:`fused_plan`."""
+    `fused_plan`."""
 
     field: Any  # a SigmaTermField (split for split steps)
 
@@ -92,9 +92,9 @@ class FusedPlan:
 
 
 def fused_plan(field: nn.Module, kicks: list[Kick] | None, steps: list[Step]) -> FusedPlan | None:
-    """The :class:`FusedPlan` of ``steps`` of a solver whose step on ``field`` is ``kicks``, or
-    None if the fused path cannot run it. It runs dense :class:`~contham.fields.SigmaTermField` s
-    with a fusable activation (:class:`~contham.fields.Activation`) whose step is a sequence of
+    """The `FusedPlan` of ``steps`` of a solver whose step on ``field`` is ``kicks``, or
+    None if the fused path cannot run it. It runs dense `SigmaTermField` s
+    with a fusable activation (`Activation`) whose step is a sequence of
     kicks on the halves the field's terms drive (forward Euler on H1, a split method on a split
     field), in the discrete mode: step j on node j with ``h = dt``."""
     if not isinstance(field, SigmaTermField) or field.conv or not field.activation.fusable or kicks is None:
@@ -188,7 +188,7 @@ class _FusedSteps(torch.autograd.Function):
 
 
 def fused_steps(plan: FusedPlan, x: Tensor) -> Tensor:
-    """Run the steps of :func:`fused_plan` from ``x``: one autograd node when gradients are
+    """Run the steps of `fused_plan` from ``x``: one autograd node when gradients are
     needed."""
     params = plan.field.node_params()
     if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):

@@ -2,9 +2,9 @@
 
 A split step (symplectic Euler, Verlet/leapfrog) is a sequence of *kicks*
 ``u <- u + c h f_u(v)`` in which one half ``u`` of the state moves and the other half ``v`` does
-not (:class:`~contham.solvers.Kick`). Each kick is undone by subtracting the same term, so the
+not (`Kick`). Each kick is undone by subtracting the same term, so the
 state before a step can be rebuilt from the state after it (Chang et al. 2018 note this for their
-Verlet network). :func:`reversible_steps` keeps only the final state in the forward pass. In the
+Verlet network). `reversible_steps` keeps only the final state in the forward pass. In the
 backward pass it walks the kicks in reverse order. For each kick it evaluates ``f_u(v)`` once,
 with its vector-Jacobian product (``torch.func.vjp``): the value restores ``u``, and the product
 with ``c h dL/du`` gives the gradients for ``v`` and for the step's weights. Activation memory is
