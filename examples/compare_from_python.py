@@ -33,7 +33,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "thesis_odenet:gradient=adjoint,seminorm=true",  # the adjoint with the seminorm
         "thesis_hamiltonian",  # eight two-layer Hamiltonian steps, ResNet-2's parameter count
     ]
-    rows = compare(models, base, args.seeds, args.out, progress=False)
+    print(f"training {len(models)} networks x {len(args.seeds)} seeds on digits -> {args.out}", flush=True)
+    rows = compare(models, base, args.seeds, args.out, progress=True)  # a line per run, bars per epoch
     print(format_table(rows))
     return rows
 

@@ -41,6 +41,7 @@ def train(ranks, args, out, **popen):
         return subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **popen)
     done = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "contham" not in "".join(line for line in done.stderr.splitlines() if "Warning" in line), done.stderr
     return done
 
 

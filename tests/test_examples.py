@@ -24,10 +24,12 @@ def test_own_model(capsys):
     assert "4 field evaluations forward, 4 backward" in capsys.readouterr().out
 
 
-def test_compare_from_python(tmp_path):
+def test_compare_from_python(tmp_path, capsys):
     rows = load("compare_from_python").main(
         ["--epochs", "1", "--max-batches", "3", "--seeds", "0", "--out", str(tmp_path)]
     )
+    out = capsys.readouterr().out  # not silent while it trains: a line as each run ends
+    assert "training 4 networks x 1 seeds" in out and "thesis_resnet2 seed 0: finished" in out
     assert [r["model"] for r in rows][-1] == "thesis_hamiltonian" and len(rows) == 4
     assert all(r["status"] == "1 finished" for r in rows)
     assert (tmp_path / "compare.md").exists() and (tmp_path / "compare.png").exists()

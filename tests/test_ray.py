@@ -89,10 +89,11 @@ def test_ray_isolates_a_failing_run_and_resumes(local_ray, tmp_path):
     assert rows[0]["status"] == "finished"  # --restart discards the broken folder on purpose
 
 
-def test_ray_early_stopping_records_the_stopped_runs(local_ray, tmp_path):
+def test_ray_early_stopping_records_the_stopped_runs(local_ray, tmp_path, capfd):
     config = RunConfig(model="thesis_resnet2", epochs=3, test_fraction=0.3, device="cpu")
     axes = [("learning.lr", [0.05, 1e-6])]  # the good points start first and set the bar
     rows = grid(config, axes, [0, 1], tmp_path, progress=False, executor=RayRunner(early_stop=True))
+    assert "View detailed results" not in capfd.readouterr().out  # no link to Tune's deleted records
     bad = [r for r in rows if r["learning.lr"] == 1e-6]
     assert all(r["status"] == "stopped_early" and r["epochs_done"] == 1 for r in bad)
     assert any(r["status"] == "finished" and r["epochs_done"] == 3 for r in rows if r["learning.lr"] == 0.05)

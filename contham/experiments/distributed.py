@@ -30,7 +30,6 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.distributed.nn.functional import all_reduce as differentiable_all_reduce
 from torch.utils.data import Sampler
 
 
@@ -166,6 +165,29 @@ def shard_slice(n: int, ranks: Ranks) -> slice:
 def shard_indices(n: int, ranks: Ranks) -> Tensor:
     """This rank's contiguous share of ``range(n)`` (evaluation)."""
     return torch.arange(n)[shard_slice(n, ranks)]
+
+
+class SumOverRanks(torch.autograd.Function):
+    """``x`` summed over the ranks, differentiable: the gradient of each rank's ``x`` is the sum
+    of the ranks' gradients of the result (what torch's deprecated
+    ``torch.distributed.nn.functional.all_reduce`` computed)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        out = x.clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
+def differentiable_all_reduce(x: Tensor) -> Tensor:
+    """`SumOverRanks` applied to ``x``."""
+    return SumOverRanks.apply(x)
 
 
 class GlooSyncBatchNorm(nn.modules.batchnorm._BatchNorm):

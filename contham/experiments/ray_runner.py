@@ -19,12 +19,13 @@ later call (use ``restart`` to train it again).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
 import socket
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -198,7 +199,8 @@ class RayRunner:
             run_config=tune.RunConfig(storage_path=storage, name="asha", verbose=0),
         )
         try:
-            grid = tuner.fit()
+            with _quiet_tune():
+                grid = tuner.fit()
         finally:
             shutil.rmtree(storage, ignore_errors=True)
         results: list[dict[str, Any]] = [{} for _ in jobs]
@@ -207,6 +209,21 @@ class RayRunner:
             results[i] = _settle(jobs[i], outcome.error)
             on_result(jobs[i], results[i])
         return results
+
+
+@contextlib.contextmanager
+def _quiet_tune() -> Iterator[None]:
+    """Ray Tune's own console output off (``verbose=0`` leaves its "View detailed results here"
+    line, which names the temporary records folder deleted right after)."""
+    before = os.environ.get("RAY_AIR_NEW_OUTPUT")
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["RAY_AIR_NEW_OUTPUT"]
+        else:
+            os.environ["RAY_AIR_NEW_OUTPUT"] = before
 
 
 def _settle(job: Job, error: Exception | None) -> dict[str, Any]:
