@@ -100,7 +100,8 @@ def test_compare(tmp_path, capsys):
     args = ["compare", "--models", *models, "--epochs", "2", "--max-batches", "2", "--seeds", "0", "1"]
     assert main([*args, "--batch-size", "16", "test_fraction=0.2", "--out", str(tmp_path), "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert "| thesis_odenet:gradient=adjoint,rtol=0.01 | 208,266 |" in out
+    assert "protocols: each network's own, with {'batch_size': 16}" in out
+    assert "| thesis_odenet:gradient=adjoint,rtol=0.01 | custom: SGD lr 0.1, batch 16 | 208,266 |" in out
     rows = list(csv.DictReader(open(tmp_path / "compare.csv")))
     assert [r["model"] for r in rows] == models and all(r["runs"] == "2" for r in rows)
     assert float(rows[1]["nfe_backward"]) > 0 and rows[0]["nfe_forward"] == ""
@@ -108,6 +109,24 @@ def test_compare(tmp_path, capsys):
     assert len(json.loads((tmp_path / "thesis_resnet2" / "seed1" / "history.json").read_text())) == 2
     (tmp_path / "compare.png").unlink()
     assert main(["plot", str(tmp_path)]) == 0 and (tmp_path / "compare.png").exists()
+
+
+def test_compare_keeps_each_networks_own_protocol_unless_told(tmp_path, capsys):
+    common = ["--epochs", "1", "--max-batches", "1", "--seeds", "0", "test_fraction=0.1", "--quiet"]
+    models = ["thesis_resnet2", "hdnn_mnist:nf=4,n_layers=2", "nominal:n_blocks=1"]
+    assert main(["compare", "--models", *models, *common, "--out", str(tmp_path / "own")]) == 0
+    rows = {r["model"]: r["protocol"] for r in csv.DictReader(open(tmp_path / "own" / "compare.csv"))}
+    assert rows[models[0]] == "thesis: SGD lr 0.1, batch 128"
+    assert (
+        rows[models[1]].startswith("hdnn_mnist: Adam lr 0.04, x0.8 after epochs [1, 2,")
+        and "batch 100" in rows[models[1]]
+    )
+    assert rows[models[2]] == "nominal preset: SGD lr 0.1, x0.1 after epochs [80, 120, 150], batch 100"
+    one = ["learning=hdnn_mnist", "learning.lr=0.01", "--out", str(tmp_path / "one")]
+    assert main(["compare", "--models", *models[:2], *common, *one]) == 0
+    assert "protocol: the one given" in capsys.readouterr().out
+    protocols = {r["protocol"] for r in csv.DictReader(open(tmp_path / "one" / "compare.csv"))}
+    assert len(protocols) == 1 and protocols.pop().startswith("custom: Adam lr 0.01")
 
 
 def test_grid_is_resumable_and_survives_a_failing_point(tmp_path, monkeypatch, capsys):

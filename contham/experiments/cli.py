@@ -132,26 +132,36 @@ def _print_run(out: Path, metrics: dict[str, Any]) -> None:
     print(line)
 
 
-def _compare_base(args: argparse.Namespace) -> RunConfig:
+def _compare_base(args: argparse.Namespace) -> tuple[RunConfig, dict[str, Any] | None]:
+    """The shared config of a comparison, and the protocol changes for every network (None:
+    ``learning=<name>`` gave all of them that protocol)."""
     dataset = args.dataset or ("mnist" if args.root else "digits")
     first = parse_model(args.models[0])[0]  # its family sets the preprocessing shared by all
     config = RunConfig(model=first, dataset=dataset, root=args.root, download=args.download)
-    settings = [
-        ("epochs", args.epochs),
-        ("max_batches", args.max_batches),
-        ("fraction", args.fraction),
-        ("learning.batch_size", args.batch_size),
-        ("learning.lr", args.lr),
-        ("device", args.device),
-    ]
-    return _apply(config, [(k, v) for k, v in settings if v is not None] + _key_values(args.overrides))
+    settings = [("epochs", args.epochs), ("max_batches", args.max_batches), ("fraction", args.fraction),
+                ("device", args.device)]  # fmt: skip
+    pairs = _key_values(args.overrides)
+    shared = [(k, v) for k, v in pairs if not k.startswith("learning")]
+    config = _apply(config, [(k, v) for k, v in settings if v is not None] + shared)
+    learning = {k.removeprefix("learning."): v for k, v in pairs if k.startswith("learning.")}
+    for key, value in (("batch_size", args.batch_size), ("lr", args.lr)):
+        if value is not None:
+            learning[key] = value
+    named = [v for k, v in pairs if k == "learning"]
+    if named:  # one protocol for all, with the changes on top
+        config = _apply(config, [("learning", named[-1]), *((f"learning.{k}", v) for k, v in learning.items())])
+        return config, None
+    return config, learning
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    base = _compare_base(args)
+    base, learning = _compare_base(args)
     out = Path(args.out)
     print(f"comparing {', '.join(args.models)} on {base.dataset}, {base.epochs} epochs, seeds {args.seeds} -> {out}")
-    rows = compare(args.models, base, args.seeds, out, progress=not args.quiet, executor=_executor(args))
+    print("protocols: each network's own" + (f", with {learning}" if learning else "") if learning is not None
+          else "protocol: the one given (learning=...) for every network")  # fmt: skip
+    rows = compare(args.models, base, args.seeds, out, learning=learning, progress=not args.quiet,
+                   executor=_executor(args))  # fmt: skip
     print(format_table(rows))
     print(f"written: {out / 'compare.csv'}, {out / 'compare.md'}, {out / 'compare.png'}")
     return _exit_status(any(row["failed"] for row in rows), any("busy" in row["status"] for row in rows))
@@ -286,8 +296,8 @@ def parser() -> argparse.ArgumentParser:
     comp.add_argument("--seeds", nargs="+", default=["0", "1"], help="integers (default 0 1)")
     comp.add_argument("--max-batches", type=int, help="batches per epoch (short runs)")
     comp.add_argument("--fraction", type=float, help="class-balanced fraction of the training set")
-    comp.add_argument("--batch-size", type=int, default=32)
-    comp.add_argument("--lr", type=float, default=0.05)
+    comp.add_argument("--batch-size", type=int, help="for every network (default: each network's own protocol)")
+    comp.add_argument("--lr", type=float, help="for every network (default: each network's own protocol)")
     comp.add_argument("--device", help="auto, cpu, cuda[:i]")
     comp.add_argument("--out", default="runs/compare")
     comp.add_argument("overrides", nargs="*", help="key=value for every run (e.g. learning.wd=1e-4)")

@@ -26,12 +26,14 @@ import yaml
 from ..config import read_yaml
 from .files import RunBusy, RunFolderError, prepare_folder, read_json, write_json
 from .plots import plot_curves, plot_grid
+from .protocols import describe_protocol
 from .runconfig import RunConfig
 from .status import Status
 from .trainer import run
 
 COLUMNS = (
     "model",
+    "protocol",
     "parameters",
     "test_accuracy",
     "test_accuracy_std",
@@ -51,7 +53,7 @@ def parse_value(text: str) -> Any:
     try:
         return read_yaml(text)
     except yaml.YAMLError as error:
-        raise ValueError(f"cannot read value {text!r}: {error}") from None
+        raise ValueError(f"cannot read value {text!r}: {' '.join(str(error).split())}") from None
 
 
 def parse_model(spec: str) -> tuple[str, dict[str, Any]]:
@@ -208,19 +210,27 @@ def compare(
     seeds: Sequence[int],
     out_dir: str | Path,
     *,
+    learning: dict[str, Any] | None = None,
     progress: bool = True,
     executor: Executor | None = None,
 ) -> list[dict[str, Any]]:
     """Train every model spec (see `parse_model`) for every seed on ``base``'s data (same
-    preprocessing) with ``base``'s protocol (same epochs, batches, optimiser), into
-    ``out_dir/<spec>/seed<k>``. Write ``compare.csv``, ``compare.md`` and ``compare.png``
-    (curves with mean +/- std bands); return the table rows. ``executor``: default
-    `Sequential`."""
+    preprocessing, epochs and run options) into ``out_dir/<spec>/seed<k>``. Write
+    ``compare.csv``, ``compare.md`` and ``compare.png`` (curves with mean +/- std bands); return
+    the table rows, each naming the protocol its network ran. ``executor``: default `Sequential`.
+
+    ``learning``: None, every network trains with ``base``'s protocol; a dict of
+    `LearningParameters` fields, every network trains with its own protocol (its paper's, as
+    `RunConfig` chooses it) with these fields replaced (``{}``: its own as it is)."""
     out_dir = Path(out_dir)
     jobs = []
     for spec in models:  # check every spec before training anything
         name, overrides = parse_model(spec)
-        config = dataclasses.replace(copy.deepcopy(base), model=name, model_options={})
+        own = learning is not None  # None: the network's default protocol
+        config = dataclasses.replace(copy.deepcopy(base), model=name, model_options={},
+                                     learning=None if own else base.learning)  # type: ignore[arg-type]  # fmt: skip
+        for key, value in (learning or {}).items():
+            config.set(f"learning.{key}", value)
         for key, value in overrides.items():
             config.set(key, value)
         for seed in seeds:
@@ -246,6 +256,7 @@ def _compare_tables(
         ran = [(job, r) for job, r in zip(jobs[i * per_spec : (i + 1) * per_spec], results[i * per_spec :]) if r]
         histories[spec] = [_history(job.run_dir) for job, _ in ran]
         rows.append(aggregate(spec, [r for _, r in ran]))
+        rows[-1]["protocol"] = describe_protocol(jobs[i * per_spec].config.learning, jobs[i * per_spec].config.model)
     _write_table(rows, out_dir / "compare.csv", out_dir / "compare.md")
     plot_curves(histories, out_dir / "compare.png")
     return rows
@@ -327,14 +338,15 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     """The comparison as a Markdown table (accuracy in %: the mean over the finished seeds +/- their
     sample standard deviation, shown from two seeds on; the columns are defined in
     docs/experiments.md)."""
-    names: tuple[str, ...] = ("model", "parameters", "test accuracy (%)", "runs", "s/epoch", "NFE fwd", "NFE bwd")
+    names: tuple[str, ...] = ("model", "protocol", "parameters", "test accuracy (%)", "runs", "s/epoch")
+    names += ("NFE fwd", "NFE bwd")
     names += ("autograd MB", "peak MB", "status")
     lines = ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
     for r in rows:
         accuracy = _format(r["test_accuracy"], "test_accuracy")
         if r["test_accuracy_std"] is not None:
             accuracy += f" ± {_format(r['test_accuracy_std'], 'test_accuracy_std')}"
-        cells = [r["model"], _format(r["parameters"], "parameters"), accuracy, str(r["runs"])]
+        cells = [r["model"], r.get("protocol", "-"), _format(r["parameters"], "parameters"), accuracy, str(r["runs"])]
         keys = ("seconds_per_epoch", "nfe_forward", "nfe_backward", "saved_tensors_mb", "peak_memory_mb")
         cells += [_format(r[k], k) for k in keys]
         cells.append(r["status"])

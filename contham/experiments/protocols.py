@@ -28,6 +28,7 @@ from torch.utils.data import Dataset
 
 from .._checks import check_choice
 from ..config import LearningParameters
+from ..models import PRESETS, preset
 from .batches import in_order
 from .distributed import GlobalBatches, Ranks
 
@@ -126,6 +127,16 @@ PROTOCOLS = {
 def protocol(name: str) -> LearningParameters:
     """A fresh copy of the protocol called ``name`` (see `PROTOCOLS`)."""
     return dataclasses.replace(PROTOCOLS[check_choice("learning", name, PROTOCOLS)])
+
+
+def describe_protocol(learning: LearningParameters, model: str | None = None) -> str:
+    """A short description of ``learning``: its name among :data:`PROTOCOLS` (or the report
+    preset of ``model`` whose protocol it is, else "custom"), its optimiser, lr and batch size."""
+    name = next((n for n, p in PROTOCOLS.items() if p == learning), None)
+    if name is None and model in PRESETS and preset(model).learning == learning:
+        name = f"{model} preset"
+    decay = f", x{learning.lr_decay:g} after epochs {learning.lr_decay_at}" if learning.lr_decay_at else ""
+    return f"{name or 'custom'}: {learning.optimiser} lr {learning.lr:g}{decay}, batch {learning.batch_size}"
 
 
 class TrainingProtocol:
