@@ -31,8 +31,8 @@ OPTIONS = {
 
 
 def epoch_times(model: str, options: dict, folder: Path, args: argparse.Namespace) -> tuple[float, float]:
-    config = RunConfig(model=model, epochs=args.epochs, max_batches=args.max_batches, device=args.device,
-                       test_fraction=0.1, **options)  # fmt: skip
+    config = RunConfig(model=model, dataset="digits", epochs=args.epochs, max_batches=args.max_batches,
+                       device=args.device, test_fraction=0.1, **options)  # fmt: skip
     config.set("learning.batch_size", 32)
     run(config, folder, progress=False)
     seconds = [h["seconds"] for h in json.loads((folder / "history.json").read_text())]

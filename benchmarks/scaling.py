@@ -22,8 +22,18 @@ import tempfile
 import time
 from pathlib import Path
 
-GRID = ["grid", "thesis_resnet2", "--param", "learning.lr=0.01,0.02,0.05,0.1", "--seeds", "0", "1", "--quiet"]
-TRAIN = ["train", "thesis_resnet2", "--quiet"]
+GRID = [
+    "grid",
+    "thesis_resnet2",
+    "dataset=digits",
+    "--param",
+    "learning.lr=0.01,0.02,0.05,0.1",
+    "--seeds",
+    "0",
+    "1",
+    "--quiet",
+]
+TRAIN = ["train", "thesis_resnet2", "dataset=digits", "--quiet"]
 
 
 def timed(command: list[str]) -> float:

@@ -124,7 +124,10 @@ def load_dataset(
     if name == "digits":
         return _digits(train, tf)
     if root is None:
-        raise ValueError(f"root is required for dataset={name!r} (a torchvision data folder)")
+        raise ValueError(
+            f"dataset={name!r} needs root=<a torchvision data folder> (with download=true torchvision fetches "
+            "it there); dataset=digits runs offline on scikit-learn's bundled 8x8 digits"
+        )
     import torchvision  # imported on use, as in `transform`
 
     root = Path(root)

@@ -25,7 +25,9 @@ OPTIONS = {
 
 
 def train(model, folder, **options):
-    config = RunConfig(model=model, epochs=2, max_batches=4, test_fraction=0.3, device="cpu", **options)
+    config = RunConfig(
+        model=model, dataset="digits", epochs=2, max_batches=4, test_fraction=0.3, device="cpu", **options
+    )
     config.set("learning.batch_size", 32)
     config.set("learning.lr", 0.02)
     metrics = run(config, folder, progress=False)
@@ -96,7 +98,15 @@ def test_blocks_integrate_in_the_field_precision_under_autocast(kind):
 
 
 def test_options_in_a_grid_and_under_torchrun(tmp_path):
-    fast = ["epochs=1", "max_batches=2", "test_fraction=0.1", "learning.batch_size=16", "device=cpu", "--quiet"]
+    fast = [
+        "dataset=digits",
+        "epochs=1",
+        "max_batches=2",
+        "test_fraction=0.1",
+        "learning.batch_size=16",
+        "device=cpu",
+        "--quiet",
+    ]
     assert main(["grid", "thesis_resnet2", "--param", "amp=null,bf16", "channels_last=true", *fast,
                  "--out", str(tmp_path / "grid")]) == 0  # fmt: skip
     assert (tmp_path / "grid" / "grid.csv").read_text().count(",finished,") == 2

@@ -8,7 +8,7 @@ import pytest
 import contham.experiments.drivers as experiments
 from contham.experiments.cli import main
 
-FAST = ["epochs=1", "max_batches=2", "test_fraction=0.1", "learning.batch_size=16", "--quiet"]
+FAST = ["dataset=digits", "epochs=1", "max_batches=2", "test_fraction=0.1", "learning.batch_size=16", "--quiet"]
 
 
 def test_list(capsys):
@@ -23,7 +23,9 @@ def test_train_then_plot(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["train", "nominal", "h=0.1", "n_blocks=2", "gradient_norms=true", *FAST, "--out", str(out)]
     assert main(args) == 0
-    assert "finished after 1 epoch(s)" in capsys.readouterr().out
+    out_text = capsys.readouterr().out
+    assert "finished after 1 epoch(s)" in out_text
+    assert "nominal on digits (report preprocessing), protocol custom: SGD lr 0.1, x0.1 after epochs [80" in out_text
     config = json.loads((out / "config.json").read_text())
     assert config["model_options"] == {"h": 0.1, "n_blocks": 2} and config["preprocessing"] == "report"
     assert main(["plot", str(out)]) == 0
@@ -41,7 +43,7 @@ def test_every_run_writes_tensorboard_event_files(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out = tmp_path / "run"
-    assert main(["train", "thesis_odenet", "epochs=2", *FAST[1:], "gradient_norms=true", "--out", str(out)]) == 0
+    assert main(["train", "thesis_odenet", *FAST, "epochs=2", "gradient_norms=true", "--out", str(out)]) == 0
     events = EventAccumulator(str(out)).Reload()
     tags = set(events.Tags()["scalars"])
     assert {"loss/train", "loss/test", "accuracy/test", "lr", "nfe/forward", "nfe/backward"} <= tags
@@ -50,7 +52,7 @@ def test_every_run_writes_tensorboard_event_files(tmp_path):
     test_accuracy = [(e.step, e.value) for e in events.Scalars("accuracy/test")]
     assert test_accuracy == [(h["epoch"], pytest.approx(h["test_accuracy"])) for h in history]
     assert [e.step for e in events.Scalars("nfe/forward")] == [1, 2]
-    assert main(["train", "thesis_odenet", "epochs=1", *FAST[1:], "--restart", "--out", str(out)]) == 0
+    assert main(["train", "thesis_odenet", *FAST, "--restart", "--out", str(out)]) == 0
     assert len(list(out.glob("events.out.tfevents.*"))) == 1  # --restart discards the old events too
 
 
@@ -68,13 +70,15 @@ def test_grid_and_compare_check_every_point_before_training_any(tmp_path, capsys
     assert "n_blocks must be an integer >= 1; got 0" in capsys.readouterr().err
     assert not (tmp_path / "g").exists()  # nothing trained, no folder made
     specs = ["thesis_resnet2", "hdnn_mnist:nf=0"]
-    assert main(["compare", "--models", *specs, *FAST[:2], "--out", str(tmp_path / "c")]) == 2
+    assert main(["compare", "--models", *specs, *FAST[:3], "--out", str(tmp_path / "c")]) == 2
     assert "nf must be an integer >= 2; got 0" in capsys.readouterr().err and not (tmp_path / "c").exists()
 
 
 def test_train_from_a_config_file(tmp_path):
     config = tmp_path / "run.yaml"
-    config.write_text("model: thesis_resnet2\nepochs: 1\nmax_batches: 1\nlearning: {batch_size: 8, lr: 0.01}\n")
+    config.write_text(
+        "model: thesis_resnet2\ndataset: digits\nepochs: 1\nmax_batches: 1\nlearning: {batch_size: 8, lr: 0.01}\n"
+    )
     assert main(["train", str(config), "--out", str(tmp_path / "r"), "--quiet"]) == 0
     assert json.loads((tmp_path / "r" / "config.json").read_text())["learning"]["lr"] == 0.01
 
@@ -165,6 +169,7 @@ def test_two_dimensional_grid(tmp_path):
     "argv, message",
     [
         (["train", "resnet21"], "model must be one of"),
+        (["train", "nominal"], "dataset='cifar10' needs root=<a torchvision data folder> (with download=true"),
         (["train", "nominal", "kss=3"], "unknown key 'kss'"),
         (["train", "nominal", "epochs=two"], "epochs must be an integer >= 1; got 'two'"),
         (["train", "nominal", "epochs"], "expected key=value; got 'epochs'"),
@@ -208,7 +213,7 @@ def test_train_says_when_it_resumes_or_reads_back_and_exits_1_when_it_diverged(t
     from contham.experiments import Loop
 
     out = tmp_path / "run"
-    args = ["train", "thesis_resnet2", "epochs=2", *FAST[1:], "--out", str(out)]
+    args = ["train", "thesis_resnet2", *FAST, "epochs=2", "--out", str(out)]
     real_epoch, calls = Loop.epoch, []
 
     def interrupt_in_epoch_2(self, epoch):

@@ -49,7 +49,9 @@ def test_mnist_loader_reads_torchvision_files(tiny_mnist):
 def test_missing_data_and_bad_names_raise(tmp_path):
     with pytest.raises(ValueError, match=r"dataset='cifar10' not found under root=.*download=True"):
         load_dataset("cifar10", tmp_path)
-    with pytest.raises(ValueError, match="root is required for dataset='mnist'"):
+    with pytest.raises(
+        ValueError, match="dataset='mnist' needs root=<a torchvision data folder> .*download=true.*dataset=digits"
+    ):
         load_dataset("mnist")
     with pytest.raises(ValueError, match="dataset must be one of 'mnist'"):
         load_dataset("imagenet", tmp_path)

@@ -26,7 +26,13 @@ from contham.experiments.distributed import (
 )
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-COMMON = ["device=cpu", "learning.batch_size=32", "test_fraction=0.5", "--quiet"]  # with random augmentation
+COMMON = [
+    "dataset=digits",
+    "device=cpu",
+    "learning.batch_size=32",
+    "test_fraction=0.5",
+    "--quiet",
+]  # with random augmentation
 THESIS = ["thesis_resnet2", "learning.lr=0.02"]  # no batch norm (GroupNorm); a stable lr: chaos amplifies rounding
 NOMINAL = ["nominal", "dropout=null"]  # batch norm
 

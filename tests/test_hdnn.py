@@ -411,7 +411,7 @@ def test_protocols_are_chosen_by_name():
 
 
 def test_the_2d_protocol_needs_a_network_with_a_classifier(tmp_path):
-    config = RunConfig(model="thesis_resnet2", epochs=1, max_batches=1, device="cpu")
+    config = RunConfig(model="thesis_resnet2", dataset="digits", epochs=1, max_batches=1, device="cpu")
     config.set("learning.inner_steps", 2)
     with pytest.raises(ValueError, match="needs a network with a `features` method and a `classifier`"):
         run(config, tmp_path / "run", progress=False)

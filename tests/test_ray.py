@@ -20,7 +20,9 @@ AXES = [("learning.lr", [0.01, 0.05])]
 
 
 def base():
-    config = RunConfig(model="thesis_resnet2", epochs=2, max_batches=3, test_fraction=0.2, device="cpu")
+    config = RunConfig(
+        model="thesis_resnet2", dataset="digits", epochs=2, max_batches=3, test_fraction=0.2, device="cpu"
+    )
     config.set("learning.batch_size", 16)
     return config
 
@@ -90,7 +92,7 @@ def test_ray_isolates_a_failing_run_and_resumes(local_ray, tmp_path):
 
 
 def test_ray_early_stopping_records_the_stopped_runs(local_ray, tmp_path, capfd):
-    config = RunConfig(model="thesis_resnet2", epochs=3, test_fraction=0.3, device="cpu")
+    config = RunConfig(model="thesis_resnet2", dataset="digits", epochs=3, test_fraction=0.3, device="cpu")
     axes = [("learning.lr", [0.05, 1e-6])]  # the good points start first and set the bar
     rows = grid(config, axes, [0, 1], tmp_path, progress=False, executor=RayRunner(early_stop=True))
     assert "View detailed results" not in capfd.readouterr().out  # no link to Tune's deleted records
@@ -106,9 +108,9 @@ def test_ray_early_stopping_records_the_stopped_runs(local_ray, tmp_path, capfd)
 
 
 def test_ctrl_c_on_a_ray_grid_keeps_finished_runs(tmp_path):
-    args = ["grid", "thesis_resnet2", "--param", "learning.lr=0.01,0.02,0.03,0.04,0.05,0.06", "epochs=2",
-            "max_batches=30", "learning.batch_size=16", "test_fraction=0.2", "device=cpu", "--quiet", "--ray",
-            "--out", str(tmp_path)]  # fmt: skip
+    args = ["grid", "thesis_resnet2", "--param", "learning.lr=0.01,0.02,0.03,0.04,0.05,0.06", "dataset=digits",
+            "epochs=2", "max_batches=30", "learning.batch_size=16", "test_fraction=0.2", "device=cpu", "--quiet",
+            "--ray", "--out", str(tmp_path)]  # fmt: skip
     command = [sys.executable, "-m", "contham", *args]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 240

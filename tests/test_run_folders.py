@@ -12,7 +12,7 @@ import pytest
 from contham.experiments import Loop, RunBusy, RunConfig, RunFolderError, RunLock, run
 from contham.experiments.cli import main
 
-FAST = ["epochs=1", "max_batches=2", "test_fraction=0.1", "learning.batch_size=16", "--quiet"]
+FAST = ["dataset=digits", "epochs=1", "max_batches=2", "test_fraction=0.1", "learning.batch_size=16", "--quiet"]
 
 
 def one_line_error(capsys, *needles):
@@ -63,7 +63,7 @@ def test_broken_run_files_give_one_line_and_restart_discards_them(name, content,
     args = ["train", "thesis_resnet2", *FAST, "--out", str(finished_run)]
     assert main(args) == 2
     one_line_error(capsys, needle, str(finished_run / name), "--restart")
-    config = RunConfig(model="thesis_resnet2", epochs=1, max_batches=2, test_fraction=0.1)
+    config = RunConfig(model="thesis_resnet2", dataset="digits", epochs=1, max_batches=2, test_fraction=0.1)
     config.set("learning.batch_size", 16)
     with pytest.raises(RunFolderError, match=needle):
         run(config, finished_run, progress=False)

@@ -115,7 +115,9 @@ def test_early_stops_at_accuracy_or_training_time(tmp_path):
 
 
 def test_run_writes_results_and_does_not_rerun(tmp_path, monkeypatch):
-    config = RunConfig(model="thesis_odenet", epochs=1, max_batches=2, model_options={"gradient": "adjoint"})
+    config = RunConfig(
+        model="thesis_odenet", dataset="digits", epochs=1, max_batches=2, model_options={"gradient": "adjoint"}
+    )
     config.set("learning.batch_size", 16)
     metrics = run(config, tmp_path, progress=False)
     assert metrics["status"] == "finished" and metrics["parameters"] == 208_266
@@ -125,7 +127,7 @@ def test_run_writes_results_and_does_not_rerun(tmp_path, monkeypatch):
     assert history[0]["batches"] == 2 and history[0]["saved_tensors_mb"] > 0
     monkeypatch.setattr(Loop, "train_epoch", lambda *a, **k: pytest.fail("a finished run was rerun"))
     assert run(config, tmp_path, progress=False) == metrics
-    other = RunConfig(model="thesis_resnet2", epochs=1, max_batches=2)
+    other = RunConfig(model="thesis_resnet2", dataset="digits", epochs=1, max_batches=2)
     with pytest.raises(ValueError, match="holds a different run"):  # finished, but another config
         run(other, tmp_path, progress=False)
     (tmp_path / "metrics.json").unlink()

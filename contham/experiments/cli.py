@@ -24,7 +24,7 @@ from .distributed import ranks_from_env, shutdown
 from .drivers import Executor, Sequential, compare, failed, format_table, grid, parse_model, parse_value, safe_name
 from .files import RunBusy, read_json
 from .plots import plot_confusion, plot_curves, plot_feature_maps, plot_gradient_norms, plot_grid, plot_points_2d
-from .protocols import PROTOCOLS
+from .protocols import PROTOCOLS, describe_protocol
 from .ray_runner import RayRunner
 from .recipe import Recipe
 from .runconfig import RunConfig
@@ -83,6 +83,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = _apply(_base_config(args.target), pairs)
     out = Path(args.out) if args.out else Path("runs") / "train" / _folder_name(args.target, pairs)
     main_rank = ranks_from_env().main
+    if main_rank:
+        print(f"{config.model} on {config.dataset} ({config.preprocessing} preprocessing), protocol "
+              f"{describe_protocol(config.learning, config.model)} -> {out}", flush=True)  # fmt: skip
     before = None if args.restart else _progress_of(out)
     if main_rank and before is not None and not before[0].done:
         print(f"resuming {out} after epoch {before[1]} (--restart trains it afresh)", flush=True)

@@ -25,8 +25,10 @@ class RunConfig(Settings, Parameters):
     Attributes:
         model: a `contham.models.build` name; model_options: its overrides.
         dataset: a `contham.data.DATASETS` name, or for ``hdnn_2d`` a point set of
-            `contham.data.POINT_SETS`; None: ``swiss_roll`` for ``hdnn_2d``, ``mnist`` for
-            ``hdnn_mnist``, else ``digits``. root, download: for torchvision.
+            `contham.data.POINT_SETS`; None: the network's own (its paper's,
+            `contham.models.default_data`: CIFAR-10 for the report's networks and He et al.'s,
+            MNIST for the thesis's and ``hdnn_mnist``, the Swiss roll for ``hdnn_2d``); ``digits``
+            runs offline. root, download: for torchvision.
         data_size, noise: a point set's size (default 8,000: 4,000 train, 4,000 test) and
             Gaussian noise (see `contham.data.point_set`).
         preprocessing: "report", "thesis", "plain"; None: the network's own
@@ -70,7 +72,7 @@ class RunConfig(Settings, Parameters):
         if not isinstance(self.model_options, dict):
             raise ValueError(f"model_options must be a dict; got {self.model_options!r}")
         if self.dataset is None:
-            self.dataset = {"hdnn_2d": "swiss_roll", "hdnn_mnist": "mnist"}.get(self.model, "digits")
+            self.dataset = default_data(self.model)[0]
         check_choice("dataset", self.dataset, (*DATASETS, *POINT_SETS))
         if (self.model == "hdnn_2d") != (self.dataset in POINT_SETS):
             raise ValueError(
