@@ -191,3 +191,23 @@ def test_block_bad_input():
         ODEBlock(ODENetField(4, groups=2), T=0)
     with pytest.raises(ValueError, match="y must have shape"):
         HamiltonianBlock(HamiltonianField(4, n_nodes=2))(torch.randn(2, 4, 3, 3))
+    with pytest.raises(ValueError, match="step_size must be a finite number > 0; got -1"):
+        ODEBlock(ODENetField(4, groups=2), solver="rk4", step_size=-1)  # at construction, not at the first forward
+    with pytest.raises(ValueError, match="max_nfe must be an integer >= 1; got 0"):
+        ODEBlock(ODENetField(4, groups=2), max_nfe=0)
+
+
+@pytest.mark.parametrize("make", [lambda: HamiltonianBlock(TwoLayerField(4, n_nodes=2)),
+                                  lambda: ODEBlock(TwoLayerField(4), solver="rk4", step_size=0.5)])  # fmt: skip
+def test_blocks_check_their_input_before_anything_else(make):
+    import numpy as np
+
+    block = make()
+    name = "y" if isinstance(block, HamiltonianBlock) else "y0"
+    for bad, kind in ((np.zeros((2, 4)), "ndarray"), ([[0.0] * 4], "list")):
+        with pytest.raises(TypeError, match=f"{name} must be a torch.Tensor; got {kind}"):
+            block(bad)
+        with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(TypeError, match="must be a torch.Tensor"):
+            block(bad)
+    with pytest.raises(ValueError, match=f"{name} is a meta tensor"):
+        block(torch.zeros(2, 4, device="meta"))

@@ -4,6 +4,7 @@ import csv
 import json
 
 import pytest
+import torch
 
 import contham.experiments.drivers as experiments
 from contham.experiments.cli import main
@@ -245,3 +246,20 @@ def test_the_compare_table_gives_the_sample_std_from_two_seeds_on():
     assert one["test_accuracy_std"] is None and one["failed"] == 1 and one["status"] == "1 failed, 1 finished"
     table = format_table([two, one]).splitlines()
     assert "| 92.00 ± 2.83 |" in table[2] and "| 90.00 |" in table[3]
+
+
+def test_the_command_does_not_import_what_it_does_not_use():
+    import subprocess
+    import sys
+
+    heavy = "('torch._dynamo', 'torchvision')"
+    probe = f"import sys, contham.experiments.cli; print(sorted(m for m in {heavy} if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
+def test_a_constant_feature_map_is_drawn_mid_scale_not_black():
+    from contham.experiments.plots import color_limits
+
+    assert color_limits(torch.full((1, 1), 0.3)) == (pytest.approx(-0.7), pytest.approx(1.3))  # 0.3 in the middle
+    assert color_limits(torch.tensor([[0.0, 2.0]])) == (0.0, 2.0)

@@ -223,6 +223,8 @@ def test_build_with_no_shape_arguments_builds_each_network_for_its_own_data(name
                    "thesis_hamiltonian_ode": "mnist", "nominal": "cifar10", "resnet32": "cifar10"}  # fmt: skip
     assert dataset == family_data[name]
     assert input_shape("swiss_roll") == dict(in_channels=2, num_classes=2, image_size=1)
+    with pytest.raises(ValueError, match="in_channels must be an integer >= 1; got 0"):  # the name the user wrote
+        build(name, in_channels=0)
     assert input_shape("mnist", "thesis")["image_size"] == 28 and input_shape("cifar10")["in_channels"] == 3
 
 

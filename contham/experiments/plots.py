@@ -175,16 +175,24 @@ def plot_feature_maps(model: Any, image: Tensor, path: str | Path, channels: int
     for row, (name, maps) in enumerate(stages, start=1):
         energy = maps.flatten(1).abs().mean(1)  # show the most active channels
         for col, c in enumerate(energy.argsort(descending=True)[:channels].tolist()):
-            low, high = float(maps[c].min()), float(maps[c].max())
-            constant = high - low <= 1e-12 * max(1.0, abs(high))
-            # a constant map (a 1 x 1 map after the last pooling, a dead channel) shown mid-scale, not black
-            axes[row, col].imshow(maps[c].numpy(), cmap="magma", vmin=low - 1 if constant else low,
-                                  vmax=high + 1 if constant else high)  # fmt: skip
+            low, high = color_limits(maps[c])
+            axes[row, col].imshow(maps[c].numpy(), cmap="magma", vmin=low, vmax=high)
             size = "x".join(map(str, maps[c].shape))
-            axes[row, col].set_title(f"{name}, ch {c} ({size}{', constant' if constant else ''})", fontsize=7)
+            constant = f", constant {float(maps[c].max()):.3g}" if high - low == 2 else ""
+            axes[row, col].set_title(f"{name}, ch {c} ({size}{constant})", fontsize=7)
     fig.suptitle("the most active channels of one test image, stage by stage (each map on its own scale)", fontsize=9)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def color_limits(image: Tensor) -> tuple[float, float]:
+    """The colour scale of one feature map: its own range; a constant map (a 1 x 1 map after the
+    last pooling, a dead channel) gets the range value +/- 1, so that it shows mid-scale instead
+    of as the colour map's black."""
+    low, high = float(image.min()), float(image.max())
+    if high - low <= 1e-12 * max(1.0, abs(high)):
+        return high - 1.0, high + 1.0
+    return low, high
 
 
 @torch.no_grad()
