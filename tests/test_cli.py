@@ -26,7 +26,7 @@ def test_train_then_plot(tmp_path, capsys):
     assert main(args) == 0
     out_text = capsys.readouterr().out
     assert "finished after 1 epoch(s)" in out_text
-    assert "nominal on digits (report preprocessing), protocol custom: SGD lr 0.1, x0.1 after epochs [80" in out_text
+    assert "nominal on digits (report preprocessing), protocol nominal preset, batch_size=16: SGD lr 0.1, x0.1 after epochs [80" in out_text
     config = json.loads((out / "config.json").read_text())
     assert config["model_options"] == {"h": 0.1, "n_blocks": 2} and config["preprocessing"] == "report"
     assert main(["plot", str(out)]) == 0
@@ -106,7 +106,7 @@ def test_compare(tmp_path, capsys):
     assert main([*args, "--batch-size", "16", "test_fraction=0.2", "--out", str(tmp_path), "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "protocols: each network's own, with {'batch_size': 16}" in out
-    assert "| thesis_odenet:gradient=adjoint,rtol=0.01 | custom: SGD lr 0.1, batch 16 | 208,266 |" in out
+    assert "| thesis_odenet:gradient=adjoint,rtol=0.01 | thesis, batch_size=16: SGD lr 0.1, batch 16 | 208,266 |" in out
     rows = list(csv.DictReader(open(tmp_path / "compare.csv")))
     assert [r["model"] for r in rows] == models and all(r["runs"] == "2" for r in rows)
     assert float(rows[1]["nfe_backward"]) > 0 and rows[0]["nfe_forward"] == ""
@@ -131,7 +131,7 @@ def test_compare_keeps_each_networks_own_protocol_unless_told(tmp_path, capsys):
     assert main(["compare", "--models", *models[:2], *common, *one]) == 0
     assert "protocol: the one given" in capsys.readouterr().out
     protocols = {r["protocol"] for r in csv.DictReader(open(tmp_path / "one" / "compare.csv"))}
-    assert len(protocols) == 1 and protocols.pop().startswith("custom: Adam lr 0.01")
+    assert len(protocols) == 1 and protocols.pop().startswith("hdnn_mnist, lr=0.01: Adam lr 0.01")
 
 
 def test_grid_is_resumable_and_survives_a_failing_point(tmp_path, monkeypatch, capsys):

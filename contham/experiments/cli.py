@@ -4,7 +4,9 @@ Bad input (unknown network or key, a value of the wrong type, missing data, a ma
 checkpoint or results file, a results folder that cannot be written) prints one clear line and
 exits with status 2. A run folder that another process is training is skipped with a message and
 exit status 75 (``--wait`` waits for it instead). Ctrl-C exits with 130 after the last finished
-epoch is saved; the same command resumes from there, and ``--restart`` starts afresh.
+epoch is saved; the same command resumes from there (and says so), and ``--restart`` starts
+afresh. ``train`` exits with 1 when the run diverged; ``compare`` and ``grid`` with 1 when a run
+failed, 75 when one was busy, after writing their tables for the runs that ran.
 
 ``compare`` and ``grid`` take ``--ray [ADDRESS]`` to run every (model or point, seed) on Ray
 (`contham.experiments.ray_runner`); ``torchrun --nproc_per_node=N -m contham train ...``

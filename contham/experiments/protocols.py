@@ -130,13 +130,23 @@ def protocol(name: str) -> LearningParameters:
 
 
 def describe_protocol(learning: LearningParameters, model: str | None = None) -> str:
-    """A short description of ``learning``: its name among :data:`PROTOCOLS` (or the report
-    preset of ``model`` whose protocol it is, else "custom"), its optimiser, lr and batch size."""
-    name = next((n for n, p in PROTOCOLS.items() if p == learning), None)
-    if name is None and model in PRESETS and preset(model).learning == learning:
-        name = f"{model} preset"
+    """A short description of ``learning``: the protocol it is or starts from (one of
+    :data:`PROTOCOLS`, or the report preset of ``model``) with the fields it changes (up to
+    three; else "custom"), then its optimiser, lr and batch size."""
+    named = dict(PROTOCOLS)
+    if model in PRESETS:
+        named[f"{model} preset"] = preset(model).learning
+    fields = [f.name for f in dataclasses.fields(LearningParameters)]
+    changes = {
+        name: {f: getattr(learning, f) for f in fields if getattr(learning, f) != getattr(p, f)}
+        for name, p in named.items()
+    }
+    name, changed = min(changes.items(), key=lambda item: len(item[1]))
+    if len(changed) > 3:
+        name, changed = "custom", {}
+    label = name + "".join(f", {k}={v}" for k, v in changed.items())
     decay = f", x{learning.lr_decay:g} after epochs {learning.lr_decay_at}" if learning.lr_decay_at else ""
-    return f"{name or 'custom'}: {learning.optimiser} lr {learning.lr:g}{decay}, batch {learning.batch_size}"
+    return f"{label}: {learning.optimiser} lr {learning.lr:g}{decay}, batch {learning.batch_size}"
 
 
 class TrainingProtocol:
