@@ -28,3 +28,24 @@ def tiny_mnist(tmp_path):
         write_idx(raw / f"{split}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
         write_idx(raw / f"{split}-labels-idx1-ubyte", np.arange(n) % 10)
     return tmp_path / "data"
+
+
+@pytest.fixture
+def ctrl_c_in_epoch(monkeypatch):
+    """``ctrl_c_in_epoch(n)``: from then on, the n-th epoch that any run starts raises
+    KeyboardInterrupt (as Ctrl-C would) before it trains."""
+    from contham.experiments import Loop
+
+    def arm(n):
+        started = []
+        real_epoch = Loop.epoch
+
+        def epoch(self, number):
+            started.append(number)
+            if len(started) == n:
+                raise KeyboardInterrupt
+            return real_epoch(self, number)
+
+        monkeypatch.setattr(Loop, "epoch", epoch)
+
+    return arm

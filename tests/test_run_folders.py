@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from contham.experiments import Loop, RunBusy, RunConfig, RunFolderError, RunLock, run
+from contham.experiments import RunBusy, RunConfig, RunFolderError, RunLock, run
 from contham.experiments.cli import main
 
 FAST = ["dataset=digits", "epochs=1", "max_batches=2", "test_fraction=0.1", "learning.batch_size=16", "--quiet"]
@@ -136,23 +136,16 @@ def _drop_new_fields(run_dir, fields, learning_fields):
         torch.save(state, run_dir / "checkpoint.pt")
 
 
-def test_a_run_folder_of_an_earlier_contham_resumes_when_new_fields_hold_their_defaults(tmp_path, monkeypatch):
+def test_a_run_folder_of_an_earlier_contham_resumes_when_new_fields_hold_their_defaults(
+    tmp_path, monkeypatch, ctrl_c_in_epoch
+):
     config = RunConfig(model="hdnn_2d", data_size=200, epochs=2, seed=1, device="cpu")
     finished = run(config, tmp_path / "done", progress=False)
     _drop_new_fields(tmp_path / "done", ["compile", "deterministic"], ["adam_step_epoch"])
     assert run(config, tmp_path / "done", progress=False) == finished  # read back, not "a different run"
 
     straight = run(config, tmp_path / "straight", progress=False)
-    calls = {"n": 0}
-    real_epoch = Loop.epoch
-
-    def interrupt_in_epoch_2(self, epoch):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real_epoch(self, epoch)
-
-    monkeypatch.setattr(Loop, "epoch", interrupt_in_epoch_2)
+    ctrl_c_in_epoch(2)
     with pytest.raises(KeyboardInterrupt):
         run(config, tmp_path / "old", progress=False)
     monkeypatch.undo()
@@ -166,18 +159,10 @@ def test_a_run_folder_of_an_earlier_contham_resumes_when_new_fields_hold_their_d
         run(other, tmp_path / "done", progress=False)
 
 
-def test_an_interrupted_grid_writes_the_table_of_what_ran(tmp_path, monkeypatch):
-    calls = {"n": 0}
-    real_epoch = Loop.epoch
-
-    def interrupt_the_second_run(self, epoch):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real_epoch(self, epoch)
-
-    monkeypatch.setattr(Loop, "epoch", interrupt_the_second_run)
-    args = ["grid", "hdnn_2d", "--param", "learning.lr=0.01,0.02,0.05", "data_size=200", *FAST, "--out", str(tmp_path)]
+def test_an_interrupted_grid_writes_the_table_of_what_ran(tmp_path, ctrl_c_in_epoch):
+    ctrl_c_in_epoch(2)  # in the second run (one epoch each)
+    points = ["--param", "learning.lr=0.01,0.02,0.05", "data_size=200"]
+    args = ["grid", "hdnn_2d", *points, *FAST[1:], "--out", str(tmp_path)]  # FAST but its dataset
     assert main(args) == 130
     rows = (tmp_path / "grid.csv").read_text().splitlines()
     assert len(rows) == 2 and rows[1].startswith("0.01,0,finished")
