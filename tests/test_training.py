@@ -173,15 +173,31 @@ class ContHamHostSyncs(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize("model", ["thesis_resnet2", "thesis_hamiltonian", "nominal"])
-def test_a_training_step_makes_one_host_sync(model):
+@pytest.mark.parametrize("model", ["thesis_resnet2", "thesis_hamiltonian", "nominal", "hdnn_mnist"])
+def test_a_training_step_reads_nothing_back_to_the_host(model):
     train_set = load_image_set("digits", train=True, preprocessing="thesis" if "thesis" in model else "report")
     net = build(model, in_channels=1, num_classes=10, image_size=28 if "thesis" in model else 8)
-    learning = RunConfig(model=model).learning
-    loop = Loop(net, train_set, train_set, learning, Settings(epochs=1, max_batches=3, device="cpu"), num_classes=10)
+    learning = RunConfig(model=model, dataset="digits").learning
+    syncs_per_epoch = []
+    for batches in (3, 6):  # fewer than READ_EVERY: the sums are read once, at the end of the epoch
+        loop = Loop(net, train_set, train_set, learning, Settings(epochs=1, max_batches=batches, device="cpu"),
+                    num_classes=10)  # fmt: skip
+        with ContHamHostSyncs() as syncs:
+            entry = loop.train_epoch(1)
+        assert entry["batches"] == batches and math.isfinite(entry["train_loss"])
+        syncs_per_epoch.append(len(syncs.calls))
+    assert syncs_per_epoch == [1, 1], syncs.calls  # 0 per step, 1 per epoch
+
+
+def test_the_sums_are_read_every_read_every_batches(monkeypatch):
+    monkeypatch.setattr(training_loop, "READ_EVERY", 2)
+    train_set = load_image_set("digits", train=True, preprocessing="report")
+    net = build("thesis_resnet2", in_channels=1, num_classes=10, image_size=8)
+    learning = RunConfig(model="thesis_resnet2", dataset="digits").learning
+    loop = Loop(net, train_set, train_set, learning, Settings(epochs=1, max_batches=5, device="cpu"), num_classes=10)
     with ContHamHostSyncs() as syncs:
-        entry = loop.train_epoch(1)
-    assert entry["batches"] == 3 and len(syncs.calls) == 3, syncs.calls  # the batch's loss, accuracy and penalty
+        loop.train_epoch(1)
+    assert len(syncs.calls) == 3  # after batches 2 and 4, and at the end
 
 
 @pytest.mark.parametrize("function", ["MS1", "MS2"])

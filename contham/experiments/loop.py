@@ -13,7 +13,7 @@ import dataclasses
 import math
 import time
 from collections.abc import Sized
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +43,9 @@ from .protocols import FinalData, TrainingProtocol, make_optimizer, strategies
 
 DIVERGENCE_LOSS = 1e15
 """A training loss above this (or not finite) ends a run as ``diverged`` (as in the report)."""
+
+READ_EVERY = 20
+"""Batches between two reads of an epoch's running sums (progress bar, divergence check)."""
 
 
 @dataclasses.dataclass
@@ -268,32 +271,38 @@ class Loop:
         return evaluate(self.model, self.test_set, self.device, *args)
 
     def train_epoch(self, epoch: int) -> dict[str, Any]:
-        """One epoch of updates; its history entry (or ``diverged`` with the loss). One host sync
-        per batch (the batch's summed loss, correct predictions and penalty, reduced over the
-        ranks), and one more in the fp16 gradient scaler's step."""
+        """One epoch of updates; its history entry (or ``diverged`` with the first loss that was
+        not finite or exceeded `DIVERGENCE_LOSS`). No update reads a value back to the host: the
+        sums stay on the device and are read every `READ_EVERY` batches (the progress bar, the
+        divergence check) and at the end of the epoch. (The fp16 gradient scaler's step reads
+        its overflow flag.)"""
         self.network.train()
         seed, size_of = self.settings.seed, len(cast(Sized, self.train_set))
         generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
         batches = GlobalBatches(size_of, self.learning.batch_size, generator, self.ranks, self.settings.max_batches)
         augmentation = torch.Generator().manual_seed(seed * 100_003 + epoch + 2**40)
         reset_peak_memory(self.device)
-        tally = _Tally()
+        tally = _Tally(self.device)
         bar = tqdm(total=len(batches), desc=f"epoch {epoch}/{self.epochs}", disable=not self.progress, leave=False)
         try:
             for i, (x, y, size) in enumerate(training_batches(self.train_set, batches, generator, augmentation,
                                                               self.device)):  # fmt: skip
-                value = self._update(i, x, y, size, epoch, tally)
-                if not math.isfinite(value) or value > DIVERGENCE_LOSS:
-                    return {"epoch": epoch, "diverged": True, "train_loss": value}
+                self._update(i, x, y, size, epoch, tally)
                 bar.update()
-                bar.set_postfix(loss=f"{tally.loss / tally.total:.4f}", acc=f"{tally.correct / tally.total:.4f}")
+                if (i + 1) % READ_EVERY and i + 1 < len(batches):
+                    continue
+                read = tally.read()
+                if read.diverged is not None:
+                    return {"epoch": epoch, "diverged": True, "train_loss": read.diverged}
+                bar.set_postfix(loss=f"{read.loss / tally.total:.4f}", acc=f"{read.correct / tally.total:.4f}")
         finally:
             bar.close()
-        return tally.entry(epoch, self, len(batches))
+        return tally.entry(epoch, self, len(batches), read)
 
-    def _update(self, i: int, x: Tensor, y: Tensor, size: int, epoch: int, tally: _Tally) -> float:
-        """One optimiser update on this rank's part ``(x, y)`` of a global batch of ``size``;
-        returns the batch's loss (cross-entropy plus penalty) and adds it to ``tally``."""
+    def _update(self, i: int, x: Tensor, y: Tensor, size: int, epoch: int, tally: _Tally) -> None:
+        """One optimiser update on this rank's part ``(x, y)`` of a global batch of ``size``; adds
+        the batch's loss (cross-entropy plus penalty, reduced over the ranks) to ``tally`` on the
+        device."""
         x = memory_format(x, self.settings.channels_last)
         with autocast(self.device, self.settings.amp):
             with SavedTensors() if i == 0 else contextlib.nullcontext() as memory:
@@ -309,17 +318,14 @@ class Loop:
             if learning.alpha > 0
             else None
         )  # fmt: skip
-        # this rank's summed loss, correct predictions and share of the penalty, in one sync
+        # this rank's summed loss, correct predictions and share of the penalty, reduced over the ranks
         world = self.ranks.world_size
         parts = [data_loss.detach().double() * (size / world), (out.argmax(1) == y).sum().double()]
         parts.append(penalty.detach().double() / world if penalty is not None else parts[1].new_zeros(()))
-        ce_sum, n_correct, penalty_value = distributed.all_reduce_sum(torch.stack(parts), self.ranks).tolist()
-        value = ce_sum / size + penalty_value
-        if not math.isfinite(value) or value > DIVERGENCE_LOSS:
-            return value
+        ce_sum, n_correct, penalty_value = distributed.all_reduce_sum(torch.stack(parts), self.ranks)
         self._step(data_loss if penalty is None else data_loss + penalty, epoch)
-        tally.add(value, int(n_correct), size, field_evaluations(self.model))
-        return value
+        # after the backward pass, which adds its field evaluations
+        tally.add(ce_sum / size + penalty_value, n_correct, size, field_evaluations(self.model))
 
     def _step(self, loss: Tensor, epoch: int) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -333,29 +339,47 @@ class Loop:
             self.scaler.update()
 
 
-class _Tally:
-    """The running sums of one epoch."""
+class _Read(NamedTuple):
+    """The sums of an epoch read back: loss x batch size, correct predictions, and the first
+    diverged loss (None while every loss was finite and at most `DIVERGENCE_LOSS`)."""
 
-    def __init__(self) -> None:
-        self.loss, self.correct, self.total = 0.0, 0, 0
+    loss: float
+    correct: float
+    diverged: float | None
+
+
+class _Tally:
+    """The running sums of one epoch, on the device: nothing is read back until `read`."""
+
+    def __init__(self, device: torch.device) -> None:
+        # loss x batch size, correct predictions, diverged (0/1), the first diverged loss
+        self.sums = torch.zeros(4, dtype=torch.float64, device=device)
+        self.total = 0
         self.nfe, self.nfe_batches = [0, 0], 0
         self.saved: float | None = None
         self.begin = time.perf_counter()
 
-    def add(self, loss: float, correct: int, size: int, nfe: tuple[int, int] | None) -> None:
-        self.loss += loss * size
-        self.correct += correct
+    def add(self, loss: Tensor, correct: Tensor, size: int, nfe: tuple[int, int] | None) -> None:
+        bad = ~torch.isfinite(loss) | (loss > DIVERGENCE_LOSS)
+        seen = torch.stack([loss * size, correct, bad.double(), torch.where(bad, loss, 0.0)])
+        self.sums = torch.where(self.sums[2] > 0, self.sums, self.sums + seen)  # frozen once diverged
         self.total += size
         if nfe is not None:
             self.nfe = [self.nfe[0] + nfe[0], self.nfe[1] + nfe[1]]
             self.nfe_batches += 1
 
-    def entry(self, epoch: int, loop: Loop, batches: int) -> dict[str, Any]:
+    def read(self) -> _Read:
+        """The sums on the host (one device-to-host copy)."""
+        loss, correct, diverged, first = self.sums.tolist()
+        return _Read(loss, correct, first if diverged else None)
+
+    def entry(self, epoch: int, loop: Loop, batches: int, read: _Read) -> dict[str, Any]:
+        """The history entry of the epoch from its final `read`."""
         entry = {
             "epoch": epoch,
             "lr": loop.optimizer.param_groups[0]["lr"],
-            "train_loss": self.loss / self.total,
-            "train_accuracy": self.correct / self.total,
+            "train_loss": read.loss / self.total,
+            "train_accuracy": read.correct / self.total,
             "seconds": time.perf_counter() - self.begin,
             "batches": batches,
             "saved_tensors_mb": self.saved,
