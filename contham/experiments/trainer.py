@@ -128,23 +128,10 @@ def _known(options: dict[str, Any]) -> dict[str, Any]:
 def _train(loop: Loop, folder: RunFolder, on_epoch: OnEpoch | None) -> dict[str, Any]:
     """Resume ``loop`` from ``folder``'s checkpoint (if any) and train it to the end, writing
     the folder after every epoch; return the final metrics."""
-    ranks, settings = loop.ranks, loop.settings
-    history: list[dict[str, Any]] = []
-    start, confusion = 0, None
-    state = folder.checkpoint(loop.device)
-    if state is not None:
-        loop.restore(state)
-        history, start, confusion = state["history"], state["epoch"], state["confusion"]
-        rng = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]  # older checkpoints: one dict
-        set_random_state(rng[ranks.rank] if len(rng) == ranks.world_size else rng[0])
-    else:
-        seed_everything(settings.seed)
-    distributed.barrier(ranks)  # every rank has read the folder before rank 0 writes to it
-    metrics: dict[str, Any] = {
-        "status": Status.RUNNING,
-        "epochs": loop.epochs,
-        "parameters": count_parameters(loop.model),
-    }
+    ranks = loop.ranks
+    history, start, confusion = _resume(loop, folder)
+    metrics: dict[str, Any] = {"status": Status.RUNNING, "epochs": loop.epochs}
+    metrics["parameters"] = count_parameters(loop.model)
     if ranks.distributed:
         metrics["world_size"] = ranks.world_size
     log = EpochLog(folder.path, start) if ranks.main else None
@@ -159,16 +146,8 @@ def _train(loop: Loop, folder: RunFolder, on_epoch: OnEpoch | None) -> dict[str,
                 break
             confusion = entry.pop("confusion")
             history.append(entry)
-            rng = distributed.all_gather(random_state(), ranks)
-            if ranks.main:
-                folder.save(dict(loop.state(), history=history, epoch=epoch, rng=rng, confusion=confusion))
-                write_json(folder.path / "history.json", history)
-                write_json(folder.metrics_path, {**metrics, "epochs_done": epoch})
-                assert log is not None
-                log.write(entry)
-                if on_epoch is not None:
-                    on_epoch(entry)
-            reason = _stop_reason(settings, history)
+            _save(loop, folder, history, confusion, metrics, log, on_epoch)
+            reason = _stop_reason(loop.settings, history)
             if reason is not None:
                 metrics.update(status=Status.FINISHED, stop_reason=reason)
                 break
@@ -180,6 +159,45 @@ def _train(loop: Loop, folder: RunFolder, on_epoch: OnEpoch | None) -> dict[str,
         if log is not None:
             log.close()
     return _final(metrics, history, confusion, folder, ranks)
+
+
+def _resume(loop: Loop, folder: RunFolder) -> tuple[list[dict[str, Any]], int, Any]:
+    """The history, the last finished epoch and its confusion matrix of ``folder``'s checkpoint,
+    loaded into ``loop`` with every rank's random state; or a fresh start (seeded)."""
+    ranks = loop.ranks
+    state = folder.checkpoint(loop.device)
+    if state is None:
+        seed_everything(loop.settings.seed)
+        distributed.barrier(ranks)
+        return [], 0, None
+    loop.restore(state)
+    rng = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]  # older checkpoints: one dict
+    set_random_state(rng[ranks.rank] if len(rng) == ranks.world_size else rng[0])
+    distributed.barrier(ranks)  # every rank has read the folder before rank 0 writes to it
+    return state["history"], state["epoch"], state["confusion"]
+
+
+def _save(
+    loop: Loop,
+    folder: RunFolder,
+    history: list[dict[str, Any]],
+    confusion: Any,
+    metrics: dict[str, Any],
+    log: EpochLog | None,
+    on_epoch: OnEpoch | None,
+) -> None:
+    """After an epoch: the checkpoint, history, metrics and event files (rank 0), then ``on_epoch``."""
+    rng = distributed.all_gather(random_state(), loop.ranks)
+    if not loop.ranks.main:
+        return
+    epoch = history[-1]["epoch"]
+    folder.save(dict(loop.state(), history=history, epoch=epoch, rng=rng, confusion=confusion))
+    write_json(folder.path / "history.json", history)
+    write_json(folder.metrics_path, {**metrics, "epochs_done": epoch})
+    assert log is not None
+    log.write(history[-1])
+    if on_epoch is not None:
+        on_epoch(history[-1])
 
 
 def _stop_reason(settings: Settings, history: list[dict[str, Any]]) -> str | None:
