@@ -256,3 +256,24 @@ def test_a_constant_feature_map_is_drawn_mid_scale_not_black():
 
     assert color_limits(torch.full((1, 1), 0.3)) == (pytest.approx(-0.7), pytest.approx(1.3))  # 0.3 in the middle
     assert color_limits(torch.tensor([[0.0, 2.0]])) == (0.0, 2.0)
+
+
+def test_the_plots_say_what_their_bands_and_error_bars_are(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    from contham.experiments.plots import plot_confusion, plot_curves, plot_grid
+
+    titles = []
+
+    def keep_titles(fig, *args, **kwargs):
+        texts = [fig._suptitle.get_text()] if fig._suptitle is not None else []
+        titles.append(" / ".join(texts + [ax.get_title() for ax in fig.axes if ax.get_title()]))
+
+    monkeypatch.setattr(Figure, "savefig", keep_titles)
+    entry = {"epoch": 1, "train_loss": 1.0, "test_loss": 1.1, "train_accuracy": 0.5, "test_accuracy": 0.4}
+    plot_curves({"a": [[entry], [{**entry, "test_accuracy": 0.6}]]}, tmp_path / "c.png")
+    rows = [{"h": h, "seed": s, "status": "finished", "test_accuracy": 0.5 + s / 10} for h in (1, 2) for s in (0, 1)]
+    plot_grid(rows, ["h"], tmp_path / "g.png")
+    plot_confusion([[3, 1], [0, 4]], tmp_path / "m.png")
+    assert "shaded band +/- 1 sample std" in titles[0] and "test (solid) and training (dashed)" in titles[0]
+    assert "error bars +/- 1 sample std" in titles[1] and "(true, predicted)" in titles[2]

@@ -195,3 +195,29 @@ def test_a_run_that_cannot_start_leaves_no_folder(tmp_path):
     with pytest.raises(ValueError, match="not found under root"):
         run(config, tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_disk_that_fills_during_a_run_leaves_it_resumable(tmp_path, monkeypatch, capsys):
+    import torch
+
+    args = ["train", "thesis_resnet2", *FAST, "epochs=3"]
+    assert main([*args, "--out", str(tmp_path / "straight")]) == 0
+    real_save, saves = torch.save, []
+
+    def full_from_the_second(obj, path, *a, **k):
+        saves.append(path)
+        if len(saves) >= 2:  # the checkpoint of epoch 2
+            raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 1536 vs 1472")
+        return real_save(obj, path, *a, **k)
+
+    monkeypatch.setattr(torch, "save", full_from_the_second)
+    out = tmp_path / "run"
+    assert main([*args, "--out", str(out)]) == 2
+    one_line_error(capsys, "cannot write", "checkpoint.pt")
+    assert not list(out.glob(".*.tmp"))  # no stale temporary
+    monkeypatch.undo()
+    assert main([*args, "--out", str(out)]) == 0  # resumes after epoch 1
+    assert f"resuming {out} after epoch 1" in capsys.readouterr().out
+    straight = json.loads((tmp_path / "straight" / "history.json").read_text())
+    resumed = json.loads((out / "history.json").read_text())
+    assert [h["test_loss"] for h in resumed] == [h["test_loss"] for h in straight]
