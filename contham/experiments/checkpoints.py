@@ -72,8 +72,9 @@ def folder_lock(run_dir: Path, ranks: Ranks, wait: bool) -> Iterator[None]:
         yield
 
 
-def _defaults(cls: Any) -> dict[str, Any]:
-    """The default of every field of dataclass ``cls`` that has one."""
+def field_defaults(cls: Any) -> dict[str, Any]:
+    """The default of every field of dataclass ``cls`` that has one (as declared, before any
+    validation resolves it)."""
     out = {}
     for f in dataclasses.fields(cls):
         if f.default is not dataclasses.MISSING:
@@ -86,13 +87,13 @@ def _defaults(cls: Any) -> dict[str, Any]:
 def same_run(stored: Any, config: dict[str, Any], run_fields: dict[str, Any]) -> bool:
     """Whether the config a folder was trained with (``stored``) describes the run ``config``.
     A field that ``stored`` lacks (written by an earlier contham) matches its default:
-    ``run_fields`` are the run config's defaults, the protocol's come from
+    ``run_fields`` are the run config's defaults (`field_defaults`), the protocol's come from
     `LearningParameters`."""
     if stored == config or not isinstance(stored, dict):
         return stored == config
     completed = {**run_fields, **stored}
     if isinstance(stored.get("learning"), dict):
-        completed["learning"] = {**_defaults(LearningParameters), **stored["learning"]}
+        completed["learning"] = {**field_defaults(LearningParameters), **stored["learning"]}
     plain = json_like(completed)
     return plain == config
 

@@ -108,11 +108,6 @@ class RunConfig(Settings, Parameters):
         with torch.device("meta"):
             build(self.model, **input_shape(self.dataset, self.preprocessing), **self.model_options)
 
-    @classmethod
-    def field_defaults(cls) -> dict[str, Any]:
-        """The default of every field but ``learning`` (whose default depends on the model)."""
-        return {f.name: getattr(cls(), f.name) for f in dataclasses.fields(cls) if f.name != "learning"}
-
     def set(self, key: str, value: Any) -> None:
         """Set ``key`` (a field, ``learning`` to a protocol name, ``learning.<field>``, or a model
         override) and check again."""

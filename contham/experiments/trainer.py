@@ -33,7 +33,7 @@ from torch.utils.data import Dataset
 from ..config import LearningParameters
 from ..models import count_parameters
 from . import distributed
-from .checkpoints import RunFolder, folder_lock, random_state, seed_everything, set_random_state
+from .checkpoints import RunFolder, field_defaults, folder_lock, random_state, seed_everything, set_random_state
 from .files import discard_run, write_json
 from .loop import Loop, Settings, select_device, summarize
 from .recipe import Recipe
@@ -107,7 +107,7 @@ def fit(
         if restart and ranks.main:
             discard_run(run_dir)
         distributed.barrier(ranks)
-        folder = RunFolder(run_dir, config or {}, RunConfig.field_defaults())
+        folder = RunFolder(run_dir, config or {}, field_defaults(RunConfig))
         finished = folder.finished()
         if finished is not None:
             return finished
