@@ -137,6 +137,8 @@ def gradients(model):
 
 
 def ddp_worker(rank, world, kind, init_file, out_file):
+    import torch._dynamo  # noqa: F401  # before the process group, as distributed.setup does (see there)
+
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     torch.manual_seed(0)

@@ -20,6 +20,7 @@ with the differentiable ``torch.distributed.nn.functional.all_reduce``.
 from __future__ import annotations
 
 import datetime
+import importlib
 import itertools
 import os
 from collections.abc import Iterator
@@ -71,6 +72,9 @@ def setup(ranks: Ranks, device: torch.device, timeout_s: float = 1800.0) -> None
 
     ``device`` is this rank's device (see `rank_device`); its type picks the backend."""
     if ranks.distributed and not dist.is_initialized():
+        # DistributedDataParallel imports torch._dynamo; imported after the gloo group has started,
+        # it made 3 to 6 in 20 adjoint DDP runs abort (torch 2.14), imported before, none in 20
+        importlib.import_module("torch._dynamo")
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)

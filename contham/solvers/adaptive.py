@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,7 +85,10 @@ class TorchDiffEq(Solver):
     def solve(self, problem: Problem) -> Solution:
         if problem.step_size is not None:
             raise ValueError(f"step_size applies to fixed-step solvers; for solver={self.name!r} use options")
-        return _outside_compile()(self, problem)
+        # torch.compile imports torch._dynamo; without it nothing is being compiled, and importing it
+        # here, in the middle of a run (a DDP worker's backward pass), is both slow and needless
+        solve = _outside_compile() if "torch._dynamo" in sys.modules else _solve
+        return solve(self, problem)
 
 
 register_solver(*TORCHDIFFEQ_METHODS, replace=False)(TorchDiffEq)
@@ -137,8 +141,8 @@ class _CountedSteps(_Counted):
 @functools.cache
 def _outside_compile() -> Any:
     """`_solve` run outside ``torch.compile``: adaptive steps decide on the host, so
-    ``torch.compile`` runs around, not through, them. Made at the first solve, so that importing
-    contham does not import ``torch._dynamo`` (1.5 s)."""
+    ``torch.compile`` runs around, not through, them. Made at the first solve under a loaded
+    ``torch._dynamo``, so that importing contham does not import it (1.5 s)."""
     return torch.compiler.disable(_solve)
 
 
