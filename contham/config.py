@@ -83,7 +83,7 @@ class Parameters:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of lists, numbers, strings and nested dicts (YAML/JSON-ready)."""
-        return _plain(dataclasses.asdict(self))  # type: ignore[call-overload]
+        return plain(dataclasses.asdict(self))  # type: ignore[call-overload]
 
     @classmethod
     def from_dict(cls: type[P], data: dict[str, Any]) -> P:
@@ -152,11 +152,12 @@ def _format(path: Path) -> str:
     raise ValueError(f"path must end in .yaml, .yml or .json; got {str(path)!r}")
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
+    """``value`` with tuples as lists, as YAML and JSON give it back."""
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     return value
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import LearningParameters
+from ..config import LearningParameters, plain
 from . import distributed
 from .distributed import Ranks
 from .files import RunFolderError, RunLock, load_checkpoint, read_json, save_checkpoint
@@ -94,17 +94,7 @@ def same_run(stored: Any, config: dict[str, Any], run_fields: dict[str, Any]) ->
     completed = {**run_fields, **stored}
     if isinstance(stored.get("learning"), dict):
         completed["learning"] = {**field_defaults(LearningParameters), **stored["learning"]}
-    plain = json_like(completed)
-    return plain == config
-
-
-def json_like(value: Any) -> Any:
-    """``value`` as JSON would give it back (tuples as lists)."""
-    if isinstance(value, dict):
-        return {k: json_like(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_like(v) for v in value]
-    return value
+    return plain(completed) == config
 
 
 class RunFolder:
