@@ -31,9 +31,11 @@ class HamiltonianBlock(nn.Module):
             (euler for J1/J2/antisymmetric, symplectic_euler for split fields).
         gradient: ``"backprop"`` (autograd; on dense sigma-term fields the fused path of
             `contham.solvers.fused` runs all steps as one autograd node, several times faster on
-            small states) or ``"reversible"`` (split solvers: store nothing and rebuild the
-            states backwards during backprop, exact gradients with activation memory independent
-            of depth; see `contham.solvers.reversible`); or a `contham.gradients` object, e.g.
+            small states) or ``"reversible"`` (store nothing and rebuild the states backwards
+            during backprop, exact gradients with activation memory independent of depth: split
+            solvers undo their own steps, see `contham.solvers.reversible`; euler, midpoint and
+            rk4 run McCallum & Foster's reversible pair, a scheme of its own, see
+            `contham.solvers.reversible_rk`); or a `contham.gradients` object, e.g.
             ``Backprop(higher_order=True)`` for double backward.
 
     ``last_stats`` holds the `Stats` of the latest forward.

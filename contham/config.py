@@ -186,8 +186,9 @@ class HamiltonianParameters(Parameters):
             forward Euler for J1/J2/antisymmetric, the symplectic Euler (Verlet) of Chang et al.
             for the split Hamiltonians.
         gradient: a strategy name of `contham.gradients` that serves the solver (contham's
-            addition): "backprop", or "reversible" for split Hamiltonians with a split solver
-            (backprop without stored activations).
+            addition): "backprop", or "reversible" (backprop without stored activations: split
+            solvers undo their own steps; forward Euler, midpoint and RK4 run McCallum & Foster's
+            reversible pair instead, see `contham.solvers.reversible_rk`).
     """
 
     function: str = "TwoLayersHam"

@@ -8,12 +8,15 @@ its steps (or its torchdiffeq call) to the strategy, which runs them
 * `Backprop` (``"backprop"``): autograd through every step. Memory grows with the number of
   steps. Where a fixed-step block has a hand-written fused backward pass that computes the same
   gradients (dense sigma-term fields, see `contham.solvers.fused`), it is used automatically.
-* `Reversible` (``"reversible"``): split solvers only; nothing is stored, the states are
-  rebuilt backwards during backprop (`contham.solvers.reversible`). Exact gradients, activation
-  memory independent of the number of steps.
-* `Adjoint` (``"adjoint"``): torchdiffeq's adjoint method for torchdiffeq's solvers; a
-  second ODE is solved backwards in time. Memory independent of the number of steps; gradients
-  accurate to the solver's tolerances.
+* `Reversible` (``"reversible"``): nothing is stored, the states are rebuilt backwards during
+  backprop: split solvers undo their own steps (`contham.solvers.reversible`), explicit
+  Runge-Kutta methods, fixed or adaptive, run McCallum & Foster's reversible scheme
+  (`contham.solvers.reversible_rk`). Exact gradients, activation memory independent of the
+  number of steps.
+* `Adjoint` (``"adjoint"``): torchdiffeq's adjoint method for torchdiffeq's solvers (and
+  contham's engine with a method torchdiffeq also has); a second ODE is solved backwards in
+  time. Memory independent of the number of steps; gradients accurate to the solver's
+  tolerances.
 """
 
 from __future__ import annotations
@@ -25,10 +28,14 @@ from torch import Tensor, nn
 from torchdiffeq import odeint, odeint_adjoint
 
 from ._checks import check_bool, check_positive
-from .solvers.base import SOLVERS, Gradient, Solver, Stats
+from .solvers import reversible_rk
+from .solvers.base import SOLVERS, Gradient, Problem, Solution, Solver, Stats
 from .solvers.fixed import wants_grad
 from .solvers.fused import FusedPlan, fused_steps
 from .solvers.reversible import reversible_steps
+from .solvers.reversible_rk import COUPLING
+from .solvers.rk import solution
+from .solvers.tableaus import TABLEAUS
 
 G = TypeVar("G", bound=type[Gradient])
 
@@ -62,40 +69,73 @@ class Backprop(Gradient):
     def fused(self, schedule: Any) -> FusedPlan | None:
         return None if self.higher_order else schedule.fused
 
-    def fixed_steps(self, solver: Any, schedule: Any, y: Tensor) -> list[Tensor]:
+    def fixed_steps(self, solver: Any, schedule: Any, y: Tensor, stats: Stats) -> list[Tensor]:
         plan = self.fused(schedule)
         return [fused_steps(plan, y)] if plan is not None else solver.march(schedule, y)
 
     def odeint(self, func: nn.Module, y0: Tensor, ts: Tensor, stats: Stats, **kwargs: Any) -> Tensor:
         ys = odeint(func, y0, ts, **kwargs)
-        if ys.requires_grad:  # backprop replays the forward calls
-            ys.register_hook(lambda grad: setattr(stats, "nfe_backward", stats.nfe_backward + stats.nfe_forward))
+        _count_backward(ys, stats)
         return ys
+
+    def adaptive(self, solver: Any, problem: Problem) -> Solution:
+        loop = solver.loop(problem)
+        ys = loop.run()
+        _count_backward(ys[-1], loop.stats)
+        return solution(problem, ys, loop.stats)
+
+
+def _count_backward(y: Tensor, stats: Stats) -> None:
+    """Backprop replays the forward calls: count them when it runs."""
+    if y.requires_grad:
+        y.register_hook(lambda grad: setattr(stats, "nfe_backward", stats.nfe_backward + stats.nfe_forward))
 
 
 @register_gradient
 @dataclass(frozen=True)
 class Reversible(Gradient):
-    """Backprop through a reversible split scheme (symplectic Euler, Verlet) without storing the
-    states: each step is undone exactly during the backward pass. Without a backward pass to
-    come (``torch.no_grad``, evaluation) the steps run one by one."""
+    """Exact gradients without storing the states: each step is undone during the backward pass.
+
+    Split solvers (symplectic Euler, Verlet) undo their own steps (`contham.solvers.reversible`):
+    the forward map is theirs. Every explicit Runge-Kutta method, fixed or adaptive, runs
+    McCallum & Foster's reversible scheme instead (`contham.solvers.reversible_rk`): a pair of
+    states coupled by ``coupling``, whose solution has the method's order but is not the plain
+    method's. Without a backward pass to come (``torch.no_grad``, evaluation) the same forward
+    map runs without its bookkeeping.
+
+    Args:
+        coupling: McCallum & Foster's l, ``0 < l < 1``; unused by split solvers.
+    """
 
     name = "reversible"
+    coupling: float = COUPLING
+
+    def __post_init__(self) -> None:
+        if isinstance(self.coupling, bool) or not isinstance(self.coupling, float) or not 0 < self.coupling < 1:
+            raise ValueError(f"coupling must be a number with 0 < coupling < 1; got {self.coupling!r}")
 
     def check(self, solver: Solver) -> None:
-        if not solver.reversible:
-            split = ", ".join(repr(name) for name, cls in SOLVERS.items() if cls.reversible)
-            raise ValueError(f"gradient='reversible' needs a split solver ({split}); got {solver.name!r}")
+        if not solver.reversible and solver.tableau is None:
+            split = [repr(name) for name, cls in SOLVERS.items() if cls.reversible]
+            raise ValueError(
+                f"gradient='reversible' needs a split solver ({', '.join(split)}) or an explicit Runge-Kutta "
+                f"method ({', '.join(map(repr, TABLEAUS))}); got {solver.name!r}"
+            )
 
-    def fixed_steps(self, solver: Any, schedule: Any, y: Tensor) -> list[Tensor]:
+    def fixed_steps(self, solver: Any, schedule: Any, y: Tensor, stats: Stats) -> list[Tensor]:
+        if not solver.reversible:  # a Runge-Kutta method: the coupled pair
+            return reversible_rk.fixed_steps(solver.tableau, schedule, y, stats, self.coupling)
         if not wants_grad(schedule.field, y):
             return solver.march(schedule, y)
         if not schedule.final_only:
             raise ValueError("gradient='reversible' keeps only the final state: pass two times")
         return [reversible_steps(schedule.field, solver, y, schedule.steps)]
 
+    def adaptive(self, solver: Any, problem: Problem) -> Solution:
+        return reversible_rk.adaptive_solve(solver, problem, self.coupling)
+
     def odeint(self, func: nn.Module, y0: Tensor, ts: Tensor, stats: Stats, **kwargs: Any) -> Tensor:
-        raise ValueError("gradient='reversible' runs fixed split steps, not torchdiffeq's solvers")
+        raise ValueError("gradient='reversible' runs contham's solvers, not torchdiffeq's")
 
 
 @register_gradient
@@ -130,8 +170,12 @@ class Adjoint(Gradient):
                 f"TorchDiffEq('rk4', options=...)); got the fixed-step solver={solver.name!r}"
             )
 
-    def fixed_steps(self, solver: Any, schedule: Any, y: Tensor) -> list[Tensor]:
+    def fixed_steps(self, solver: Any, schedule: Any, y: Tensor, stats: Stats) -> list[Tensor]:
         raise ValueError(f"gradient='adjoint' needs a torchdiffeq method; got the fixed-step solver={solver.name!r}")
+
+    def adaptive(self, solver: Any, problem: Problem) -> Solution:
+        """torchdiffeq's adjoint solve of the same method, tolerances and step rule."""
+        return solver.torchdiffeq_twin().solve(problem)
 
     def odeint(self, func: nn.Module, y0: Tensor, ts: Tensor, stats: Stats, **kwargs: Any) -> Tensor:
         if stats.steps_accepted is not None:  # an adaptive method: the adjoint solve's steps are counted too

@@ -59,8 +59,8 @@ def integrate(
         check_positive("step_size", step_size)
     if isinstance(field, CheckedField):
         field.check_input(y0)
-    if isinstance(y0, Tensor) and not torch.compiler.is_compiling() and not bool(torch.isfinite(y0).all()):
-        raise ValueError("y0 must be finite; it contains NaN or inf")
+    if isinstance(y0, Tensor) and not torch.compiler.is_compiling():
+        solver.check_start(y0)
     solver.check_field(field)
     gradient.check(solver)
     nodes = field.nodes if isinstance(field, TimedField) else None

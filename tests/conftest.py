@@ -1,8 +1,13 @@
 import struct
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
+
+import contham
 
 
 @pytest.fixture(autouse=True)
@@ -49,3 +54,29 @@ def ctrl_c_in_epoch(monkeypatch):
         monkeypatch.setattr(Loop, "epoch", epoch)
 
     return arm
+
+
+class ContHamHostSyncs(TorchFunctionMode):
+    """Counts the calls that copy a tensor's value to the host (a device sync on CUDA) made from
+    contham's own code."""
+
+    NAMES = {"item", "tolist", "numpy", "cpu", "__bool__", "__float__", "__int__", "__index__", "nonzero", "unique"}
+    ROOT = str(Path(contham.__file__).parent)
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") in self.NAMES:
+            caller = sys._getframe(1)
+            if caller.f_code.co_filename.startswith(self.ROOT):
+                self.calls.append(f"{func.__name__} at {caller.f_code.co_filename}:{caller.f_lineno}")
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.fixture
+def host_syncs():
+    """``with host_syncs() as syncs:`` records in ``syncs.calls`` each copy of a tensor's value to
+    the host (a device sync on CUDA) that contham's own code makes."""
+    return ContHamHostSyncs

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from contham import integrate
-from contham.solvers import SOLVERS, TorchDiffEq, get_solver
+from contham.solvers import SOLVERS, FixedStepSolver, TorchDiffEq, get_solver
 
 
 class Constant(nn.Module):
@@ -88,7 +88,7 @@ def problem(name: str, dtype: torch.dtype, reverse: bool):
 def cases():
     for method in METHODS:
         solver = get_solver(method)
-        adaptive = isinstance(solver, TorchDiffEq) and (solver.adaptive or method == "scipy_solver")
+        adaptive = not isinstance(solver, FixedStepSolver) and (solver.adaptive or method == "scipy_solver")
         for ode in PROBLEMS if adaptive else ("constant",):
             for dtype in (torch.float32, torch.float64):
                 for reverse in (False, True):

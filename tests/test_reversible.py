@@ -6,7 +6,6 @@ import torch
 from contham import (
     Backprop,
     HamiltonianBlock,
-    HamiltonianField,
     Reversible,
     SeparableField,
     SymmetricField,
@@ -75,17 +74,13 @@ def test_statistics_modes_and_errors():
     out.sum().backward()
     with torch.no_grad():  # no graph wanted: the ordinary path
         torch.testing.assert_close(block(torch.ones(1, 4)), HamiltonianBlock(field)(torch.ones(1, 4)))
-    assert "gradient=Reversible()" in repr(block)
-    with pytest.raises(ValueError, match="gradient='reversible' needs a split solver"):
-        HamiltonianBlock(field, "rk4", gradient="reversible")
+    assert "gradient=Reversible(coupling=0.999)" in repr(block)
+    with pytest.raises(ValueError, match="coupling must be a number with 0 < coupling < 1; got 1.0"):
+        HamiltonianBlock(field, "rk4", gradient=Reversible(coupling=1.0))
     with pytest.raises(ValueError, match="gradient must be one of 'backprop', 'reversible', 'adjoint'"):
         HamiltonianBlock(field, gradient="checkpoint")
     with pytest.raises(ValueError, match="gradient='adjoint' needs a torchdiffeq method"):
         HamiltonianBlock(field, gradient="adjoint")
-    with pytest.raises(ValueError, match="split solver"):
-        HamiltonianBlock(HamiltonianField(4, n_nodes=2), gradient="reversible")
-    with pytest.raises(ValueError, match="'reversible' needs a split solver.*split Hamiltonians: TwoLayersHam"):
-        HamiltonianParameters("J1", gradient="reversible")
     assert HamiltonianParameters.from_dict({"function": "H2", "memory": "reversible"}).gradient == "reversible"
 
 

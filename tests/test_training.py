@@ -4,13 +4,10 @@ import copy
 import dataclasses
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
-from torch.overrides import TorchFunctionMode
 
 import contham.experiments.loop as training_loop
 from contham import HamiltonianBlock, HamiltonianField
@@ -154,27 +151,8 @@ def test_run_config_keys_and_defaults():
         training_loop.select_device("tpu")
 
 
-class ContHamHostSyncs(TorchFunctionMode):
-    """Counts the calls that copy a tensor's value to the host (a device sync on CUDA) made from
-    contham's own code."""
-
-    NAMES = {"item", "tolist", "numpy", "cpu", "__bool__", "__float__", "__int__", "__index__", "nonzero", "unique"}
-    ROOT = str(Path(training_loop.__file__).parents[1])
-
-    def __init__(self):
-        super().__init__()
-        self.calls = []
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        if getattr(func, "__name__", "") in self.NAMES:
-            caller = sys._getframe(1)
-            if caller.f_code.co_filename.startswith(self.ROOT):
-                self.calls.append(f"{func.__name__} at {caller.f_code.co_filename}:{caller.f_lineno}")
-        return func(*args, **(kwargs or {}))
-
-
 @pytest.mark.parametrize("model", ["thesis_resnet2", "thesis_hamiltonian", "nominal", "hdnn_mnist"])
-def test_a_training_step_reads_nothing_back_to_the_host(model):
+def test_a_training_step_reads_nothing_back_to_the_host(model, host_syncs):
     train_set = load_image_set("digits", train=True, preprocessing="thesis" if "thesis" in model else "report")
     net = build(model, in_channels=1, num_classes=10, image_size=28 if "thesis" in model else 8)
     learning = RunConfig(model=model, dataset="digits").learning
@@ -182,20 +160,20 @@ def test_a_training_step_reads_nothing_back_to_the_host(model):
     for batches in (3, 6):  # fewer than READ_EVERY: the sums are read once, at the end of the epoch
         loop = Loop(net, train_set, train_set, learning, Settings(epochs=1, max_batches=batches, device="cpu"),
                     num_classes=10)  # fmt: skip
-        with ContHamHostSyncs() as syncs:
+        with host_syncs() as syncs:
             entry = loop.train_epoch(1)
         assert entry["batches"] == batches and math.isfinite(entry["train_loss"])
         syncs_per_epoch.append(len(syncs.calls))
     assert syncs_per_epoch == [1, 1], syncs.calls  # 0 per step, 1 per epoch
 
 
-def test_the_sums_are_read_every_read_every_batches(monkeypatch):
+def test_the_sums_are_read_every_read_every_batches(monkeypatch, host_syncs):
     monkeypatch.setattr(training_loop, "READ_EVERY", 2)
     train_set = load_image_set("digits", train=True, preprocessing="report")
     net = build("thesis_resnet2", in_channels=1, num_classes=10, image_size=8)
     learning = RunConfig(model="thesis_resnet2", dataset="digits").learning
     loop = Loop(net, train_set, train_set, learning, Settings(epochs=1, max_batches=5, device="cpu"), num_classes=10)
-    with ContHamHostSyncs() as syncs:
+    with host_syncs() as syncs:
         loop.train_epoch(1)
     assert len(syncs.calls) == 3  # after batches 2 and 4, and at the end
 

@@ -153,7 +153,8 @@ def ode_options(
 
     ``rtol``/``atol`` apply to adaptive solvers and are ignored by fixed-step ones (which take
     ``step_size``). ``gradient`` is a strategy name that serves ``solver``
-    (`contham.gradients.gradient_names`: ``"backprop"``, ``"adjoint"`` for torchdiffeq's methods); with the adjoint,
+    (`contham.gradients.gradient_names`: ``"backprop"``, ``"reversible"`` (McCallum & Foster's
+    reversible scheme for Runge-Kutta methods), ``"adjoint"`` for the methods torchdiffeq has); with the adjoint,
     ``adjoint_rtol``/``adjoint_atol`` (default: the forward ones) are the backward solve's
     tolerances and ``seminorm`` turns on the seminorm (`Adjoint`).
     """

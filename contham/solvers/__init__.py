@@ -1,4 +1,5 @@
-"""Solvers: contham's fixed-step methods and torchdiffeq's methods, all registered by name.
+"""Solvers: contham's fixed-step methods, its Runge-Kutta engine and torchdiffeq's methods, all
+registered by name.
 
 `get_solver` turns a name into a solver; `register_solver` adds one. A solver owns its
 loop (`Solver.solve`); `integrate` only checks and dispatches.
@@ -30,12 +31,15 @@ from .fixed import (
     Verlet,
     plan_steps,
 )
+from .rk import AdaptiveLoop, PIController, RungeKutta, Scheme, TableauSteps, rk_increment
+from .tableaus import TABLEAUS, Tableau, get_tableau, register_tableau
 
 __all__ = [
     "ADAPTIVE_METHODS",
     "FIXED_GRID_METHODS",
     "RK4",
     "SOLVERS",
+    "TABLEAUS",
     "TORCHDIFFEQ_METHODS",
     "Euler",
     "FixedStepSolver",
@@ -52,6 +56,15 @@ __all__ = [
     "Step",
     "SymplecticEuler",
     "TorchDiffEq",
+    "AdaptiveLoop",
+    "PIController",
+    "RungeKutta",
+    "Scheme",
+    "Tableau",
+    "TableauSteps",
+    "get_tableau",
+    "register_tableau",
+    "rk_increment",
     "Verlet",
     "get_solver",
     "method_order",

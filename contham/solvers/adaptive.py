@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,7 +12,7 @@ from torchdiffeq._impl.solvers import AdaptiveStepsizeODESolver, FixedGridODESol
 
 from .._checks import check_choice, check_positive
 from ..fields.base import TimedField
-from .base import IntegrationError, Problem, Solution, Solver, Stats, register_solver
+from .base import IntegrationError, Problem, Solution, Solver, Stats, outside_compile, register_solver
 
 TORCHDIFFEQ_METHODS = tuple(TORCHDIFFEQ_SOLVERS)
 """Every method of the installed torchdiffeq, read from its method table."""
@@ -85,10 +83,7 @@ class TorchDiffEq(Solver):
     def solve(self, problem: Problem) -> Solution:
         if problem.step_size is not None:
             raise ValueError(f"step_size applies to fixed-step solvers; for solver={self.name!r} use options")
-        # torch.compile imports torch._dynamo; without it nothing is being compiled, and importing it
-        # here, in the middle of a run (a DDP worker's backward pass), is both slow and needless
-        solve = _outside_compile() if "torch._dynamo" in sys.modules else _solve
-        return solve(self, problem)
+        return _solve(self, problem)
 
 
 register_solver(*TORCHDIFFEQ_METHODS, replace=False)(TorchDiffEq)
@@ -138,14 +133,7 @@ class _CountedSteps(_Counted):
         self.stats.steps_rejected_backward = (self.stats.steps_rejected_backward or 0) + 1
 
 
-@functools.cache
-def _outside_compile() -> Any:
-    """`_solve` run outside ``torch.compile``: adaptive steps decide on the host, so
-    ``torch.compile`` runs around, not through, them. Made at the first solve under a loaded
-    ``torch._dynamo``, so that importing contham does not import it (1.5 s)."""
-    return torch.compiler.disable(_solve)
-
-
+@outside_compile
 def _solve(solver: TorchDiffEq, problem: Problem) -> Solution:
     y0 = problem.y0
     stats = Stats(solver.name)

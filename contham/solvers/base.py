@@ -8,14 +8,18 @@ arguments, builds a `Problem` and hands it over.
 
 from __future__ import annotations
 
+import functools
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple, TypeVar
 
+import torch
 from torch import Tensor, nn
 
 from ..fields.time import TimeNodes
+from .tableaus import Tableau
 
 Step = tuple[float, float, "int | None"]
 """One fixed step ``(t, h, node)``: from time t by h (negative backwards in time), with the weights
@@ -37,7 +41,9 @@ class Stats:
     forward pass when its result requires gradients); with backprop through torchdiffeq, the
     forward calls once ``backward()`` has run. Steps accepted/rejected: fixed-step solvers accept
     every step; torchdiffeq's adaptive methods report theirs (also for the adjoint solve); None
-    where a method does not tell.
+    where a method does not tell. With contham's Runge-Kutta engine and ``per_sample=True``:
+    ``nfe_per_sample`` and ``steps_per_sample`` (accepted) for each sample, and the step counts
+    above are the largest over the batch.
     """
 
     solver: str
@@ -47,6 +53,8 @@ class Stats:
     steps_rejected: int | None = None
     steps_accepted_backward: int | None = None
     steps_rejected_backward: int | None = None
+    nfe_per_sample: list[int] | None = None
+    steps_per_sample: list[int] | None = None
 
 
 @dataclass
@@ -85,7 +93,8 @@ class Problem:
 class Gradient(ABC):
     """A gradient strategy: how the gradients of a solve are computed. A solver hands its work
     to the strategy of its `Problem`, which runs it: a fixed-step solver its steps
-    (`fixed_steps`), a solver built on torchdiffeq its call (`odeint`). The strategies
+    (`fixed_steps`), contham's Runge-Kutta engine its adaptive solve (`adaptive`), a solver
+    built on torchdiffeq its call (`odeint`). The strategies
     themselves live in `contham.gradients`."""
 
     #: the name of the strategy (``gradient=<name>``)
@@ -95,14 +104,20 @@ class Gradient(ABC):
         """Raise ``ValueError`` if this strategy cannot compute the gradients of ``solver``."""
 
     @abstractmethod
-    def fixed_steps(self, solver: Any, schedule: Any, y: Tensor) -> list[Tensor]:
-        """The states at ``schedule.outputs`` of a fixed-step ``solver`` from ``y``."""
+    def fixed_steps(self, solver: Any, schedule: Any, y: Tensor, stats: Stats) -> list[Tensor]:
+        """The states at ``schedule.outputs`` of a fixed-step ``solver`` from ``y`` (``stats``
+        as `FixedStepSolver.run` filled them, for a strategy that calls the field otherwise)."""
 
     @abstractmethod
     def odeint(self, func: nn.Module, y0: Tensor, ts: Tensor, stats: Stats, **kwargs: Any) -> Tensor:
         """torchdiffeq's solve of ``func`` from ``y0`` at ``ts`` (``kwargs``: method, tolerances,
         options), with gradients as this strategy computes them; counts the backward pass in
         ``stats``."""
+
+    @abstractmethod
+    def adaptive(self, solver: Any, problem: Problem) -> Solution:
+        """An adaptive solve of contham's Runge-Kutta engine (`contham.solvers.rk`), with
+        gradients as this strategy computes them."""
 
     def fused(self, schedule: Any) -> Any:
         """The fused plan this strategy runs ``schedule`` with (`contham.solvers.fused`), or
@@ -135,6 +150,8 @@ class Solver(ABC):
     reversible: bool = False
     #: True for methods with a continuous adjoint (``gradient="adjoint"``)
     has_adjoint: bool = False
+    #: the Butcher tableau of an explicit Runge-Kutta method (None for others)
+    tableau: Tableau | None = None
 
     @classmethod
     def from_name(cls, name: str, rtol: float | None = None, atol: float | None = None) -> Solver:
@@ -146,12 +163,40 @@ class Solver(ABC):
     def check_field(self, field: nn.Module) -> None:  # noqa: B027 (accepts every field)
         """Raise ``ValueError`` if this solver cannot integrate ``field``."""
 
+    def check_start(self, y0: Tensor) -> None:
+        """Raise ``ValueError`` unless ``y0`` is finite (a read-back to the host; solvers that
+        check it on the device, with their own read-backs, override this)."""
+        if not bool(torch.isfinite(y0).all()):
+            raise ValueError("y0 must be finite; it contains NaN or inf")
+
     @abstractmethod
     def solve(self, problem: Problem) -> Solution:
         """Integrate ``problem`` and return the states at its times."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def outside_compile(fn: F) -> F:
+    """``fn`` run outside ``torch.compile`` (a graph break around it): for loops whose steps are
+    decided by reading values back on the host. ``torch.compile`` imports ``torch._dynamo``;
+    without it nothing is being compiled, and importing it in the middle of a run (a DDP
+    worker's backward pass) is slow and needless, so the wrapper is made at the first call
+    under a loaded ``torch._dynamo``."""
+    disabled: list[Callable[..., Any]] = []
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        if "torch._dynamo" not in sys.modules:
+            return fn(*args, **kwargs)
+        if not disabled:
+            disabled.append(torch.compiler.disable(fn))
+        return disabled[0](*args, **kwargs)
+
+    return run  # type: ignore[return-value]
 
 
 S = TypeVar("S", bound=type[Solver])

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from .._checks import check_choice
 from ..fields.base import FrozenField, SplitField
 from ..fields.time import TimeNodes
+from . import tableaus
 from .base import Gradient, IntegrationError, Kick, Problem, Solution, Solver, Stats, Step, register_solver
 from .fused import FusedPlan, fused_plan
 
@@ -106,7 +107,7 @@ class FixedStepSolver(Solver):
         stats.nfe_forward = len(schedule.steps) * self.evals_per_step
         stats.steps_accepted, stats.steps_rejected = len(schedule.steps), 0
         stats.nfe_backward = stats.nfe_forward if wants_grad(field, y) else 0
-        return gradient.fixed_steps(self, schedule, y)
+        return gradient.fixed_steps(self, schedule, y, stats)
 
     def march(self, schedule: Schedule, y: Tensor) -> list[Tensor]:
         """The steps one by one, through autograd: the states at ``schedule.outputs``."""
@@ -133,6 +134,7 @@ class Euler(FixedStepSolver):
     name = "euler"
     order = 1
     evals_per_step = 1
+    tableau = tableaus.EULER
 
     def kicks(self, field: Any) -> list[Kick] | None:
         """On a whole-state field, one kick of the whole state."""
@@ -149,6 +151,7 @@ class Midpoint(FixedStepSolver):
     name = "midpoint"
     order = 2
     evals_per_step = 2
+    tableau = tableaus.MIDPOINT
 
     def step(self, f: Any, t: float, h: float, y: Tensor) -> Tensor:
         return y + h * f(t + h / 2, y + (h / 2) * f(t, y))
@@ -161,6 +164,7 @@ class RK4(FixedStepSolver):
     name = "rk4"
     order = 4
     evals_per_step = 4
+    tableau = tableaus.RK4
 
     def step(self, f: Any, t: float, h: float, y: Tensor) -> Tensor:
         k1 = f(t, y)

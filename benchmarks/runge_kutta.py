@@ -1,0 +1,167 @@
+"""contham's Runge-Kutta engine against torchdiffeq, and the gradient strategies of an adaptive solve.
+
+On the thesis's ODENet block (64 channels, 14x14 maps after the downsampling, batch 128, dopri5
+at rtol = atol = tol; random input through the network's own downsampling), measured side by
+side in one run (interleaved, medians):
+
+1. one forward solve, without and with a graph for backprop: contham's dopri5 vs torchdiffeq's,
+   with the field calls (NFE) of each;
+2. one training step of the whole network (forward, cross-entropy, backward) with
+   ``gradient="backprop"``, ``"adjoint"`` and ``"reversible"`` (McCallum & Foster): seconds, the
+   ratio to backprop, NFE forward/backward;
+3. with ``--tests <torchdiffeq checkout>/tests``: NFE of the engine's dopri5 and bosh3 vs
+   torchdiffeq's on torchdiffeq's own test problems (float64, forwards), and the gradient error
+   of the reversible scheme and of the adjoint against the exact gradient of each one's computed
+   loss.
+
+    python benchmarks/runge_kutta.py [--tol 1e-3] [--batch 128] [--repeats 5] [--tests DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from _timing import interleaved_medians
+
+from contham import ODEBlock, collect_stats, integrate
+from contham.gradients import Reversible
+from contham.models import build
+from contham.solvers import Problem, RungeKutta, TorchDiffEq
+from contham.solvers.reversible_rk import Coupled
+
+
+def solve_times(args: argparse.Namespace) -> None:
+    torch.manual_seed(0)
+    net = build("thesis_odenet", in_channels=1)
+    block = next(m for m in net.modules() if isinstance(m, ODEBlock))
+    with torch.no_grad():
+        y0 = net.downsampling(torch.randn(args.batch, 1, 28, 28))
+    solvers = {
+        "contham dopri5": RungeKutta("dopri5", rtol=args.tol, atol=args.tol),
+        "torchdiffeq dopri5": TorchDiffEq("dopri5", rtol=args.tol, atol=args.tol),
+    }
+    nfe = {}
+
+    def solve(solver, grad: bool):
+        def run() -> None:
+            with torch.set_grad_enabled(grad):
+                nfe[solver] = integrate(block.field, y0, [0.0, 1.0], solver).stats.nfe_forward
+
+        return run
+
+    modes = ("no graph", "with graph")
+    cases = {f"{name}, {mode}": solve(s, mode == "with graph") for name, s in solvers.items() for mode in modes}
+    times = interleaved_medians(cases, args.repeats)
+    print(f"\nOne forward solve of the ODENet block, batch {args.batch}, tol {args.tol:g}")
+    print("| solver | graph | NFE | s | torchdiffeq / contham |")
+    print("|---|---|---|---|---|")
+    for mode in ("no graph", "with graph"):
+        ours, theirs = times[f"contham dopri5, {mode}"], times[f"torchdiffeq dopri5, {mode}"]
+        for name, solver in solvers.items():
+            t = times[f"{name}, {mode}"]
+            print(f"| {name} | {mode} | {nfe[solver]} | {t:.3f} | {theirs / ours:.2f}x |" if name.startswith("contham")
+                  else f"| {name} | {mode} | {nfe[solver]} | {t:.3f} | |")  # fmt: skip
+
+
+def training_steps(args: argparse.Namespace) -> None:
+    torch.manual_seed(0)
+    x, labels = torch.randn(args.batch, 1, 28, 28), torch.randint(0, 10, (args.batch,))
+    models = {
+        gradient: build("thesis_odenet", in_channels=1, rtol=args.tol, atol=args.tol, gradient=gradient)
+        for gradient in ("backprop", "adjoint", "reversible")
+    }
+    for model in models.values():
+        model.load_state_dict(models["backprop"].state_dict())
+
+    def step(model: torch.nn.Module):
+        def run() -> None:
+            model.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), labels).backward()
+
+        return run
+
+    times = interleaved_medians({name: step(m) for name, m in models.items()}, args.repeats)
+    print(f"\nTraining step of thesis_odenet, batch {args.batch}, dopri5 at tol {args.tol:g}")
+    print("| gradient | NFE forward | NFE backward | s per step | vs backprop |")
+    print("|---|---|---|---|---|")
+    for name, model in models.items():
+        stats = collect_stats(model)[0]
+        print(f"| {name} | {stats.nfe_forward} | {stats.nfe_backward} | {times[name]:.3f} | "
+              f"{times[name] / times['backprop']:.2f}x |")  # fmt: skip
+
+
+def load_problems(tests: Path):
+    spec = importlib.util.spec_from_file_location("torchdiffeq_problems", tests / "problems.py")
+    if spec is None or spec.loader is None or not (tests / "problems.py").exists():
+        raise SystemExit(f"--tests must be torchdiffeq's tests/ folder (with problems.py); got {tests}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def reference_problems(tests: Path) -> None:
+    p = load_problems(tests)
+    print("\ntorchdiffeq's test problems (float64, forwards, rtol = atol = 1e-6): NFE with 10 output times")
+    print("(torchdiffeq's) and with the end time only")
+    print("| problem | method | outputs | contham | torchdiffeq | contham / torchdiffeq |")
+    print("|---|---|---|---|---|---|")
+    for ode in p.PROBLEMS:
+        f, y0, t_points, _ = p.construct_problem("cpu", dtype=torch.float64, ode=ode)
+        for method in ("dopri5", "bosh3"):
+            for ts in (t_points.detach(), t_points.detach()[[0, -1]]):
+                ours = integrate(f, y0, ts, RungeKutta(method, rtol=1e-6, atol=1e-6)).stats.nfe_forward
+                theirs = integrate(f, y0, ts, TorchDiffEq(method, rtol=1e-6, atol=1e-6)).stats.nfe_forward
+                print(f"| {ode} | {method} | {len(ts)} | {ours} | {theirs} | {ours / theirs:.2f} |")
+    print("\nGradient of the computed loss (float64, dopri5, rtol = atol = 1e-6): relative error of each")
+    print("strategy against autograd through its own forward solve")
+    print("| problem | reversible | adjoint | adjoint / reversible |")
+    print("|---|---|---|---|")
+    for ode in p.PROBLEMS:
+        f, y0, t_points, _ = p.construct_problem("cpu", dtype=torch.float64, ode=ode)
+        ts = [float(t_points[0]), float(t_points[-1])]
+        reversible, adjoint = gradient_gaps(f, y0.detach().requires_grad_(True), ts)
+        print(f"| {ode} | {reversible:.1e} | {adjoint:.1e} | {adjoint / max(reversible, 1e-300):.0e} |")
+
+
+def gradient_gaps(f: torch.nn.Module, y0: torch.Tensor, ts: list[float]) -> tuple[float, float]:
+    """The relative gradient errors of the reversible scheme and of the adjoint, each against
+    autograd through its own forward map."""
+    inputs = [y0, *(q for q in f.parameters() if q.requires_grad)]
+
+    def grads(out: torch.Tensor) -> tuple:
+        return torch.autograd.grad(out.pow(2).sum(), inputs, allow_unused=True)
+
+    def gap(ours: tuple, exact: tuple) -> float:
+        pairs = [(a, b) for a, b in zip(ours, exact) if a is not None and b is not None and b.norm() > 0]
+        return max(float((a - b).norm() / b.norm()) for a, b in pairs)
+
+    engine = RungeKutta("dopri5", rtol=1e-6, atol=1e-6)
+    problem = Problem(f, y0, ts, [], None, Reversible(), None, 10**6)
+    scheme = engine.loop(problem, Coupled()).run()[-1][0]  # the reversible scheme through autograd
+    reversible = gap(grads(integrate(f, y0, ts, engine, gradient="reversible").y), grads(scheme))
+    torchdiffeq = TorchDiffEq("dopri5", rtol=1e-6, atol=1e-6)
+    adjoint_out = integrate(f, y0, ts, torchdiffeq, gradient="adjoint").y
+    adjoint = gap(grads(adjoint_out), grads(integrate(f, y0, ts, torchdiffeq).y))
+    return reversible, adjoint
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tol", type=float, default=1e-3)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--tests", type=Path, default=None, help="torchdiffeq's tests/ folder")
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {args.repeats}")
+    solve_times(args)
+    training_steps(args)
+    if args.tests is not None:
+        reference_problems(args.tests)
+
+
+if __name__ == "__main__":
+    main()

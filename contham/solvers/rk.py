@@ -1,0 +1,433 @@
+"""contham's explicit Runge-Kutta engine: any `Tableau`, fixed or adaptive steps, step control on
+the device.
+
+An adaptive solve keeps its time, step size, accept/reject decision and counters as tensors: a step
+is a fixed sequence of kernels whatever its outcome (a rejected step leaves the state as it was,
+through ``torch.where``), so the host only asks "has every sample arrived?" once every
+``check_every`` steps (default: every step on the CPU, where asking costs nothing; every 8 on a
+GPU). torchdiffeq instead decides each step on the host.
+
+With ``per_sample=True`` each sample of the batch (axis 0) has its own step size, error norm,
+accept/reject and counters: one stiff sample no longer drags the batch, and a sample's result is
+that of solving it alone. The field is then called with a time per sample, shaped
+``(batch, 1, ...)`` to broadcast against the state (fields with weights pinned per step, and
+``ODENetField``, take it; fields that read t as one number cannot).
+
+The step-size rule (`PIController`) and the first-step heuristic (Hairer, Norsett & Wanner,
+Solving ODEs I, II.4) are those of torchdiffeq by default, so the two take the same steps; the
+solve ends each interval between output times and weight breaks exactly on its end (no
+interpolation). How the gradients flow is the strategy's (`contham.gradients`): autograd through
+the accepted steps (step sizes are constants of the discrete map), the reversible scheme of
+McCallum & Foster (`contham.solvers.reversible_rk`), or torchdiffeq's adjoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+
+from .._checks import check_bool, check_int, check_nonnegative, check_positive
+from ..fields.base import FrozenField, NodeField
+from .adaptive import TORCHDIFFEQ_METHODS, TorchDiffEq
+from .base import IntegrationError, Problem, Solution, Solver, Stats, outside_compile, register_solver
+from .fixed import FixedStepSolver, plan_steps
+from .tableaus import TABLEAUS, Tableau, get_tableau
+
+
+@dataclass(frozen=True)
+class PIController:
+    """The next step size from the error ratio r of this step (accepted when r <= 1) and r' of
+    the last accepted one: ``h * safety * r^-(icoeff + pcoeff)/q * r'^(pcoeff/q)``, q the
+    method's order, at most ``ifactor`` times h, and at least h after an accepted step
+    (``dfactor`` times h after a rejected one). The defaults (``pcoeff=0``) are torchdiffeq's
+    integral controller; ``pcoeff=0.4, icoeff=0.3`` is a common PI choice for oscillatory,
+    mildly stiff problems (Hairer & Wanner, Solving ODEs II, IV.2)."""
+
+    safety: float = 0.9
+    ifactor: float = 10.0
+    dfactor: float = 0.2
+    icoeff: float = 1.0
+    pcoeff: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("safety", "ifactor", "dfactor", "icoeff"):
+            check_positive(name, getattr(self, name))
+        check_nonnegative("pcoeff", self.pcoeff)
+
+    def next_step(self, h: Tensor, ratio: Tensor, last: Tensor, order: int) -> Tensor:
+        """The next step size from ``h`` (all of shape ``(samples,)``)."""
+        r = ratio.clamp_min(1e-10)
+        factor = self.safety * r.pow(-(self.icoeff + self.pcoeff) / order) * last.pow(self.pcoeff / order)
+        factor = torch.where(ratio == 0, torch.full_like(factor, self.ifactor), factor)
+        floor = torch.where(ratio < 1, torch.ones_like(factor), torch.full_like(factor, self.dfactor))
+        return h * torch.minimum(torch.maximum(factor, floor), torch.full_like(factor, self.ifactor))
+
+
+def rk_increment(
+    f: Callable[[Any, Tensor], Tensor],
+    tableau: Tableau,
+    t: Any,
+    dt: Any,
+    y: Tensor,
+    k1: Tensor | None = None,
+    error: bool = False,
+) -> tuple[Tensor, Tensor | None, Tensor]:
+    """One step of ``tableau`` from ``(t, y)`` by ``dt`` (numbers, or tensors that broadcast
+    against y and, for t, as the field takes it): ``(y1 - y, error estimate or None, last
+    stage)``. ``k1`` is ``f(t, y)`` if known (FSAL). Without ``error`` an FSAL method skips its
+    last stage, which only estimates the error."""
+    n = tableau.stages if error else tableau.solution_stages
+    ks = [f(t, y) if k1 is None else k1]
+    for i in range(1, n):
+        ks.append(f(t + tableau.c[i] * dt, y + dt * _combine(tableau.a[i], ks)))
+    err = dt * _combine(tableau.e, ks) if error and tableau.e is not None else None
+    return dt * _combine(tableau.b, ks), err, ks[-1]
+
+
+def _combine(weights: tuple[float, ...], ks: list[Tensor]) -> Tensor:
+    terms = [(w, k) for w, k in zip(weights, ks) if w != 0.0]
+    total = terms[0][1] * terms[0][0]
+    for w, k in terms[1:]:
+        total = total + w * k
+    return total
+
+
+class TableauSteps(FixedStepSolver):
+    """Fixed steps of any tableau (``RungeKutta(method, ...)`` with a ``step_size``)."""
+
+    tableau: Tableau
+
+    def __init__(self, tableau: Tableau):
+        self.tableau, self.name, self.order = tableau, tableau.name, tableau.order
+        self.evals_per_step = tableau.solution_stages  # type: ignore[misc]  # per instance: one class, any tableau
+
+    def step(self, f: Any, t: float, h: float, y: Tensor) -> Tensor:
+        return y + rk_increment(f, self.tableau, t, h, y)[0]
+
+    def __repr__(self) -> str:
+        return f"TableauSteps({self.tableau.name!r})"
+
+
+@dataclass(repr=False)
+class RungeKutta(Solver):
+    """contham's explicit Runge-Kutta engine (see the module docstring).
+
+    Args:
+        method: a name of `TABLEAUS` (``dopri5``, ``tsit5``, ``bosh3``, ``adaptive_heun``; and
+            ``euler``, ``midpoint``, ``rk4`` for fixed steps) or a `Tableau`.
+        rtol: relative error tolerance.
+        atol: absolute error tolerance.
+        controller: the step-size rule.
+        first_step: the first step size; None: the heuristic.
+        check_every: steps between the host's checks for the end of the solve; None: 1 on the
+            CPU, 8 elsewhere. Steps taken by samples already at the end change nothing.
+        per_sample: give each sample (axis 0) its own step sizes.
+    """
+
+    method: str | Tableau = "dopri5"
+    rtol: float = 1e-7
+    atol: float = 1e-9
+    controller: PIController = field(default_factory=PIController)
+    first_step: float | None = None
+    check_every: int | None = None
+    per_sample: bool = False
+    tableau: Tableau = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.tableau = get_tableau(self.method)
+        check_positive("rtol", self.rtol)
+        check_positive("atol", self.atol)
+        if self.first_step is not None:
+            check_positive("first_step", self.first_step)
+        if self.check_every is not None:
+            check_int("check_every", self.check_every)
+        check_bool("per_sample", self.per_sample)
+        if not isinstance(self.controller, PIController):
+            raise ValueError(f"controller must be a PIController; got {self.controller!r}")
+        self.name, self.order = self.tableau.name, self.tableau.order
+        # the adjoint is torchdiffeq's, for the methods and step rules it has
+        c = self.controller
+        self.has_adjoint = self.name in TORCHDIFFEQ_METHODS and not self.per_sample and (c.icoeff, c.pcoeff) == (1, 0)
+
+    @classmethod
+    def from_name(cls, name: str, rtol: float | None = None, atol: float | None = None) -> Solver:
+        default = cls(name)
+        return cls(name, default.rtol if rtol is None else rtol, default.atol if atol is None else atol)
+
+    def __repr__(self) -> str:
+        options = "".join(
+            f", {k}={getattr(self, k)!r}" for k in ("first_step", "check_every", "per_sample") if getattr(self, k)
+        )
+        return f"RungeKutta({self.tableau.name!r}, rtol={self.rtol:g}, atol={self.atol:g}{options})"
+
+    @property
+    def adaptive(self) -> bool:
+        """True for methods with an error estimate (fixed steps need a ``step_size``)."""
+        return self.tableau.adaptive
+
+    def torchdiffeq_twin(self) -> TorchDiffEq:
+        """torchdiffeq's solver of the same method, tolerances and step rule (for the adjoint)."""
+        c = self.controller
+        options: dict[str, Any] = dict(safety=c.safety, ifactor=c.ifactor, dfactor=c.dfactor)
+        if self.first_step is not None:
+            options["first_step"] = self.first_step
+        return TorchDiffEq(self.name, self.rtol, self.atol, options)
+
+    def fixed(self) -> TableauSteps:
+        """The fixed-step solver of this tableau."""
+        return TableauSteps(self.tableau)
+
+    def check_start(self, y0: Tensor) -> None:
+        """Nothing here: an adaptive solve checks y0 on the device and reads the flag back with
+        its first check (a fixed-step solve checks it as every solver does)."""
+
+    def solve(self, problem: Problem) -> Solution:
+        if problem.step_size is not None:
+            super().check_start(problem.y0)
+            return self.fixed().solve(problem)
+        if not self.adaptive:
+            raise ValueError(f"solver={self.name!r} has no error estimate: give it a step_size")
+        if self.per_sample and problem.y0.dim() == 0:
+            raise ValueError("per_sample=True needs a batch axis: y0 of shape (batch, ...)")
+        return _adaptive(self, problem)
+
+    def loop(self, problem: Problem, scheme: Scheme | None = None) -> AdaptiveLoop:
+        """The adaptive solve of ``problem`` by ``scheme`` (plain steps by default), ready to `run`."""
+        return AdaptiveLoop(self, problem, Scheme() if scheme is None else scheme)
+
+
+class Scheme:
+    """What an adaptive loop advances: plain Runge-Kutta steps of one state (the default), or
+    a scheme of its own (the reversible pair of `contham.solvers.reversible_rk`). ``record`` is
+    called with every step attempt."""
+
+    #: whether the last stage of a step (FSAL) is the next step's first
+    keeps_stage = True
+
+    def start(self, f: Any, y0: Tensor) -> Any:
+        """The scheme's state at the start."""
+        return y0
+
+    def solution(self, state: Any) -> Tensor:
+        """The ODE's solution in ``state``."""
+        return state
+
+    def attempt(
+        self, f: Any, tableau: Tableau, t: Tensor, dt: Tensor, state: Any, k1: Tensor | None
+    ) -> tuple[Any, Tensor, Tensor, Tensor, Tensor | None, int]:
+        """Try one step: ``(new state, error estimate, state before, after (to scale the error),
+        the next FSAL stage or None, field calls)``."""
+        dy, err, last = rk_increment(f, tableau, t, dt, state, k1, error=True)
+        assert err is not None
+        y1 = state + dy
+        return y1, err, state, y1, (last if tableau.fsal else None), tableau.stages - (k1 is not None)
+
+    def select(self, accept: Tensor, new: Any, old: Any) -> Any:
+        """``new`` where ``accept`` (broadcast), else ``old``."""
+        return torch.where(accept, new, old)
+
+    def record(self, f: Any, node: int | None, t: Tensor, dt: Tensor, accept: Tensor) -> None:  # noqa: B027
+        """Called with each attempt's field and weight node (None: ``f`` reads t itself), start
+        time, signed step size and acceptance (the last three ``(samples,)``)."""
+
+
+class Progress(NamedTuple):
+    """Where each sample of an adaptive solve is (all on the device): time, next step size,
+    state, the field's value there (FSAL) or None, the last accepted error ratio, and whether
+    it has reached the end of the interval."""
+
+    t: Tensor
+    h: Tensor
+    state: Any
+    k1: Tensor | None
+    last: Tensor
+    done: Tensor
+
+
+class AdaptiveLoop:
+    """One adaptive solve: the intervals between output times and breaks, each stepped to its
+    end with the controller on the device."""
+
+    def __init__(self, solver: RungeKutta, problem: Problem, scheme: Scheme):
+        self.solver, self.problem, self.scheme = solver, problem, scheme
+        self.tableau: Tableau = solver.tableau
+        y0 = problem.y0
+        self.samples = y0.shape[0] if solver.per_sample else 1
+        # one time and step size per sample, or one number for all
+        self.shape = (self.samples,) + (1,) * (y0.dim() - 1) if solver.per_sample else ()
+        self.every = solver.check_every or (1 if y0.device.type == "cpu" else 8)
+        self.stats = Stats(solver.name, steps_accepted=0, steps_rejected=0)
+
+    def broadcast(self, v: Tensor, dtype: torch.dtype) -> Tensor:
+        """A ``(samples,)`` tensor (times, step sizes) as the field and the state take it: one
+        number, or one per sample shaped to broadcast against the state."""
+        return v.to(dtype).reshape(self.shape)
+
+    def times(self, t: Tensor, dt: Tensor, accept: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """A step's time, size and acceptance as the field and the state take them."""
+        dtype = self.problem.y0.dtype
+        return self.broadcast(t, dtype), self.broadcast(dt, dtype), self.broadcast(accept, torch.bool)
+
+    def call(self, f: Any) -> Callable[[Tensor, Tensor], Tensor]:
+        """``f`` counted, taking the loop's times."""
+
+        def counted(t: Tensor, y: Tensor) -> Tensor:
+            self.stats.nfe_forward += 1
+            if self.stats.nfe_forward > self.problem.max_nfe:
+                raise IntegrationError(
+                    f"the forward solve with {self.solver.name} reached max_nfe={self.problem.max_nfe} field calls; "
+                    "the dynamics may be stiff or the tolerances too tight: loosen rtol/atol or raise max_nfe"
+                )
+            return f(t, y)
+
+        return counted
+
+    def run(self) -> list[Any]:
+        """The scheme's states at the output times after the first; fills ``stats``."""
+        p = self.problem
+        segments, outputs = plan_steps(p.times, p.breaks, None, p.nodes)
+        field: Any = p.field
+        pinned = isinstance(field, NodeField)  # else a wrapper that exposes its field's nodes
+        weights = field.step_weights() if pinned and any(node is not None for _, _, node in segments) else []
+        state = self.scheme.start(p.field, p.y0)
+        self.counts = torch.zeros(3, self.samples, dtype=torch.int64, device=p.y0.device)  # nfe, accepted, rejected
+        self.finite = torch.isfinite(p.y0).all()  # read at the first check
+        h, k1, out = None, None, []
+        for i, (a, span, node) in enumerate(segments, 1):
+            if i > 1 and node != segments[i - 2][2]:
+                k1 = None  # the weights jump here: the field is read afresh on the new side
+            self.node = node if weights else None
+            f = FrozenField(field, weights[node]) if weights and node is not None else self.inside(field, a, a + span)
+            self.field = f
+            state, h, k1 = self.segment(f, a, a + span, state, h, k1)
+            if i in outputs:
+                out.append(state)
+        nfe, accepted, rejected = self.read  # as of the last check, after the last step
+        self.stats.steps_accepted, self.stats.steps_rejected = max(accepted), max(rejected)
+        if self.solver.per_sample:
+            self.stats.nfe_per_sample, self.stats.steps_per_sample = nfe, accepted
+        return out
+
+    def inside(self, field: Any, a: float, b: float) -> Any:
+        """``field`` read on the interval between a and b: where its weights jump at the upper
+        end, times there are read just below it (the weights of the interval, as torchdiffeq's
+        ``jump_t``)."""
+        upper, lower = max(a, b), min(a, b)
+        if self.problem.nodes is None or upper not in self.problem.nodes.jumps:
+            return field
+        dtype = self.problem.y0.dtype  # that of the times the field gets
+        below = torch.nextafter(torch.tensor(upper, dtype=dtype), torch.tensor(lower, dtype=dtype)).item()
+        return lambda t, y: field(torch.clamp(t, max=below), y)
+
+    def segment(self, f: Any, a: float, b: float, state: Any, h: Tensor | None, k1: Tensor | None) -> tuple:
+        """Step ``state`` from time a to b (either direction): the state there, the next step
+        size and the field's value there (FSAL methods; else None)."""
+        y = self.scheme.solution(state)
+        sign = 1.0 if b > a else -1.0
+        call = self.call(f)
+        t = torch.full((self.samples,), a, dtype=torch.float64, device=y.device)
+        if h is None:
+            k1 = call(self.broadcast(t, y.dtype), y)
+            h = self.first_step(call, t, sign, y, k1)
+        if not (self.tableau.fsal and self.scheme.keeps_stage):
+            k1 = None  # each step reads the field at its start
+        done = torch.zeros(self.samples, dtype=torch.bool, device=y.device)
+        p = Progress(t, h, state, k1, torch.ones_like(h), done)
+        while True:
+            for _ in range(self.every):
+                p = self.step(call, sign, b, p)
+            stuck = ~p.done & (p.t + sign * p.h == p.t)
+            flags = torch.stack((p.done.all(), stuck.any(), self.finite))
+            # the one read-back per check_every steps: where the solve is, and its statistics
+            done, underflow, finite, *counts = torch.cat((flags.long(), self.counts.flatten())).tolist()
+            self.read = [counts[i * self.samples : (i + 1) * self.samples] for i in range(3)]
+            if not finite:
+                raise ValueError("y0 must be finite; it contains NaN or inf")
+            if done:
+                return p.state, p.h, p.k1
+            if underflow:
+                raise IntegrationError(
+                    f"{self.solver.name}: the step size underflowed before t={b:g} "
+                    "(the dynamics may be stiff or not finite); loosen rtol/atol"
+                )
+
+    def step(self, call: Any, sign: float, b: float, p: Progress) -> Progress:
+        """One step attempt towards ``b`` of every sample not there yet."""
+        y = self.scheme.solution(p.state)
+        remaining = (b - p.t).abs()
+        reach = p.h >= remaining
+        size = torch.where(p.done, torch.zeros_like(p.h), torch.minimum(p.h, remaining))
+        dt = sign * size
+        time, calls, k1 = self.broadcast(p.t, y.dtype), 0, p.k1
+        if k1 is None and self.tableau.fsal and self.scheme.keeps_stage:
+            k1, calls = call(time, y), 1
+        new, err, before, after, k_next, more = self.scheme.attempt(
+            call, self.tableau, time, self.broadcast(dt, y.dtype), p.state, k1
+        )
+        with torch.no_grad():
+            ratio = self.error_ratio(err, before, after)
+            accept = (ratio <= 1) & ~p.done
+            self.counts[0] += torch.where(p.done, 0, calls + more)
+            self.counts[1] += accept
+            self.counts[2] += ~accept & ~p.done
+            self.scheme.record(self.field, self.node, p.t, dt, accept)
+            proposal = self.solver.controller.next_step(size, ratio, p.last, self.tableau.order)
+            # a step cut short to end the interval does not shrink the next one
+            h = torch.where(p.done, p.h, torch.where(accept & reach, torch.maximum(p.h, proposal), proposal))
+            last = torch.where(accept, ratio.clamp_min(1e-10), p.last)
+            t = torch.where(accept, torch.where(reach, torch.full_like(p.t, b), p.t + dt), p.t)
+        mask = self.broadcast(accept, torch.bool)
+        state = self.scheme.select(mask, new, p.state)
+        k1 = None if k_next is None or k1 is None else torch.where(mask, k_next, k1)
+        return Progress(t, h, state, k1, last, p.done | (accept & reach))
+
+    def norm(self, x: Tensor) -> Tensor:
+        """Root mean square per sample ``(samples,)`` (of everything when the batch shares steps)."""
+        return x.detach().reshape(self.samples, -1).pow(2).mean(dim=1).sqrt()
+
+    def error_ratio(self, err: Tensor, y0: Tensor, y1: Tensor) -> Tensor:
+        scale = self.solver.atol + self.solver.rtol * torch.maximum(y0.detach().abs(), y1.detach().abs())
+        ratio = self.norm(err / scale).to(torch.float64)
+        return torch.where(torch.isnan(ratio), torch.full_like(ratio, torch.inf), ratio)
+
+    def first_step(self, call: Any, t: Tensor, sign: float, y0: Tensor, f0: Tensor) -> Tensor:
+        """The first step size per sample: the given one, or the heuristic."""
+        if self.solver.first_step is not None:
+            return torch.full_like(t, self.solver.first_step)
+        with torch.no_grad():
+            rtol, atol, order = self.solver.rtol, self.solver.atol, self.tableau.order
+            scale = atol + y0.abs() * rtol
+            d0, d1 = (self.norm(v / scale).to(torch.float64) for v in (y0, f0))
+            h0 = torch.where((d0 < 1e-5) | (d1 < 1e-5), torch.full_like(d0, 1e-6), 0.01 * d0 / d1)
+            f1 = call(self.broadcast(t + sign * h0, y0.dtype), y0 + self.broadcast(sign * h0, y0.dtype) * f0)
+            d2 = self.norm((f1 - f0) / scale).to(torch.float64) / h0
+            flat = (d1 <= 1e-15) & (d2 <= 1e-15)
+            h1 = torch.where(flat, torch.clamp_min(h0 * 1e-3, 1e-6), (0.01 / torch.maximum(d1, d2)) ** (1.0 / order))
+            self.counts[0] += 2  # f0 and f1
+            return torch.minimum(100 * h0, h1)
+
+
+for _name, _tableau in TABLEAUS.items():
+    if _tableau.adaptive:
+        register_solver(_name)(RungeKutta)
+
+
+@outside_compile
+def _adaptive(solver: RungeKutta, problem: Problem) -> Solution:
+    """An adaptive solve, with the gradients of ``problem``'s strategy. Its loop reads back on
+    the host: under ``torch.compile`` it runs around the compiled graph (one step compiles whole,
+    the loop does not)."""
+    return problem.gradient.adaptive(solver, problem)
+
+
+def solution(problem: Problem, ys: list[Tensor], stats: Stats) -> Solution:
+    """The `Solution` of ``problem`` from its states at the output times after the first."""
+    ts = torch.tensor(problem.times, dtype=torch.float64, device=problem.y0.device)
+    return Solution(ts, torch.stack([problem.y0, *ys]), stats)
+
+
+__all__ = ["AdaptiveLoop", "PIController", "RungeKutta", "Scheme", "TableauSteps", "rk_increment", "solution"]

@@ -1,0 +1,241 @@
+"""contham's Runge-Kutta engine: tableaus, step control on the device, per-sample steps, and the
+reversible scheme of McCallum & Foster."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from contham import ODEBlock, ODENetField, integrate
+from contham.experiments import SavedTensors
+from contham.gradients import Adjoint, Reversible
+from contham.models import build
+from contham.solvers import (
+    PIController,
+    RungeKutta,
+    Tableau,
+    TorchDiffEq,
+    get_solver,
+)
+from contham.solvers.base import Problem
+from contham.solvers.reversible_rk import Coupled
+from contham.solvers.rk import Progress
+
+D = torch.float64
+
+
+class Dense(nn.Module):
+    """``tanh(W y + b) (1 + t / 10)``: smooth, time-dependent, row-wise."""
+
+    def __init__(self, n: int = 6):
+        super().__init__()
+        self.layer = nn.Linear(n, n).double()
+
+    def forward(self, t, y):
+        return torch.tanh(self.layer(y)) * (1 + 0.1 * t)
+
+
+class Stiffish(nn.Module):
+    """``y' = -k y`` per sample, with one rate per sample (a stiff sample where k is large)."""
+
+    def __init__(self, rates):
+        super().__init__()
+        self.register_buffer("rates", torch.as_tensor(rates, dtype=D))
+
+    def forward(self, t, y):
+        return -self.rates[: y.shape[0], None] * y + torch.cos(t)
+
+
+def test_a_tableau_is_checked_and_knows_when_its_last_stage_is_the_next_first():
+    with pytest.raises(ValueError, match="row 1 of a must sum to c\\[1\\]"):
+        Tableau("bad", 2, (0.0, 0.5), ((), (0.4,)), (0.0, 1.0))
+    with pytest.raises(ValueError, match="lower triangular"):
+        Tableau("bad", 2, (0.0, 0.5), ((), (0.25, 0.25)), (0.0, 1.0))
+    assert get_solver("dopri5").tableau.fsal and get_solver("tsit5").tableau.fsal
+    assert not get_solver("adaptive_heun").tableau.fsal
+    with pytest.raises(ValueError, match="method must be one of 'euler', .*'tsit5'; got 'rk45'"):
+        RungeKutta("rk45")
+
+
+def test_the_engine_takes_torchdiffeqs_steps():
+    """Same tableau, error norm, first step and step rule: the same number of steps and calls.
+    torchdiffeq steps past the end and interpolates back; the engine ends its last step there,
+    which for bosh3 (a crude interpolant) is far more accurate."""
+    torch.manual_seed(0)
+    f, y0 = Dense(), torch.randn(4, 6, dtype=D)
+    with torch.no_grad():
+        exact = integrate(f, y0, [0.0, 2.0], "rk4", step_size=1 / 2000).y
+    for method in ("dopri5", "bosh3"):
+        ours = integrate(f, y0, [0.0, 2.0], method, rtol=1e-6, atol=1e-8)
+        theirs = integrate(f, y0, [0.0, 2.0], TorchDiffEq(method, rtol=1e-6, atol=1e-8))
+        assert isinstance(get_solver(method), RungeKutta)
+        assert abs(ours.stats.nfe_forward - theirs.stats.nfe_forward) <= 0.1 * theirs.stats.nfe_forward
+        assert ours.stats.steps_accepted == pytest.approx(theirs.stats.steps_accepted, abs=1)
+        assert float((ours.y.detach() - exact).abs().max()) < 2e-6
+
+
+def test_step_control_reads_the_host_once_per_check_every_steps(host_syncs):
+    torch.manual_seed(0)
+    f, y0 = Dense(), torch.randn(4, 6, dtype=D)
+    for every in (1, 4):
+        with host_syncs() as syncs:
+            sol = integrate(f, y0, [0.0, 3.0], RungeKutta("dopri5", rtol=1e-8, atol=1e-10, check_every=every))
+        steps = sol.stats.steps_accepted + sol.stats.steps_rejected
+        assert steps > 8
+        # one per check, which also reads the statistics and whether y0 was finite
+        assert len(syncs.calls) <= math.ceil(steps / every) + 1, syncs.calls
+    field = ODENetField(4)
+    with host_syncs() as syncs:
+        ODEBlock(field, solver=RungeKutta("dopri5", rtol=1e-3, atol=1e-3, check_every=100))(torch.randn(2, 4, 5, 5))
+    assert len(syncs.calls) == 1, syncs.calls  # the ODENet field itself reads nothing back
+    with pytest.raises(ValueError, match="y0 must be finite"):
+        integrate(f, torch.full((1, 6), math.nan, dtype=D), [0.0, 1.0], "dopri5")
+
+
+def test_an_adaptive_step_compiles_without_a_graph_break():
+    """One step of the loop is a fixed sequence of tensor operations: it compiles whole."""
+    f, y0 = Dense(), torch.randn(3, 6, dtype=D)
+    loop = RungeKutta("tsit5", rtol=1e-6, atol=1e-8).loop(
+        Problem(f, y0, [0.0, 1.0], [], None, Reversible(), None, 10**6)
+    )
+    loop.counts, loop.field, loop.node = torch.zeros(3, 1, dtype=torch.int64), f, None
+
+    def step(progress):
+        return loop.step(loop.call(f), 1.0, 1.0, progress)
+
+    start = Progress(torch.zeros(1, dtype=D), torch.full((1,), 0.1, dtype=D), y0, None, torch.ones(1, dtype=D),
+                     torch.zeros(1, dtype=torch.bool))  # fmt: skip
+    with torch.no_grad():
+        eager = step(start)
+        compiled = torch.compile(step, fullgraph=True, backend="aot_eager")(start)
+    for a, b in zip(eager, compiled):
+        torch.testing.assert_close(a, b)
+
+
+def test_per_sample_steps_give_each_sample_its_own_solve():
+    rates = [1.0, 2.0, 400.0]  # the last sample is stiff for an explicit method
+    y0 = torch.tensor([[1.0, -1.0], [0.5, 2.0], [1.0, 1.0]], dtype=D)
+    solver = RungeKutta("dopri5", rtol=1e-6, atol=1e-9, per_sample=True)
+    batch = integrate(Stiffish(rates), y0, [0.0, 1.0, 2.0], solver)
+    shared = integrate(Stiffish(rates), y0, [0.0, 1.0, 2.0], RungeKutta("dopri5", rtol=1e-6, atol=1e-9))
+    for i, rate in enumerate(rates):
+        alone = integrate(Stiffish([rate]), y0[i : i + 1], [0.0, 1.0, 2.0], solver)
+        torch.testing.assert_close(batch.ys[:, i : i + 1], alone.ys, rtol=1e-12, atol=1e-12)
+        assert batch.stats.steps_per_sample[i] == alone.stats.steps_accepted
+        assert batch.stats.nfe_per_sample[i] == alone.stats.nfe_forward
+    calm = batch.stats.steps_per_sample[:2]  # no longer dragged along by the stiff one
+    assert max(calm) * 5 < min(batch.stats.steps_per_sample[2], shared.stats.steps_accepted)
+    with pytest.raises(ValueError, match="per_sample=True needs a batch axis"):
+        integrate(Stiffish([1.0]), torch.tensor(1.0, dtype=D), [0.0, 1.0], solver)
+
+
+def test_the_controller_and_options_are_checked():
+    with pytest.raises(ValueError, match="pcoeff must be a finite number >= 0"):
+        PIController(pcoeff=-0.1)
+    with pytest.raises(ValueError, match="check_every must be an integer >= 1"):
+        RungeKutta("dopri5", check_every=0)
+    with pytest.raises(ValueError, match="has no error estimate: give it a step_size"):
+        integrate(Dense(), torch.randn(2, 6, dtype=D), [0, 1], RungeKutta("rk4"))
+    with pytest.raises(ValueError, match="gradient='adjoint' needs a torchdiffeq method"):
+        integrate(Dense(), torch.randn(2, 6, dtype=D), [0, 1], "tsit5", gradient="adjoint")
+    pi = RungeKutta("dopri5", rtol=1e-8, atol=1e-10, controller=PIController(icoeff=0.3, pcoeff=0.4))
+    torch.manual_seed(0)
+    f, y0 = Dense(), torch.randn(4, 6, dtype=D)
+    with torch.no_grad():
+        exact = integrate(f, y0, [0, 2], "dopri5", rtol=1e-12, atol=1e-14).y
+        assert float((integrate(f, y0, [0, 2], pi).y - exact).abs().max()) < 1e-7
+
+
+def autograd_through_the_scheme(solver, f, y0, times):
+    """The reversible scheme's forward map run through autograd: the reference gradient."""
+    loop = solver.loop(Problem(f, y0, times, [], None, Reversible(), None, 10**6), Coupled())
+    return loop.run()[-1][0]
+
+
+@pytest.mark.parametrize("per_sample", [False, True])
+@pytest.mark.parametrize("method", ["dopri5", "tsit5", "bosh3", "adaptive_heun"])
+def test_reversible_gradients_equal_autograd_through_the_same_scheme(method, per_sample):
+    torch.manual_seed(1)
+    f = Dense()
+    y0 = torch.randn(3, 6, dtype=D, requires_grad=True)
+    solver = RungeKutta(method, rtol=1e-5, atol=1e-7, per_sample=per_sample)
+    solution = integrate(f, y0, [0.0, 1.5], solver, gradient="reversible")
+    reference = autograd_through_the_scheme(solver, f, y0, [0.0, 1.5])
+    assert torch.equal(solution.y, reference)
+    inputs = [y0, *f.parameters()]
+    for a, b in zip(
+        torch.autograd.grad(solution.y.pow(2).sum(), inputs), torch.autograd.grad(reference.pow(2).sum(), inputs)
+    ):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert solution.stats.nfe_backward > 0
+
+
+def test_reversible_fixed_steps_pass_gradcheck_and_have_the_methods_order():
+    torch.manual_seed(2)
+    f = Dense(3)
+    y0 = torch.randn(2, 3, dtype=D, requires_grad=True)
+    for method in ("euler", "midpoint", "rk4", "dopri5"):
+
+        def run(y, *params, method=method):
+            return integrate(f, y, [0.0, 0.6], RungeKutta(method), step_size=0.1, gradient="reversible").y
+
+        assert torch.autograd.gradcheck(run, (y0, *f.parameters()))
+    exact = integrate(f, y0, [0.0, 1.0], "dopri5", rtol=1e-12, atol=1e-14).y
+    for method, order in (("euler", 1), ("midpoint", 2), ("rk4", 4)):
+        errors = [
+            float((integrate(f, y0, [0.0, 1.0], method, step_size=h, gradient="reversible").y - exact).abs().max())
+            for h in (1 / 16, 1 / 32)
+        ]
+        assert math.log2(errors[0] / errors[1]) == pytest.approx(order, abs=0.3)
+
+
+def test_the_reversible_gradient_is_far_closer_to_the_computed_losss_than_the_adjoints():
+    """Each strategy against the exact gradient of its own forward map (backprop through it):
+    the reversible scheme's is exact up to rounding, the adjoint's only up to its tolerances."""
+    torch.manual_seed(3)
+    f = Dense()
+    y0 = torch.randn(3, 6, dtype=D, requires_grad=True)
+    inputs = [y0, *f.parameters()]
+
+    def gap(strategy, reference):
+        out = integrate(f, y0, [0.0, 2.0], "dopri5", rtol=1e-6, atol=1e-8, gradient=strategy).y
+        grads = torch.autograd.grad(out.pow(2).sum(), inputs)
+        exact = torch.autograd.grad(reference.pow(2).sum(), inputs)
+        return max(float((a - b).norm() / b.norm()) for a, b in zip(grads, exact))
+
+    reversible = gap("reversible", autograd_through_the_scheme(get_solver("dopri5", 1e-6, 1e-8), f, y0, [0.0, 2.0]))
+    adjoint = gap(Adjoint(), integrate(f, y0, [0.0, 2.0], TorchDiffEq("dopri5", rtol=1e-6, atol=1e-8)).y)
+    assert reversible < 1e-12 and reversible * 100 < adjoint
+
+
+def test_reversible_memory_does_not_grow_with_the_number_of_steps():
+    torch.manual_seed(4)
+    f = Dense(16)
+    y0 = torch.randn(64, 16, dtype=D, requires_grad=True)
+    saved = {}
+    for gradient in ("backprop", "reversible"):
+        for steps in (16, 256):
+            with SavedTensors() as counter:
+                integrate(f, y0, [0.0, 1.0], "rk4", step_size=1 / steps, gradient=gradient)
+            saved[gradient, steps] = counter.megabytes_without(f.parameters())
+    assert saved["reversible", 16] == saved["reversible", 256] < saved["backprop", 16] < saved["backprop", 256]
+    tolerances = []
+    for tol in (1e-4, 1e-9):
+        with SavedTensors() as counter:
+            integrate(f, y0, [0.0, 1.0], RungeKutta("dopri5", rtol=tol, atol=tol), gradient="reversible")
+        tolerances.append(counter.megabytes_without(f.parameters()))
+    assert tolerances[0] == tolerances[1]
+
+
+def test_the_thesis_odenet_trains_with_reversible_gradients():
+    torch.manual_seed(5)
+    net = build("thesis_odenet", image_size=8, gradient="reversible", rtol=1e-2, atol=1e-2).double()
+    x, labels = torch.randn(4, 1, 8, 8, dtype=D), torch.tensor([0, 1, 2, 3])
+    loss = nn.functional.cross_entropy(net(x), labels)
+    loss.backward()
+    grads = [p.grad for p in net.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    block = next(m for m in net.modules() if isinstance(m, ODEBlock))
+    assert isinstance(block.solver, RungeKutta) and isinstance(block.gradient, Reversible)
+    assert block.last_stats.nfe_backward > 0
