@@ -1,6 +1,7 @@
 """contham's Runge-Kutta engine: tableaus, step control on the device, per-sample steps, and the
 reversible scheme of McCallum & Foster."""
 
+import dataclasses
 import math
 
 import pytest
@@ -20,7 +21,8 @@ from contham.solvers import (
 )
 from contham.solvers.base import Problem
 from contham.solvers.reversible_rk import Coupled
-from contham.solvers.rk import Progress
+from contham.solvers.rk import Progress, rk_increment
+from contham.solvers.tableaus import midpoint_weights
 
 D = torch.float64
 
@@ -56,6 +58,19 @@ def test_a_tableau_is_checked_and_knows_when_its_last_stage_is_the_next_first():
     assert not get_solver("adaptive_heun").tableau.fsal
     with pytest.raises(ValueError, match="method must be one of 'euler', .*'tsit5'; got 'rk45'"):
         RungeKutta("rk45")
+    # the midpoint weights (Shampine's for dopri5, as written down; derived for tsit5) give
+    # y(t + h/2) with a local error of order 5: halving h divides it by about 32
+    f, y0 = Dense(), torch.ones(2, 6, dtype=D)
+    for tableau in (get_solver("dopri5").tableau, get_solver("tsit5").tableau):
+        middle = dataclasses.replace(tableau, b=tableau.mid)
+        errors = []
+        for h in (0.4, 0.2):
+            with torch.no_grad():
+                exact = integrate(f, y0, [0.0, h / 2], "rk4", step_size=h / 400).y
+                errors.append(float((y0 + rk_increment(f, middle, 0.0, h, y0)[0] - exact).abs().max()))
+        assert math.log2(errors[0] / errors[1]) > 4.7, (tableau.name, errors)
+    with pytest.raises(ValueError, match="cannot give a fourth-order midpoint"):
+        midpoint_weights(get_solver("bosh3").tableau)
 
 
 def test_the_engine_takes_torchdiffeqs_steps():
@@ -73,6 +88,20 @@ def test_the_engine_takes_torchdiffeqs_steps():
         assert abs(ours.stats.nfe_forward - theirs.stats.nfe_forward) <= 0.1 * theirs.stats.nfe_forward
         assert ours.stats.steps_accepted == pytest.approx(theirs.stats.steps_accepted, abs=1)
         assert float((ours.y.detach() - exact).abs().max()) < 2e-6
+
+
+@pytest.mark.parametrize("method", ["dopri5", "tsit5", "bosh3"])
+def test_output_times_inside_a_step_are_interpolated_not_stepped_to(method):
+    torch.manual_seed(0)
+    f, y0 = Dense(), torch.randn(4, 6, dtype=D)
+    times = torch.linspace(0.0, 3.0, 16, dtype=D)
+    with torch.no_grad():
+        exact = integrate(f, y0, times, "rk4", step_size=1 / 1000).ys
+        many = integrate(f, y0, times, method, rtol=1e-6, atol=1e-8)
+        two = integrate(f, y0, [0.0, 3.0], method, rtol=1e-6, atol=1e-8)
+    assert many.stats.nfe_forward == two.stats.nfe_forward  # the same steps: 16 outputs cost nothing
+    assert torch.equal(many.y, two.y)
+    assert float((many.ys - exact).abs().max()) < (1e-5 if method == "bosh3" else 2e-6)
 
 
 def test_step_control_reads_the_host_once_per_check_every_steps(host_syncs):

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from ..fields.base import FrozenField
 from .base import Problem, Solution, Stats
 from .fixed import wants_grad
-from .rk import Scheme, rk_increment, solution
+from .rk import Attempt, Scheme, rk_increment, solution
 from .tableaus import Tableau
 
 COUPLING = 0.999
@@ -56,12 +56,12 @@ class Coupled(Scheme):
     def solution(self, state: Any) -> Tensor:
         return state[0]
 
-    def attempt(self, f: Any, tableau: Tableau, t: Any, dt: Any, state: Any, k1: Tensor | None) -> Any:
+    def attempt(self, f: Any, tableau: Tableau, t: Any, dt: Any, state: Any, k1: Tensor | None) -> Attempt:
         y, z = state
         phi, err, _ = rk_increment(f, tableau, t, dt, z, error=True)
         assert err is not None
         y1, z1 = self.advance(f, tableau, t, dt, y, z, phi)
-        return (y1, z1), err, z, z + phi, None, tableau.stages + tableau.solution_stages
+        return Attempt((y1, z1), err, z, z + phi, None, tableau.stages + tableau.solution_stages, None)
 
     def advance(self, f: Any, tableau: Tableau, t: Any, dt: Any, y: Tensor, z: Tensor, phi: Tensor):
         """The pair after a step whose ``Phi_h(z)`` is ``phi``."""
@@ -135,7 +135,9 @@ class Walk:
         with torch.enable_grad():
             x = x.detach().requires_grad_(True)
             out = fn(x)
-            grads = torch.autograd.grad(out, (x, *self.params), v, allow_unused=True)
+            wrt = (x, *self.params)
+            # a field that depends on neither (y' = g(t)) leaves nothing to differentiate
+            grads = torch.autograd.grad(out, wrt, v, allow_unused=True) if out.requires_grad else (None,) * len(wrt)
         g_x, *g_params = (torch.zeros_like(a) if g is None else g for g, a in zip(grads, (x, *self.params)))
         return out.detach(), g_x, g_params
 

@@ -75,17 +75,17 @@ def rk_increment(
     y: Tensor,
     k1: Tensor | None = None,
     error: bool = False,
-) -> tuple[Tensor, Tensor | None, Tensor]:
+) -> tuple[Tensor, Tensor | None, list[Tensor]]:
     """One step of ``tableau`` from ``(t, y)`` by ``dt`` (numbers, or tensors that broadcast
-    against y and, for t, as the field takes it): ``(y1 - y, error estimate or None, last
-    stage)``. ``k1`` is ``f(t, y)`` if known (FSAL). Without ``error`` an FSAL method skips its
+    against y and, for t, as the field takes it): ``(y1 - y, error estimate or None, the
+    stages)``. ``k1`` is ``f(t, y)`` if known (FSAL). Without ``error`` an FSAL method skips its
     last stage, which only estimates the error."""
     n = tableau.stages if error else tableau.solution_stages
     ks = [f(t, y) if k1 is None else k1]
     for i in range(1, n):
         ks.append(f(t + tableau.c[i] * dt, y + dt * _combine(tableau.a[i], ks)))
     err = dt * _combine(tableau.e, ks) if error and tableau.e is not None else None
-    return dt * _combine(tableau.b, ks), err, ks[-1]
+    return dt * _combine(tableau.b, ks), err, ks
 
 
 def _combine(weights: tuple[float, ...], ks: list[Tensor]) -> Tensor:
@@ -200,6 +200,20 @@ class RungeKutta(Solver):
         return AdaptiveLoop(self, problem, Scheme() if scheme is None else scheme)
 
 
+class Attempt(NamedTuple):
+    """One step attempt of a `Scheme`: the new state, the error estimate, the solution before
+    and after the step (they scale the error), the field at the new solution (FSAL) or None, the
+    field calls made, and ``(y0, y1, stages)`` for dense output (None: the scheme has none)."""
+
+    new: Any
+    error: Tensor
+    before: Tensor
+    after: Tensor
+    fsal: Tensor | None
+    calls: int
+    dense: tuple[Tensor, Tensor, list[Tensor]] | None
+
+
 class Scheme:
     """What an adaptive loop advances: plain Runge-Kutta steps of one state (the default), or
     a scheme of its own (the reversible pair of `contham.solvers.reversible_rk`). ``record`` is
@@ -216,15 +230,14 @@ class Scheme:
         """The ODE's solution in ``state``."""
         return state
 
-    def attempt(
-        self, f: Any, tableau: Tableau, t: Tensor, dt: Tensor, state: Any, k1: Tensor | None
-    ) -> tuple[Any, Tensor, Tensor, Tensor, Tensor | None, int]:
-        """Try one step: ``(new state, error estimate, state before, after (to scale the error),
-        the next FSAL stage or None, field calls)``."""
-        dy, err, last = rk_increment(f, tableau, t, dt, state, k1, error=True)
+    def attempt(self, f: Any, tableau: Tableau, t: Tensor, dt: Tensor, state: Any, k1: Tensor | None) -> Attempt:
+        """Try one step from ``state`` (``k1``: the field there, if known)."""
+        dy, err, ks = rk_increment(f, tableau, t, dt, state, k1, error=True)
         assert err is not None
         y1 = state + dy
-        return y1, err, state, y1, (last if tableau.fsal else None), tableau.stages - (k1 is not None)
+        fsal = ks[-1] if tableau.fsal else None
+        dense = (state, y1, ks) if fsal is not None else None
+        return Attempt(y1, err, state, y1, fsal, tableau.stages - (k1 is not None), dense)
 
     def select(self, accept: Tensor, new: Any, old: Any) -> Any:
         """``new`` where ``accept`` (broadcast), else ``old``."""
@@ -261,6 +274,8 @@ class AdaptiveLoop:
         self.shape = (self.samples,) + (1,) * (y0.dim() - 1) if solver.per_sample else ()
         self.every = solver.check_every or (1 if y0.device.type == "cpu" else 8)
         self.stats = Stats(solver.name, steps_accepted=0, steps_rejected=0)
+        self.pending: list[int] = []  # indices of the output times the current interval interpolates
+        self.dense: dict[int, Tensor] = {}  # their values so far
 
     def broadcast(self, v: Tensor, dtype: torch.dtype) -> Tensor:
         """A ``(samples,)`` tensor (times, step sizes) as the field and the state take it: one
@@ -287,9 +302,12 @@ class AdaptiveLoop:
         return counted
 
     def run(self) -> list[Any]:
-        """The scheme's states at the output times after the first; fills ``stats``."""
+        """The scheme's states at the output times after the first; fills ``stats``. Output times
+        inside an interval between weight breaks are interpolated where the scheme has a dense
+        output (plain steps of an FSAL method); otherwise every output time ends an interval."""
         p = self.problem
-        segments, outputs = plan_steps(p.times, p.breaks, None, p.nodes)
+        dense = self.tableau.fsal and self.scheme.keeps_stage and len(p.times) > 2
+        segments, ends = plan_steps([p.times[0], p.times[-1]] if dense else p.times, p.breaks, None, p.nodes)
         field: Any = p.field
         pinned = isinstance(field, NodeField)  # else a wrapper that exposes its field's nodes
         weights = field.step_weights() if pinned and any(node is not None for _, _, node in segments) else []
@@ -303,14 +321,39 @@ class AdaptiveLoop:
             self.node = node if weights else None
             f = FrozenField(field, weights[node]) if weights and node is not None else self.inside(field, a, a + span)
             self.field = f
+            sign = 1.0 if span > 0 else -1.0
+            inner = p.times[1:-1] if dense else []
+            self.pending = [j for j, s in enumerate(inner, 1) if 0 < sign * (s - a) <= sign * span]
             state, h, k1 = self.segment(f, a, a + span, state, h, k1)
-            if i in outputs:
+            if i in ends:
                 out.append(state)
         nfe, accepted, rejected = self.read  # as of the last check, after the last step
         self.stats.steps_accepted, self.stats.steps_rejected = max(accepted), max(rejected)
         if self.solver.per_sample:
             self.stats.nfe_per_sample, self.stats.steps_per_sample = nfe, accepted
-        return out
+        return [self.dense[j] for j in range(1, len(p.times) - 1)] + out if dense else out
+
+    def interpolate(self, t: Tensor, dt: Tensor, t_new: Tensor, accept: Tensor, dense: tuple) -> None:
+        """The pending output times this step crossed, from its dense output: a quartic through
+        y0, y1, the middle and the slopes at both ends where the tableau gives the middle, else
+        the cubic Hermite polynomial."""
+        y0, y1, ks = dense
+        step = self.broadcast(dt, y0.dtype)
+        d = step * ks[0]
+        span, slope = y1 - y0 - d, step * ks[-1] - d  # p(1) - p(0) - p'(0) and p'(1) - p'(0)
+        if self.tableau.mid is None:
+            c, b, a = 3 * span - slope, slope - 2 * span, torch.zeros_like(y0)
+        else:
+            middle = step * _combine(self.tableau.mid, ks) - d / 2  # p(1/2) - p(0) - p'(0) / 2
+            u, w = slope - 2 * span, 4 * span - 16 * middle
+            a, b, c = 2 * u - w, 2 * w - 3 * u, span - w + u
+        safe = torch.where(dt == 0, torch.ones_like(dt), dt)
+        for j in self.pending:
+            s = self.problem.times[j]
+            crossed = accept & ((s - t) * dt > 0) & ((s - t_new) * dt <= 0)
+            x = self.broadcast((s - t) / safe, y0.dtype)
+            value = y0 + x * (d + x * (c + x * (b + x * a)))
+            self.dense[j] = torch.where(self.broadcast(crossed, torch.bool), value, self.dense.get(j, y0))
 
     def inside(self, field: Any, a: float, b: float) -> Any:
         """``field`` read on the interval between a and b: where its weights jump at the upper
@@ -365,13 +408,11 @@ class AdaptiveLoop:
         time, calls, k1 = self.broadcast(p.t, y.dtype), 0, p.k1
         if k1 is None and self.tableau.fsal and self.scheme.keeps_stage:
             k1, calls = call(time, y), 1
-        new, err, before, after, k_next, more = self.scheme.attempt(
-            call, self.tableau, time, self.broadcast(dt, y.dtype), p.state, k1
-        )
+        attempt = self.scheme.attempt(call, self.tableau, time, self.broadcast(dt, y.dtype), p.state, k1)
         with torch.no_grad():
-            ratio = self.error_ratio(err, before, after)
+            ratio = self.error_ratio(attempt.error, attempt.before, attempt.after)
             accept = (ratio <= 1) & ~p.done
-            self.counts[0] += torch.where(p.done, 0, calls + more)
+            self.counts[0] += torch.where(p.done, 0, calls + attempt.calls)
             self.counts[1] += accept
             self.counts[2] += ~accept & ~p.done
             self.scheme.record(self.field, self.node, p.t, dt, accept)
@@ -380,9 +421,11 @@ class AdaptiveLoop:
             h = torch.where(p.done, p.h, torch.where(accept & reach, torch.maximum(p.h, proposal), proposal))
             last = torch.where(accept, ratio.clamp_min(1e-10), p.last)
             t = torch.where(accept, torch.where(reach, torch.full_like(p.t, b), p.t + dt), p.t)
+        if self.pending and attempt.dense is not None:
+            self.interpolate(p.t, dt, t, accept, attempt.dense)
         mask = self.broadcast(accept, torch.bool)
-        state = self.scheme.select(mask, new, p.state)
-        k1 = None if k_next is None or k1 is None else torch.where(mask, k_next, k1)
+        state = self.scheme.select(mask, attempt.new, p.state)
+        k1 = None if attempt.fsal is None or k1 is None else torch.where(mask, attempt.fsal, k1)
         return Progress(t, h, state, k1, last, p.done | (accept & reach))
 
     def norm(self, x: Tensor) -> Tensor:
@@ -430,4 +473,13 @@ def solution(problem: Problem, ys: list[Tensor], stats: Stats) -> Solution:
     return Solution(ts, torch.stack([problem.y0, *ys]), stats)
 
 
-__all__ = ["AdaptiveLoop", "PIController", "RungeKutta", "Scheme", "TableauSteps", "rk_increment", "solution"]
+__all__ = [
+    "AdaptiveLoop",
+    "Attempt",
+    "PIController",
+    "RungeKutta",
+    "Scheme",
+    "TableauSteps",
+    "rk_increment",
+    "solution",
+]

@@ -13,7 +13,9 @@ is evaluated at ``(t + h, y1)``: that stage is then the next step's first. `Rung
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+import torch
 
 from .._checks import check_choice
 
@@ -30,6 +32,9 @@ class Tableau:
         b: the weights of y1 (one per stage).
         e: the error weights of the embedded pair (one per stage), or None for a method without
             one (fixed steps only).
+        mid: weights of the solution at the middle of a step (``y + h sum_i mid_i k_i``), for a
+            quartic dense output (`midpoint_weights` derives them); None: FSAL methods
+            interpolate by a cubic Hermite polynomial.
     """
 
     name: str
@@ -38,12 +43,13 @@ class Tableau:
     a: tuple[tuple[float, ...], ...]
     b: tuple[float, ...]
     e: tuple[float, ...] | None = None
+    mid: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         s = len(self.c)
         shapes = [len(row) for row in self.a] == list(range(s)) and len(self.b) == s
-        if not shapes or (self.e is not None and len(self.e) != s):
-            raise ValueError(f"tableau {self.name!r}: a must be lower triangular and b, e one weight per stage")
+        if not shapes or any(w is not None and len(w) != s for w in (self.e, self.mid)):
+            raise ValueError(f"tableau {self.name!r}: a must be lower triangular and b, e, mid one weight per stage")
         for i, row in enumerate(self.a):
             if not math.isclose(sum(row), self.c[i], rel_tol=1e-12, abs_tol=1e-12):
                 raise ValueError(f"tableau {self.name!r}: row {i} of a must sum to c[{i}] = {self.c[i]}")
@@ -67,6 +73,28 @@ class Tableau:
     def solution_stages(self) -> int:
         """The stages y1 needs: an FSAL method's last stage only estimates the error."""
         return self.stages - 1 if self.fsal else self.stages
+
+
+def midpoint_weights(tableau: Tableau) -> tuple[float, ...]:
+    """Weights ``m`` with ``y + h sum_i m_i k_i = y(t + h/2) + O(h^5)``: the order conditions of
+    the four orders at theta = 1/2 (Butcher's rooted trees: ``sum m = theta``, ``m.c = theta^2/2``,
+    ``m.c^2 = theta^3/3``, ``m.Ac = theta^3/6``, ``m.c^3 = theta^4/4``, ``m.(c Ac) = theta^4/8``,
+    ``m.Ac^2 = theta^4/12``, ``m.AAc = theta^4/24``), solved in the least-squares sense with the
+    smallest weights. Raises ``ValueError`` if the stages cannot meet them."""
+    s = tableau.stages
+    a = torch.zeros(s, s, dtype=torch.float64)
+    for i, row in enumerate(tableau.a):
+        a[i, : len(row)] = torch.tensor(row, dtype=torch.float64)
+    c = torch.tensor(tableau.c, dtype=torch.float64)
+    ac = a @ c
+    conditions = torch.stack([torch.ones(s, dtype=torch.float64), c, c**2, ac, c**3, c * ac, a @ c**2, a @ ac])
+    theta = 0.5
+    targets = torch.tensor([theta, theta**2 / 2, theta**3 / 3, theta**3 / 6, theta**4 / 4, theta**4 / 8,
+                            theta**4 / 12, theta**4 / 24], dtype=torch.float64)  # fmt: skip
+    weights = torch.linalg.pinv(conditions) @ targets
+    if float((conditions @ weights - targets).abs().max()) > 1e-12:
+        raise ValueError(f"tableau {tableau.name!r}: its stages cannot give a fourth-order midpoint")
+    return tuple(weights.tolist())
 
 
 TABLEAUS: dict[str, Tableau] = {}
@@ -126,9 +154,23 @@ DOPRI5 = register_tableau(
                 (1951 / 21600, 0.0, 22642 / 50085, 451 / 720, -12231 / 42400, 649 / 6300, 1 / 60),
             )
         ),
+        # Shampine's (1986) continuous extension at the middle of the step
+        tuple(
+            w / 2
+            for w in (
+                6025192743 / 30085553152,
+                0.0,
+                51252292925 / 65400821598,
+                -2691868925 / 45128329728,
+                187940372067 / 1594534317056,
+                -1776094331 / 19743644256,
+                11237099 / 235043384,
+            )
+        ),
     )
 )
-# Tsitouras (2011), order 5(4), FSAL; the coefficients as printed in the paper (16 digits)
+# Tsitouras (2011), order 5(4), FSAL; the coefficients as printed in the paper (16 digits); the
+# midpoint of its dense output derived from the order conditions
 _TSIT5_B = (
     0.09646076681806523,
     0.01,
@@ -163,3 +205,4 @@ TSIT5 = register_tableau(
         ),
     )
 )
+TSIT5 = register_tableau(replace(TSIT5, mid=midpoint_weights(TSIT5)))
