@@ -6,7 +6,12 @@ A convolutional two-layer Hamiltonian block (16 channels, 16x16 maps, batch 16, 
 * plain backprop: a HamiltonianBlock (symplectic Euler), where autograd keeps every step;
 * reversible: the same block with ``gradient="reversible"``;
 * adjoint: an ODEBlock of the same field with weights linear in t (torchdiffeq's fixed grid
-  cannot stop at weight jumps), torchdiffeq's fixed-grid Euler at step h, ``gradient="adjoint"``.
+  cannot stop at weight jumps), torchdiffeq's fixed-grid Euler at step h, ``gradient="adjoint"``;
+* rk4 backprop / rk4 reversible: that ODEBlock by RK4 at step h, with backprop and with
+  McCallum & Foster's reversible scheme (``gradient="reversible"``).
+
+``--modes`` picks some of them (e.g. ``--modes "rk4 reversible" --depths 16 4096 --repeats 1`` for
+the reversible scheme's memory at depth).
 
 Memory is what autograd keeps for the backward pass, counted with
 ``contham.experiments.SavedTensors`` (saved-tensor hooks). On CUDA the script also reports the peak allocated
@@ -56,6 +61,8 @@ def models(n: int, device: torch.device) -> dict[str, torch.nn.Module]:
         "backprop": HamiltonianBlock(field),
         "reversible": HamiltonianBlock(field, gradient="reversible"),
         "adjoint": ODEBlock(smooth, n * H, solver, gradient="adjoint"),
+        "rk4 backprop": ODEBlock(smooth, n * H, "rk4", step_size=H),
+        "rk4 reversible": ODEBlock(smooth, n * H, "rk4", step_size=H, gradient="reversible"),
     }
 
 
@@ -64,6 +71,7 @@ def main() -> None:
     parser.add_argument("--depths", type=int, nargs="+", default=[16, 64, 256, 1024])
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--modes", nargs="+", default=None, help="some of the modes (default: all)")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
@@ -73,7 +81,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     first: dict[str, float] = {}
     for n in args.depths:
-        built = models(n, device)
+        built = {k: m for k, m in models(n, device).items() if args.modes is None or k in args.modes}
 
         def step(model: torch.nn.Module) -> None:
             model(x).sum().backward()

@@ -1,9 +1,11 @@
-"""``torch.compile(..., fullgraph=True)``: forward and backward equal eager for the four block paths."""
+"""``torch.compile(..., fullgraph=True)``: forward and backward equal eager for the block paths
+(one adaptive step of the Runge-Kutta engine: tests/test_runge_kutta.py)."""
 
 import pytest
 import torch
 
 from contham import HamiltonianBlock, HamiltonianField, ODEBlock, TwoLayerField
+from contham.solvers import RungeKutta
 
 D = torch.float64
 CASES = {
@@ -15,6 +17,12 @@ CASES = {
     "reversible": (lambda: HamiltonianBlock(TwoLayerField(6, n_nodes=4, dt=0.1), gradient="reversible"), (3, 6)),
     "ODEBlock fixed-step": (
         lambda: ODEBlock(HamiltonianField(4, n_nodes=3, dt=0.2, time_mode="linear"), 0.4, "rk4", step_size=0.1),
+        (3, 4),
+    ),
+    "ODEBlock fixed steps of a tableau": (
+        lambda: ODEBlock(
+            HamiltonianField(4, n_nodes=3, dt=0.2, time_mode="linear"), 0.4, RungeKutta("tsit5"), step_size=0.2
+        ),
         (3, 4),
     ),
 }
