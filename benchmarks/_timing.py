@@ -6,6 +6,8 @@ import statistics
 import time
 from collections.abc import Callable
 
+import torch
+
 
 def interleaved_medians(candidates: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 1) -> dict:
     """Run every candidate once per round, ``repeats`` rounds (after ``warmup`` rounds), and return
@@ -26,5 +28,15 @@ def training_step(model, x) -> Callable[[], None]:
     def step() -> None:
         model.zero_grad(set_to_none=True)
         model(x).sum().backward()
+
+    return step
+
+
+def classifier_step(model, x, labels) -> Callable[[], None]:
+    """forward, cross-entropy against ``labels`` and backward (gradients zeroed first)."""
+
+    def step() -> None:
+        model.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(x), labels).backward()
 
     return step

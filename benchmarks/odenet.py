@@ -13,8 +13,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-import torch.nn.functional as F
-from _timing import interleaved_medians
+from _timing import classifier_step, interleaved_medians
 
 from contham import collect_stats
 from contham.models import build
@@ -36,14 +35,7 @@ def main() -> None:
                 "thesis_odenet", in_channels=1, rtol=tol, atol=tol, gradient="adjoint" if adjoint else "backprop"
             )
 
-    def step(model: torch.nn.Module):
-        def run() -> None:
-            model.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x), labels).backward()
-
-        return run
-
-    times = interleaved_medians({name: step(m) for name, m in models.items()}, args.repeats)
+    times = interleaved_medians({name: classifier_step(m, x, labels) for name, m in models.items()}, args.repeats)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, median of {args.repeats}")
     print("| model | NFE forward | NFE backward | s per batch | vs ResNet-4 |")
     print("|---|---|---|---|---|")

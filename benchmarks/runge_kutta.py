@@ -21,12 +21,11 @@ side in one run (interleaved, medians):
 from __future__ import annotations
 
 import argparse
-import importlib.util
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from _timing import interleaved_medians
+from _timing import classifier_step, interleaved_medians
+from torchdiffeq_problems import load
 
 from contham import ODEBlock, collect_stats, integrate
 from contham.gradients import Reversible
@@ -86,14 +85,7 @@ def training_steps(args: argparse.Namespace) -> None:
     for model in models.values():
         model.load_state_dict(models["backprop"].state_dict())
 
-    def step(model: torch.nn.Module):
-        def run() -> None:
-            model.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x), labels).backward()
-
-        return run
-
-    times = interleaved_medians({name: step(m) for name, m in models.items()}, args.repeats)
+    times = interleaved_medians({name: classifier_step(m, x, labels) for name, m in models.items()}, args.repeats)
     print(f"\nTraining step of thesis_odenet, batch {args.batch}, dopri5 at tol {args.tol:g}")
     print("| gradient | NFE forward | NFE backward | s per step | vs backprop |")
     print("|---|---|---|---|---|")
@@ -103,17 +95,8 @@ def training_steps(args: argparse.Namespace) -> None:
               f"{times[name] / times['backprop']:.2f}x |")  # fmt: skip
 
 
-def load_problems(tests: Path):
-    spec = importlib.util.spec_from_file_location("torchdiffeq_problems", tests / "problems.py")
-    if spec is None or spec.loader is None or not (tests / "problems.py").exists():
-        raise SystemExit(f"--tests must be torchdiffeq's tests/ folder (with problems.py); got {tests}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def reference_problems(tests: Path) -> None:
-    p = load_problems(tests)
+    p = load(tests)
     print("\ntorchdiffeq's test problems (float64, forwards, rtol = atol = 1e-6): NFE with 10 output times")
     print("(torchdiffeq's) and with the end time only")
     print("| problem | method | outputs | contham | torchdiffeq | contham / torchdiffeq |")

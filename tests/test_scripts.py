@@ -83,6 +83,14 @@ def test_odenet_benchmark(tmp_path):
     assert "| ResNet-4 | - | - |" in out and "| ODENet tol=0.1 adjoint |" in out
 
 
+def test_runge_kutta_benchmark_solves_with_torchdiffeq_s_steps(tmp_path):
+    out = run_script("benchmarks/runge_kutta.py", "--tol", 0.1, "--batch", 2, "--repeats", 1)
+    rows = {tuple(c.strip() for c in line.split("|")[1:4]) for line in out.splitlines() if "dopri5 |" in line}
+    nfe = {name.split()[0]: calls for name, graph, calls in rows if graph == "no graph"}
+    assert set(nfe) == {"contham", "torchdiffeq"} and nfe["contham"] == nfe["torchdiffeq"]
+    assert all(f"| {gradient} |" in out for gradient in ("backprop", "adjoint", "reversible"))
+
+
 @pytest.mark.parametrize("nf", [4, 8])
 def test_dense_benchmark_checks_equal_outputs(tmp_path, nf):
     out = run_script("benchmarks/dense.py", "--nf", nf, "--layers", 8, "--batch", 5, "--repeats", 1)
