@@ -25,6 +25,7 @@ with autograd in float64); they cannot be differentiated again (no double backwa
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
 import torch
@@ -107,7 +108,7 @@ def fused_plan(field: nn.Module, kicks: list[Kick] | None, steps: list[Step]) ->
     return FusedPlan(field, [(k.u, other_half(k.u), k.c * nodes.dt * terms[k.u].sign) for k in kicks])
 
 
-def _outputs(field: SigmaTermField, params: tuple[Tensor, ...]) -> dict[str, Tensor]:
+def kick_matrices(field: SigmaTermField, params: tuple[Tensor, ...]) -> dict[str, Tensor]:
     """Per term, the matrices ``M = K J^T`` (``(steps, width, features of u)``): the kick of u
     is ``u <- u + c h sign M^T sigma(K v + b)`` in column form."""
     out = {}
@@ -131,7 +132,7 @@ def _run(plan: FusedPlan, x: Tensor, params: tuple[Tensor, ...], keep: bool = Tr
     hist = plan.histories(x, keep)
     n, per = (params[0].shape[0], plan.per_step) if keep else (1, dict.fromkeys(terms, 1))
     W = {u: x.new_empty(n, per[u], params[t.K].shape[1], x.shape[0]) for u, t in terms.items()}
-    Mt = {u: m.transpose(1, 2).unbind(0) for u, m in _outputs(plan.field, params).items()}
+    Mt = {u: m.transpose(1, 2).unbind(0) for u, m in kick_matrices(plan.field, params).items()}
     Kb = {u: t.unbind(0) for u, t in _augmented(plan.field, params).items()}
     w = {u: t.flatten(0, 1).unbind(0) for u, t in W.items()}
     rows = {h: t.unbind(0) for h, t in hist.items()}
@@ -166,7 +167,7 @@ class _FusedSteps(torch.autograd.Function):
         w = {u: t.flatten(0, 1).unbind(0) for u, t in zip(terms, ctx.saved_tensors[k + m :])}
         derivative = plan.derivative
         assert derivative is not None  # fused_plan checked that the activation is fusable
-        M = _outputs(plan.field, params)
+        M = kick_matrices(plan.field, params)
         cM = {(u, slot): (c * M[u]).unbind(0) for (u, slot), c in plan.coef.items()}  # c h sign M
         Kt = {u: params[t.K].transpose(1, 2).unbind(0) for u, t in terms.items()}
         # the adjoints dL/dh of the halves, updated in place kick by kick, and the weight
@@ -180,16 +181,33 @@ class _FusedSteps(torch.autograd.Function):
             g = torch.mm(cM[u, i % plan.per_step[u]][j], adj[u]).mul_(derivative(w[u][i]))  # dL/dz
             gKb_[u][j].addmm_(g, hist[v][row_v].T)
             adj[v].addmm_(Kt[u][j], g)
-        grads: list[Tensor | None] = [None] * k
-        for u, term in terms.items():
-            gK, grads[term.b] = gKb[u][..., :-1], gKb[u][..., -1]
-            grads[term.K] = gK + (gM[u] @ plan.field.J.J.to(gM[u].dtype) if term.skew else gM[u])
+        grads = weight_grads(
+            plan.field, k, {u: g[..., :-1] for u, g in gKb.items()}, {u: g[..., -1] for u, g in gKb.items()}, gM
+        )
         return (None, plan.whole(adj), *grads)
+
+
+def weight_grads(
+    field: SigmaTermField, count: int, gK: dict[str, Tensor], gb: dict[str, Tensor], gM: dict[str, Tensor]
+) -> list[Tensor | None]:
+    """The gradients of the ``count`` node parameters from, per term, those of its K (as read
+    by ``K v + b``), its b and its `kick_matrices` M (``M = K J^T`` for a skew term)."""
+    grads: list[Tensor | None] = [None] * count
+    for u, term in field.sigma_terms.items():
+        grads[term.b] = gb[u]
+        grads[term.K] = gK[u] + (gM[u] @ field.J.J.to(gM[u].dtype) if term.skew else gM[u])
+    return grads
 
 
 def fused_steps(plan: FusedPlan, x: Tensor) -> Tensor:
     """Run the steps of `fused_plan` from ``x``: one autograd node when gradients are
-    needed."""
+    needed. On CUDA (outside ``torch.compile``) the Triton kernels of
+    `contham.solvers.fused_triton` run it where they support the plan."""
+    if x.is_cuda and not torch.compiler.is_compiling() and importlib.util.find_spec("triton") is not None:
+        from .fused_triton import supports, triton_steps  # imports Triton: only on CUDA
+
+        if supports(plan):
+            return triton_steps(plan, x)
     params = plan.field.node_params()
     if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
         return _FusedSteps.apply(plan, x, *params)

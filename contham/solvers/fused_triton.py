@@ -1,0 +1,264 @@
+"""The fused dense blocks (`contham.solvers.fused`) as two Triton kernels: all kicks of a block's
+forward pass in one launch, and all of its backward pass in another.
+
+A program owns a block of ``BLOCK`` columns of the column-form state (a column is one row of the
+user's batch) and keeps both halves of it on chip for the whole block: for each kick it reads the
+kick's weights (a few KiB, served from cache), computes ``w = sigma(K v + b)`` and adds
+``c h sign M^T w`` to the half it moves. The state never goes back to memory between kicks, so a
+block's forward pass reads and writes the state once, whatever its depth. For the backward pass
+it stores, per kick, the half the kick read and w, as the fused path does.
+
+The backward kernel walks the kicks back over the same column blocks with the adjoints on chip
+(the formulas of `contham.solvers.fused`). The weight gradients are sums over columns: each
+program adds its columns' share into its own slice of a partial buffer (a fixed number of
+programs, each looping over column blocks), and the slices are summed afterwards, so the result
+does not depend on scheduling (no atomics) and runs are deterministic.
+
+Feature counts and widths are padded with zeros to powers of two (at least 16, what ``tl.dot``
+takes) up to `MAX_FEATURES`; padded rows of K, b and M are zero, so they add nothing. Tested on
+the CPU with Triton's interpreter (``TRITON_INTERPRET=1``) against the fused path.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from .fused import FusedPlan, kick_matrices, weight_grads
+
+MAX_FEATURES = 64
+"""The largest padded half or width the kernels take (the weights of a kick stay on chip)."""
+
+ACTIVATIONS = {"relu": 0, "tanh": 1, "sigmoid": 2, "softplus": 3, "identity": 4}
+"""The activations the kernels compute, by contham's name, with their code in the kernels."""
+
+BLOCK = 32
+"""Columns per program."""
+
+
+@triton.jit
+def _sigma(z, ACT: tl.constexpr):
+    if ACT == 0:
+        out = tl.maximum(z, 0.0)
+    elif ACT == 1:
+        out = 1.0 - 2.0 / (tl.exp(2.0 * z) + 1.0)  # tanh
+    elif ACT == 2:
+        out = 1.0 / (1.0 + tl.exp(-z))
+    elif ACT == 3:
+        out = tl.where(z > 20.0, z, tl.log(1.0 + tl.exp(tl.minimum(z, 20.0))))  # softplus
+    else:
+        out = z
+    return out
+
+
+@triton.jit
+def _sigma_prime(w, ACT: tl.constexpr):
+    """sigma' from sigma's output w."""
+    if ACT == 0:
+        out = tl.where(w > 0.0, 1.0, 0.0)
+    elif ACT == 1:
+        out = 1.0 - w * w
+    elif ACT == 2:
+        out = w * (1.0 - w)
+    elif ACT == 3:
+        out = tl.where(w > 20.0, 1.0, 1.0 - tl.exp(-w))
+    else:
+        out = w * 0.0 + 1.0
+    return out.to(w.dtype)
+
+
+@triton.jit
+def _forward(S, V, WS, KP, BP, MP, KU, KV, KJ, COEF, n_kicks, N, n_nodes,
+             F: tl.constexpr, W: tl.constexpr, BLOCK: tl.constexpr, ACT: tl.constexpr, KEEP: tl.constexpr):  # fmt: skip
+    cols = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    fs, ws = tl.arange(0, F), tl.arange(0, W)
+    live = (cols < N)[None, :]
+    at_f = fs[:, None].to(tl.int64) * N + cols[None, :]  # (F, BLOCK) in an (F, N) slab
+    at_w = ws[:, None].to(tl.int64) * N + cols[None, :]  # (W, BLOCK) in a (W, N) slab
+    at_k = ws[:, None] * F + fs[None, :]  # (W, F) in a kick's weights
+    y = tl.load(S + at_f, mask=live, other=0.0)
+    z = tl.load(S + F * N + at_f, mask=live, other=0.0)
+    for k in range(n_kicks):
+        u, v, j, c = tl.load(KU + k), tl.load(KV + k), tl.load(KJ + k), tl.load(COEF + k)
+        slab = (u * n_nodes + j).to(tl.int64)
+        read = tl.where(v == 0, y, z)
+        pre = tl.dot(tl.load(KP + slab * W * F + at_k), read, input_precision="ieee")
+        w = _sigma(pre + tl.load(BP + slab * W + ws)[:, None], ACT).to(y.dtype)
+        kick = tl.dot(tl.trans(tl.load(MP + slab * W * F + at_k)), w, input_precision="ieee") * c
+        y = tl.where(u == 0, y + kick, y)
+        z = tl.where(u == 0, z, z + kick)
+        if KEEP:
+            tl.store(V + tl.cast(k, tl.int64) * F * N + at_f, read, mask=live)
+            tl.store(WS + tl.cast(k, tl.int64) * W * N + at_w, w, mask=live)
+    tl.store(S + at_f, y, mask=live)
+    tl.store(S + F * N + at_f, z, mask=live)
+
+
+@triton.jit
+def _backward(A, V, WS, KP, MP, KU, KV, KJ, COEF, GK, GB, GM, n_kicks, N, n_nodes, n_blocks,
+              F: tl.constexpr, W: tl.constexpr, BLOCK: tl.constexpr, ACT: tl.constexpr):  # fmt: skip
+    pid = tl.program_id(0)
+    fs, ws = tl.arange(0, F), tl.arange(0, W)
+    at_k = ws[:, None] * F + fs[None, :]
+    mine = pid.to(tl.int64) * 2 * n_nodes  # this program's slice of the partial sums
+    for block in range(pid, n_blocks, tl.num_programs(0)):
+        cols = block * BLOCK + tl.arange(0, BLOCK)
+        live = (cols < N)[None, :]
+        at_f = fs[:, None].to(tl.int64) * N + cols[None, :]
+        at_w = ws[:, None].to(tl.int64) * N + cols[None, :]
+        a_y = tl.load(A + at_f, mask=live, other=0.0)
+        a_z = tl.load(A + F * N + at_f, mask=live, other=0.0)
+        for back in range(n_kicks):
+            k = n_kicks - 1 - back
+            u, v, j, c = tl.load(KU + k), tl.load(KV + k), tl.load(KJ + k), tl.load(COEF + k)
+            slab = (u * n_nodes + j).to(tl.int64)
+            a_u = tl.where(u == 0, a_y, a_z)
+            w = tl.load(WS + tl.cast(k, tl.int64) * W * N + at_w, mask=live, other=0.0)
+            read = tl.load(V + tl.cast(k, tl.int64) * F * N + at_f, mask=live, other=0.0)
+            M = tl.load(MP + slab * W * F + at_k)
+            g = tl.dot(M, a_u, input_precision="ieee") * c * _sigma_prime(w, ACT)  # dL/d(K v + b)
+            to = (mine + slab) * W * F + at_k
+            tl.store(GM + to, tl.load(GM + to) + tl.dot(w, tl.trans(a_u), input_precision="ieee") * c)
+            tl.store(GK + to, tl.load(GK + to) + tl.dot(g, tl.trans(read), input_precision="ieee"))
+            tb = (mine + slab) * W + ws
+            tl.store(GB + tb, tl.load(GB + tb) + tl.sum(g, axis=1))
+            into_v = tl.dot(tl.trans(tl.load(KP + slab * W * F + at_k)), g, input_precision="ieee")
+            a_y = tl.where(v == 0, a_y + into_v, a_y)
+            a_z = tl.where(v == 0, a_z, a_z + into_v)
+        tl.store(A + at_f, a_y, mask=live)
+        tl.store(A + F * N + at_f, a_z, mask=live)
+
+
+def _padded(n: int) -> int:
+    return max(16, triton.next_power_of_2(n))
+
+
+def supports(plan: FusedPlan) -> bool:
+    """True when the kernels can run ``plan``: a named activation they compute and halves and
+    widths of at most `MAX_FEATURES`."""
+    field = plan.field
+    M = kick_matrices(field, tuple(field.node_params()))
+    return field.activation.name in ACTIVATIONS and max(max(m.shape[1:]) for m in M.values()) <= MAX_FEATURES
+
+
+def half_index(plan: FusedPlan) -> dict[str, int]:
+    """The slab index of each half the plan moves: "x" (a whole state) or "y", "z" -> 0, 1."""
+    return {h: i for i, h in enumerate(sorted(plan.rows))}
+
+
+_TABLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def kick_table(plan: FusedPlan, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The kicks of ``plan`` on ``x``'s device: half moved, half read (0 or 1), node (int32) and
+    coefficient (``x``'s dtype); made once per plan, device and dtype (no copy to the device per
+    call)."""
+    tables = _TABLES.setdefault(plan, {})
+    key = (x.device, x.dtype)
+    if key not in tables:
+        index = half_index(plan)
+        kicks = plan.kicks
+        rows = [[index[u] for u, *_ in kicks], [index[v] for _, v, *_ in kicks], [k[3] for k in kicks]]
+        KU, KV, KJ = torch.tensor(rows, dtype=torch.int32, device=x.device)
+        tables[key] = (KU, KV, KJ, torch.tensor([k[2] for k in kicks], dtype=x.dtype, device=x.device))
+    return tables[key]
+
+
+class Packed:
+    """A plan's weights and kicks as the kernels read them: ``KP``, ``MP`` ``(2, nodes, W, F)``
+    and ``BP`` ``(2, nodes, W)`` (the term driving half 0 or 1, zero-padded), and the kick table
+    (half moved, half read, node, coefficient)."""
+
+    def __init__(self, plan: FusedPlan, params: tuple[Tensor, ...], x: Tensor):
+        field, self.plan = plan.field, plan
+        self.index = half_index(plan)
+        self.n = n = params[0].shape[0]
+        terms = field.sigma_terms
+        M = kick_matrices(field, params)
+        self.F = _padded(max(max(params[t.K].shape[2], M[u].shape[2]) for u, t in terms.items()))
+        self.W = _padded(max(params[t.K].shape[1] for t in terms.values()))
+        self.KP = x.new_zeros(2, n, self.W, self.F)
+        self.MP, self.BP = torch.zeros_like(self.KP), x.new_zeros(2, n, self.W)
+        for u, term in terms.items():
+            K, i = params[term.K], self.index[u]
+            self.KP[i, :, : K.shape[1], : K.shape[2]] = K
+            self.BP[i, :, : K.shape[1]] = params[term.b]
+            self.MP[i, :, : M[u].shape[1], : M[u].shape[2]] = M[u]
+        self.KU, self.KV, self.KJ, self.COEF = kick_table(plan, x)
+        self.act = ACTIVATIONS[field.activation.name]
+        self.count = len(params)
+        # per term: its width, the features of the half it reads and of the half it moves
+        self.shapes = {u: (*params[t.K].shape[1:], M[u].shape[2]) for u, t in terms.items()}
+
+    def slab(self, x: Tensor) -> Tensor:
+        """The halves of the row-form ``x`` in one zero-padded ``(2, F, batch)`` tensor."""
+        S = x.new_zeros(2, self.F, x.shape[0])
+        for h, part in self.plan.halves(x).items():
+            S[self.index[h], : part.shape[0]] = part
+        return S
+
+    def whole(self, S: Tensor, like: Tensor) -> Tensor:
+        """The row-form state of a slab (the inverse of `slab`)."""
+        halves = self.plan.halves(like)
+        return self.plan.whole({h: S[self.index[h], : p.shape[0]] for h, p in halves.items()})
+
+    def forward(self, x: Tensor, keep: bool) -> tuple[Tensor, Tensor, Tensor]:
+        """The final state and, with ``keep``, the half each kick read and its w."""
+        S, N, kicks = self.slab(x), x.shape[0], len(self.plan.kicks)
+        V = x.new_empty(kicks if keep else 0, self.F, N)
+        WS = x.new_empty(kicks if keep else 0, self.W, N)
+        grid = (triton.cdiv(N, BLOCK),)
+        _forward[grid](S, V, WS, self.KP, self.BP, self.MP, self.KU, self.KV, self.KJ, self.COEF,
+                       kicks, N, self.n, self.F, self.W, BLOCK, self.act, keep)  # fmt: skip
+        return self.whole(S, x), V, WS
+
+    def backward(self, grad: Tensor, V: Tensor, WS: Tensor) -> tuple[Tensor, list[Tensor | None]]:
+        """The gradients of the initial state and of the node parameters."""
+        A, N, n_blocks = self.slab(grad), grad.shape[0], triton.cdiv(grad.shape[0], BLOCK)
+        programs = min(n_blocks, 4 * _processors(grad.device))
+        GK = grad.new_zeros(programs, *self.KP.shape)
+        GM, GB = torch.zeros_like(GK), grad.new_zeros(programs, *self.BP.shape)
+        _backward[(programs,)](A, V, WS, self.KP, self.MP, self.KU, self.KV, self.KJ, self.COEF, GK, GB, GM,
+                               len(self.plan.kicks), N, self.n, n_blocks, self.F, self.W, BLOCK, self.act)  # fmt: skip
+        GK, GM, GB = GK.sum(0), GM.sum(0), GB.sum(0)
+        gK, gb, gM = {}, {}, {}
+        for u, (width, read, moved) in self.shapes.items():
+            i = self.index[u]
+            gK[u], gb[u], gM[u] = GK[i, :, :width, :read], GB[i, :, :width], GM[i, :, :width, :moved]
+        return self.whole(A, grad), weight_grads(self.plan.field, self.count, gK, gb, gM)
+
+
+def _processors(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device (1 elsewhere: the interpreter runs serially)."""
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+
+
+class _TritonSteps(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, plan: FusedPlan, x: Tensor, *params: Tensor) -> Tensor:
+        packed = Packed(plan, params, x)
+        y, V, WS = packed.forward(x, keep=True)
+        ctx.packed = packed
+        ctx.save_for_backward(V, WS)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> Any:
+        V, WS = ctx.saved_tensors
+        dx, grads = ctx.packed.backward(grad.contiguous(), V, WS)
+        return (None, dx, *grads)
+
+
+def triton_steps(plan: FusedPlan, x: Tensor) -> Tensor:
+    """`contham.solvers.fused.fused_steps` by the kernels (check `supports` first)."""
+    params = tuple(plan.field.node_params())
+    if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
+        return _TritonSteps.apply(plan, x, *params)
+    return Packed(plan, params, x).forward(x, keep=False)[0]
