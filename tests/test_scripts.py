@@ -91,6 +91,13 @@ def test_runge_kutta_benchmark_solves_with_torchdiffeq_s_steps(tmp_path):
     assert all(f"| {gradient} |" in out for gradient in ("backprop", "adjoint", "reversible"))
 
 
+def test_gpu_benchmark_runs_small_on_the_cpu_and_checks_the_kernels(tmp_path):
+    out = run_script("benchmarks/gpu.py", "--small", "--repeats", 1, "--networks", "hdnn_mnist", "thesis_resnet2")
+    assert "| hdnn_mnist | eager |" in out and "| thesis_resnet2 | eager |" in out
+    assert "Triton kernels = step-by-step autograd (1e-10 float64, 1e-5 float32): passed" in out
+    assert "GB/s at the least" in out
+
+
 @pytest.mark.parametrize("nf", [4, 8])
 def test_dense_benchmark_checks_equal_outputs(tmp_path, nf):
     out = run_script("benchmarks/dense.py", "--nf", nf, "--layers", 8, "--batch", 5, "--repeats", 1)
