@@ -1,3 +1,10 @@
+import os
+
+# Triton kernels run on CPU tensors through Triton's interpreter (tests/test_fused_triton.py). It
+# must be set before anything imports Triton: its library functions (tl.sum, ...) are made
+# interpretable when Triton is first imported, and some tests import torch's inductor, which imports it.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
 import struct
 import sys
 from pathlib import Path

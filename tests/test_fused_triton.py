@@ -1,17 +1,14 @@
 """The fused dense blocks' Triton kernels, run by Triton's interpreter on the CPU: the same map and
-gradients as step-by-step autograd (1e-10 relative in float64, 1e-5 in float32)."""
+gradients as step-by-step autograd (1e-10 relative in float64, 1e-5 in float32). conftest.py sets
+TRITON_INTERPRET=1 before anything imports Triton."""
 
-import os
+import pytest
+import torch
+from test_fused import CASES, IDS, pair
 
-os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernels are defined: run them on the CPU
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from test_fused import CASES, IDS, pair  # noqa: E402
-
-from contham.fields import ACTIVATIONS  # noqa: E402
-from contham.solvers.fused_triton import ACTIVATIONS as KERNEL_ACTIVATIONS  # noqa: E402
-from contham.solvers.fused_triton import BLOCK, supports, triton_steps  # noqa: E402
+from contham.fields import ACTIVATIONS
+from contham.solvers.fused_triton import ACTIVATIONS as KERNEL_ACTIVATIONS
+from contham.solvers.fused_triton import BLOCK, supports, triton_steps
 
 
 def results(run, block, x, weight):

@@ -211,8 +211,9 @@ class Packed:
     def forward(self, x: Tensor, keep: bool) -> tuple[Tensor, Tensor, Tensor]:
         """The final state and, with ``keep``, the half each kick read and its w."""
         S, N, kicks = self.slab(x), x.shape[0], len(self.plan.kicks)
-        V = x.new_empty(kicks if keep else 0, self.F, N)
-        WS = x.new_empty(kicks if keep else 0, self.W, N)
+        # without keep the kernel never touches V and WS: S stands in (no null pointer handed to it)
+        V = x.new_empty(kicks, self.F, N) if keep else S
+        WS = x.new_empty(kicks, self.W, N) if keep else S
         grid = (triton.cdiv(N, BLOCK),)
         _forward[grid](S, V, WS, self.KP, self.BP, self.MP, self.KU, self.KV, self.KJ, self.COEF,
                        kicks, N, self.n, self.F, self.W, BLOCK, self.act, keep)  # fmt: skip
