@@ -59,14 +59,14 @@ def integrate(
         check_positive("step_size", step_size)
     if isinstance(field, CheckedField):
         field.check_input(y0)
-    if isinstance(y0, Tensor) and not torch.compiler.is_compiling():
-        solver.check_start(y0)
     solver.check_field(field)
     gradient.check(solver)
     nodes = field.nodes if isinstance(field, TimedField) else None
     low, high = min(times[0], times[-1]), max(times[0], times[-1])
     breaks = [s for s in (nodes.breaks if nodes is not None else ()) if low < s < high]
     problem = Problem(field, y0, times, breaks, nodes, gradient, step_size, max_nfe)
+    if isinstance(y0, Tensor) and not torch.compiler.is_compiling():
+        solver.check_start(problem)
     return solver.solve(problem)
 
 

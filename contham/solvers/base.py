@@ -163,10 +163,10 @@ class Solver(ABC):
     def check_field(self, field: nn.Module) -> None:  # noqa: B027 (accepts every field)
         """Raise ``ValueError`` if this solver cannot integrate ``field``."""
 
-    def check_start(self, y0: Tensor) -> None:
-        """Raise ``ValueError`` unless ``y0`` is finite (a read-back to the host; solvers that
-        check it on the device, with their own read-backs, override this)."""
-        if not bool(torch.isfinite(y0).all()):
+    def check_start(self, problem: Problem) -> None:
+        """Raise ``ValueError`` unless ``problem.y0`` is finite (a read-back to the host; solvers
+        that check it on the device, with their own read-backs, override this)."""
+        if not bool(torch.isfinite(problem.y0).all()):
             raise ValueError("y0 must be finite; it contains NaN or inf")
 
     @abstractmethod

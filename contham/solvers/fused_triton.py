@@ -142,9 +142,9 @@ def _padded(n: int) -> int:
 def supports(plan: FusedPlan) -> bool:
     """True when the kernels can run ``plan``: a named activation they compute and halves and
     widths of at most `MAX_FEATURES`."""
-    field = plan.field
-    M = kick_matrices(field, tuple(field.node_params()))
-    return field.activation.name in ACTIVATIONS and max(max(m.shape[1:]) for m in M.values()) <= MAX_FEATURES
+    field, params = plan.field, plan.field.node_params()
+    sizes = [size for t in field.sigma_terms.values() for size in params[t.K].shape[1:]]
+    return field.activation.name in ACTIVATIONS and max(sizes) <= MAX_FEATURES
 
 
 def half_index(plan: FusedPlan) -> dict[str, int]:
@@ -181,7 +181,7 @@ class Packed:
         self.n = n = params[0].shape[0]
         terms = field.sigma_terms
         M = kick_matrices(field, params)
-        self.F = _padded(max(max(params[t.K].shape[2], M[u].shape[2]) for u, t in terms.items()))
+        self.F = _padded(max(params[t.K].shape[2] for t in terms.values()))
         self.W = _padded(max(params[t.K].shape[1] for t in terms.values()))
         self.KP = x.new_zeros(2, n, self.W, self.F)
         self.MP, self.BP = torch.zeros_like(self.KP), x.new_zeros(2, n, self.W)
@@ -189,12 +189,12 @@ class Packed:
             K, i = params[term.K], self.index[u]
             self.KP[i, :, : K.shape[1], : K.shape[2]] = K
             self.BP[i, :, : K.shape[1]] = params[term.b]
-            self.MP[i, :, : M[u].shape[1], : M[u].shape[2]] = M[u]
+            self.MP[i, :, : K.shape[1], : K.shape[2]] = M[u]  # K J^T or K: K's shape
         self.KU, self.KV, self.KJ, self.COEF = kick_table(plan, x)
         self.act = ACTIVATIONS[field.activation.name]
         self.count = len(params)
-        # per term: its width, the features of the half it reads and of the half it moves
-        self.shapes = {u: (*params[t.K].shape[1:], M[u].shape[2]) for u, t in terms.items()}
+        # per term: its width and the features of a half (M = K J^T has K's shape)
+        self.shapes = {u: params[t.K].shape[1:] for u, t in terms.items()}
 
     def slab(self, x: Tensor) -> Tensor:
         """The halves of the row-form ``x`` in one zero-padded ``(2, F, batch)`` tensor."""
@@ -229,9 +229,9 @@ class Packed:
                                len(self.plan.kicks), N, self.n, n_blocks, self.F, self.W, BLOCK, self.act)  # fmt: skip
         GK, GM, GB = GK.sum(0), GM.sum(0), GB.sum(0)
         gK, gb, gM = {}, {}, {}
-        for u, (width, read, moved) in self.shapes.items():
+        for u, (width, features) in self.shapes.items():
             i = self.index[u]
-            gK[u], gb[u], gM[u] = GK[i, :, :width, :read], GB[i, :, :width], GM[i, :, :width, :moved]
+            gK[u], gb[u], gM[u] = GK[i, :, :width, :features], GB[i, :, :width], GM[i, :, :width, :features]
         return self.whole(A, grad), weight_grads(self.plan.field, self.count, gK, gb, gM)
 
 

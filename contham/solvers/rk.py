@@ -181,14 +181,14 @@ class RungeKutta(Solver):
         """The fixed-step solver of this tableau."""
         return TableauSteps(self.tableau)
 
-    def check_start(self, y0: Tensor) -> None:
-        """Nothing here: an adaptive solve checks y0 on the device and reads the flag back with
-        its first check (a fixed-step solve checks it as every solver does)."""
+    def check_start(self, problem: Problem) -> None:
+        """A fixed-step solve checks y0 as every solver does; an adaptive solve checks it on the
+        device and reads the flag back with its first check."""
+        if problem.step_size is not None:
+            super().check_start(problem)
 
     def solve(self, problem: Problem) -> Solution:
         if problem.step_size is not None:
-            if not torch.compiler.is_compiling():
-                super().check_start(problem.y0)
             return self.fixed().solve(problem)
         if not self.adaptive:
             raise ValueError(f"solver={self.name!r} has no error estimate: give it a step_size")
