@@ -21,6 +21,19 @@ from contham import HamiltonianBlock, HamiltonianField, TwoLayerField
 from contham.models.resnet import BasicBlock
 
 STEPS = 6
+SHAPES = ((32, 32), (64, 16), (112, 8))
+"""The report's widths and their map sizes."""
+
+
+def block_models(width: int) -> dict[str, nn.Module]:
+    """6 ResNet basic blocks, a J1 block and a two-layer block of 6 steps (backprop and reversible)."""
+    models = {
+        "resnet": nn.Sequential(*[BasicBlock(width, width) for _ in range(STEPS)]),
+        "j1": HamiltonianBlock(HamiltonianField(width, "J1", "relu", kernel_size=3, n_nodes=STEPS, dt=0.1)),
+        "two_layer": HamiltonianBlock(TwoLayerField(width, "relu", kernel_size=3, n_nodes=STEPS, dt=0.1)),
+    }
+    models["two_layer_rev"] = HamiltonianBlock(models["two_layer"].field, gradient="reversible")
+    return models
 
 
 def main() -> None:
@@ -33,14 +46,9 @@ def main() -> None:
     print("| width | map | ResNet blocks (s) | J1 (s) | J1 / ResNet | two-layer (s) | two-layer / ResNet | "
           "two-layer reversible / ResNet |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|")
-    for width, size in ((32, 32), (64, 16), (112, 8)):
+    for width, size in SHAPES:
         x = torch.randn(args.batch, width, size, size)
-        models = {
-            "resnet": nn.Sequential(*[BasicBlock(width, width) for _ in range(STEPS)]),
-            "j1": HamiltonianBlock(HamiltonianField(width, "J1", "relu", kernel_size=3, n_nodes=STEPS, dt=0.1)),
-            "two_layer": HamiltonianBlock(TwoLayerField(width, "relu", kernel_size=3, n_nodes=STEPS, dt=0.1)),
-        }
-        models["two_layer_rev"] = HamiltonianBlock(models["two_layer"].field, gradient="reversible")
+        models = block_models(width)
         t = interleaved_medians({k: training_step(m, x) for k, m in models.items()}, args.repeats)
         r = {k: v / t["resnet"] for k, v in t.items()}
         print(f"| {width} | {size}x{size} | {t['resnet']:.3f} | {t['j1']:.3f} | {r['j1']:.2f}x | "

@@ -1,21 +1,35 @@
-"""contham on a GPU: training-step throughput per network, eager and compiled, and the checks that
-only a GPU can make, side by side in one run (interleaved, medians, synchronised).
+"""contham on a GPU: training-step throughput per network, eager, captured and compiled, epoch
+times, and the checks that only a GPU can make, side by side in one run (interleaved, medians,
+synchronised).
 
 1. Images per second of one training step (forward, cross-entropy, backward, SGD step; random
-   inputs of each network's own data) per network at two batch sizes, eager and, on CUDA,
-   compiled with ``torch.compile(mode="reduce-overhead")`` (CUDA graphs of the graphs it traces:
-   the backward call is a graph break, so the step is captured in pieces), with the per-image cost of
+   inputs of each network's own data) per network at two batch sizes: eager; on CUDA also the
+   whole step replayed from one CUDA graph (`contham.experiments.graphs.Captured`, as the
+   training loop's ``cuda_graphs`` does it) and ``torch.compile(mode="reduce-overhead")`` (CUDA
+   graphs of the pieces it traces: the backward call is a graph break); with the per-image cost of
    the small batch against the large one (1.0: the host does not set the pace).
 2. Checks that fail loudly (``SystemExit``) when they do not hold:
    - on CUDA, a fixed-step network's training step under
      ``torch.cuda.set_sync_debug_mode("error")`` (no host synchronisation; the CPU path's reads
      are counted by tests/test_training.py);
+   - on CUDA, the training loop with ``cuda_graphs=true`` (it raises if a warm-up step
+     synchronises) against ``cuda_graphs=false``: per-epoch histories equal to 1e-5 relative,
+     two networks, five epochs on the digits (the partial batches' graphs are captured in epoch 4);
    - the fused blocks' Triton kernels (`contham.solvers.fused_triton`) against step-by-step
      autograd: 1e-10 in float64 and 1e-5 in float32 (on the CPU through Triton's interpreter);
 3. the kernels' effective memory bandwidth on the per-pixel MNIST H-DNN state (8 features, 8
-   layers; bytes the forward and backward passes must move at the least, over their time).
+   layers; bytes the forward and backward passes must move at the least, over their time);
+4. the report's conv blocks against 6 ResNet basic blocks (`benchmarks/blocks.py`'s blocks:
+   J1, two-layer, two-layer reversible; training step at the small batch, ratio of times);
+5. the 2-D H-DNN protocol's training step (H1_J1, nf 4, 64 layers, batch 125, Adam, smoothness
+   term), eager and, on CUDA, replayed from a graph; with ``--reference`` (a checkout of the
+   papers' code, DecodEPFL/HamiltonianNet, patched as docs/hdnn.md lists) the MNIST H-DNN step
+   against the papers' ``Net`` and H1 layer (`benchmarks/hdnn.py`'s steps);
+6. with ``--root`` (a torchvision root holding MNIST): seconds of one MNIST epoch per network
+   through ``RunConfig`` and ``run`` with the defaults (``cuda_graphs=auto``) and with
+   ``cuda_graphs=false`` (``--small``: the offline digits instead, without ``--root``).
 
-    python benchmarks/gpu.py                 # on CUDA: batches 128 and 1024, 2,500 images' pixels
+    python benchmarks/gpu.py --root ~/data [--reference ../HamiltonianNet]   # on CUDA, under 5 minutes
     python benchmarks/gpu.py --small         # on the CPU: small batches, the interpreter's checks
 """
 
@@ -23,8 +37,14 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import functools
+import json
 import os
+import sys
+import tempfile
+import time
+from pathlib import Path
 
 import torch
 
@@ -32,14 +52,22 @@ CUDA = torch.cuda.is_available()
 if not CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")  # the kernels run on CPU tensors, interpreted
 
+import hdnn  # noqa: E402
 from _timing import interleaved_medians  # noqa: E402
+from _timing import training_step as forward_backward  # noqa: E402
+from blocks import SHAPES, block_models  # noqa: E402
 
-from contham import Backprop, HamiltonianBlock, HamiltonianField, TwoLayerField  # noqa: E402
-from contham.data import input_shape  # noqa: E402
+from contham import Backprop, HamiltonianBlock, HamiltonianField, TwoLayerField, smoothness  # noqa: E402
+from contham.data import input_shape, load_image_set  # noqa: E402
+from contham.experiments import Loop, RunConfig, Settings, run  # noqa: E402
+from contham.experiments.checkpoints import seed_everything  # noqa: E402
+from contham.experiments.graphs import GRAPHS, WARMUP, Captured  # noqa: E402
 from contham.models import build, default_data  # noqa: E402
+from contham.models.hdnn import HDNN2d  # noqa: E402
 from contham.solvers.fused_triton import triton_steps  # noqa: E402
 
 NETWORKS = ["resnet20", "nominal", "thesis_hamiltonian", "hdnn_mnist", "thesis_resnet2", "thesis_odenet"]
+EPOCH_NETWORKS = ["thesis_resnet2", "thesis_hamiltonian", "hdnn_mnist", "thesis_odenet"]
 
 
 def synchronised(fn):
@@ -51,32 +79,44 @@ def synchronised(fn):
     return run
 
 
-def training_step(name: str, batch: int, device: torch.device, compiled: bool):
-    """One SGD training step of network ``name`` on a fixed random batch of its own data."""
+def training_step(name: str, batch: int, device: torch.device, mode: str):
+    """One SGD training step of network ``name`` on a fixed random batch of its own data: eager,
+    replayed from one CUDA graph ("graph") or compiled ("reduce-overhead")."""
     shape = input_shape(*default_data(name))
     model = build(name).to(device)
     x = torch.randn(batch, shape["in_channels"], shape["image_size"], shape["image_size"], device=device)
     labels = torch.randint(0, shape["num_classes"], (batch,), device=device)
-    optimiser = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, foreach=True)
+    if mode == "graph":  # fused, with the lr on the device, as the training loop makes it for capture
+        lr = torch.tensor(1e-3, device=device)
+        optimiser = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, fused=True)
+    else:
+        optimiser = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, foreach=True)
 
-    def step() -> None:
+    def step(x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         optimiser.zero_grad(set_to_none=True)
-        torch.nn.functional.cross_entropy(model(x), labels).backward()
+        loss = torch.nn.functional.cross_entropy(model(x), labels)
+        loss.backward()
         optimiser.step()
+        return loss.detach()
 
-    return torch.compile(step, mode="reduce-overhead") if compiled else step
+    if mode == "graph":
+        captured = Captured(step, GRAPHS[device.type](), f"{name} training step", strict=True)
+        return lambda: captured(x, labels)
+    if mode == "reduce-overhead":
+        return functools.partial(torch.compile(step, mode="reduce-overhead"), x, labels)
+    return functools.partial(step, x, labels)
 
 
 def throughput(args: argparse.Namespace, device: torch.device) -> None:
-    modes = ["eager", "reduce-overhead"] if CUDA else ["eager"]
+    modes = ["eager", "graph", "reduce-overhead"] if CUDA else ["eager"]
     cases = {
-        (name, batch, mode): synchronised(training_step(name, batch, device, mode != "eager"))
+        (name, batch, mode): synchronised(training_step(name, batch, device, mode))
         for name in args.networks
         for batch in args.batches
         for mode in modes
-        if mode == "eager" or name != "thesis_odenet"  # an adaptive solve reads the host: not compiled here
+        if mode == "eager" or name != "thesis_odenet"  # an adaptive solve reads the host: not captured
     }
-    times = interleaved_medians(cases, args.repeats, warmup=3)  # type: ignore[arg-type]  # (graphs record)
+    times = interleaved_medians(cases, args.repeats, warmup=WARMUP + 1)  # type: ignore[arg-type]  # (graphs record)
     small, large = args.batches
     print(f"\nTraining step, images per second ({device}, median of {args.repeats})")
     print(f"| network | mode | batch {small} | batch {large} | per image, {small} / {large} |")
@@ -92,7 +132,7 @@ def no_host_sync(device: torch.device) -> None:
     if not CUDA:
         print("\nno host sync in the step: CUDA only here (the CPU path: tests/test_training.py)")
         return
-    step = training_step("thesis_hamiltonian", 128, device, compiled=False)
+    step = training_step("thesis_hamiltonian", 128, device, "eager")
     step()  # warm-up: lazy initialisation may read the host once
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
@@ -103,6 +143,122 @@ def no_host_sync(device: torch.device) -> None:
     finally:
         torch.cuda.set_sync_debug_mode("default")
     print("\nno host sync in the training step of thesis_hamiltonian: passed")
+
+
+def digits_loop(model: str, cuda_graphs: bool, device: torch.device) -> Loop:
+    """A five-epoch training loop of ``model`` on the digits (11 full batches of 128 and one of 92,
+    2 test batches of 100 and one of 97), the lr halved after epochs 2 and 4."""
+    preprocessing = "report" if model == "nominal" else default_data(model)[1]
+    train_set, test_set = (load_image_set("digits", train=t, preprocessing=preprocessing) for t in (True, False))
+    seed_everything(0)
+    net = build(model, **input_shape("digits", preprocessing))
+    learning = dataclasses.replace(RunConfig(model=model, dataset="digits").learning, batch_size=128,
+                                   lr_decay_at=[2, 4], lr_decay=0.5)  # fmt: skip
+    settings = Settings(epochs=5, seed=3, device=str(device), cuda_graphs=cuda_graphs)
+    seed_everything(3)
+    return Loop(net, train_set, test_set, learning, settings, num_classes=10, eval_batch_size=100)
+
+
+def captured_equals_eager(device: torch.device) -> None:
+    if not CUDA:
+        print("\ncaptured = eager histories: CUDA only here (the loop's side: tests/test_graphs.py)")
+        return
+    keys = ("train_loss", "train_accuracy", "test_loss", "test_accuracy")
+    for model in ("thesis_hamiltonian", "hdnn_mnist"):  # SGD; Adam with the smoothness penalty and lr decay
+        histories = []
+        for cuda_graphs in (False, True):
+            loop = digits_loop(model, cuda_graphs, device)
+            histories.append([loop.epoch(epoch) for epoch in range(1, 6)])
+        if loop.train_step.captures != 2 or loop.eval_forward.captures != 2:
+            raise SystemExit(f"FAILED: {model}: {loop.train_step.captures} training graphs captured, not 2")
+        for eager, captured in zip(*histories):
+            gaps = [abs(captured[k] - eager[k]) / max(abs(eager[k]), 1e-12) for k in keys]
+            if max(gaps) > 1e-5:
+                raise SystemExit(f"FAILED: {model}: captured history differs from eager: {eager} vs {captured}")
+        seconds = [sum(e["seconds"] for e in h) for h in histories]
+        print(f"captured = eager histories of {model} (5 epochs, 1e-5): passed; "
+              f"training {seconds[0]:.2f} s eager, {seconds[1]:.2f} s captured")  # fmt: skip
+
+
+def blocks_vs_basic_blocks(args: argparse.Namespace, device: torch.device) -> None:
+    batch = args.batches[0]
+    print(f"\nConv blocks vs 6 ResNet basic blocks, training step, batch {batch} (time / ResNet blocks)")
+    print("| width | map | ResNet blocks (ms) | J1 | two-layer | two-layer reversible |")
+    print("|---|---|---|---|---|---|")
+    for width, size in SHAPES:
+        x = torch.randn(batch, width, size, size, device=device)
+        steps = {k: synchronised(forward_backward(m.to(device), x)) for k, m in block_models(width).items()}
+        t = interleaved_medians(steps, args.repeats)
+        r = {k: v / t["resnet"] for k, v in t.items()}
+        print(f"| {width} | {size}x{size} | {1e3 * t['resnet']:.2f} | {r['j1']:.2f}x | {r['two_layer']:.2f}x | "
+              f"{r['two_layer_rev']:.2f}x |")  # fmt: skip
+
+
+def hdnn_2d_step(device: torch.device, mode: str):
+    """One training step of the 2-D protocol's network on a fixed batch: eager or "graph"."""
+    model = HDNN2d(nf=4, n_layers=64, function="H1_J1").to(device)
+    x, y = torch.randn(125, 2, device=device), torch.randint(0, 2, (125,), device=device)
+    lr = torch.tensor(0.05, device=device) if mode == "graph" else 0.05
+    optimiser = torch.optim.Adam(model.parameters(), lr, fused=mode == "graph", capturable=mode == "graph")
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        optimiser.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss = loss + smoothness(model, 2.5e-4, b_in_reg=True, h_div=False, of="K")
+        loss.backward()
+        optimiser.step()
+        return loss.detach()
+
+    if mode == "graph":
+        captured = Captured(step, GRAPHS[device.type](), "2-D training step", strict=True)
+        return lambda: captured(x, y)
+    return functools.partial(step, x, y)
+
+
+def hdnn_steps(args: argparse.Namespace, device: torch.device) -> None:
+    modes = ["eager", "graph"] if CUDA else ["eager"]
+    times = interleaved_medians({m: synchronised(hdnn_2d_step(device, m)) for m in modes}, args.repeats * 20,
+                                warmup=WARMUP + 1)  # fmt: skip
+    cells = ", ".join(f"{mode} {1e3 * t:.3f} ms" for mode, t in times.items())
+    print(f"\n2-D H-DNN training step (H1_J1, nf 4, 64 layers, batch 125, Adam): {cells}")
+    if args.reference is None:
+        print("MNIST H-DNN vs the papers' code: give --reference (a checkout of DecodEPFL/HamiltonianNet)")
+        return
+    sys.path.insert(0, str(Path(args.reference).resolve()))
+    names = ("contham", "reference Net", "reference H1")
+    try:
+        runs = {name: synchronised(hdnn.mnist_steps(name, 1, device)) for name in names}
+        steps = interleaved_medians(runs, args.repeats * 4, warmup=2)
+    except RuntimeError as error:  # the papers' code was written for the CPU
+        print(f"the papers' code does not run on {device}: {str(error).splitlines()[0]}")
+        return
+    line = ", ".join(f"{name} {1e3 * t:.2f} ms ({t / steps['contham']:.2f}x)" for name, t in steps.items())
+    print(f"MNIST H-DNN training step (batch 100, 8 layers, H1_J1): {line}")
+
+
+def epoch_seconds(args: argparse.Namespace, device: torch.device) -> None:
+    if args.root is None and not args.small:
+        print("\nMNIST epoch seconds: give --root (a torchvision root that holds MNIST)")
+        return
+    data = {"root": args.root} if args.root else {"dataset": "digits"}
+    if args.small and args.root:
+        data.update(fraction=0.01, test_fraction=0.01)
+    print(f"\nOne epoch through RunConfig + run ({data.get('dataset', 'MNIST')}, {device}): seconds training, total")
+    print("| network | cuda_graphs=auto | cuda_graphs=false |")
+    print("|---|---|---|")
+    for model in args.networks:
+        if model not in EPOCH_NETWORKS:
+            continue
+        cells = []
+        for cuda_graphs in ("auto", False):
+            config = RunConfig(model=model, epochs=1, device=str(device), cuda_graphs=cuda_graphs, **data)
+            with tempfile.TemporaryDirectory() as folder:
+                start = time.perf_counter()
+                run(config, folder, progress=False)
+                total = time.perf_counter() - start
+                (entry,) = json.loads((Path(folder) / "history.json").read_text())
+            cells.append(f"{entry['seconds']:.2f} s, {total:.2f} s")
+        print(f"| {model} | {' | '.join(cells)} |")
 
 
 def kernel_blocks(dtype: torch.dtype, device: torch.device):
@@ -124,9 +280,9 @@ def kernels_equal_autograd(device: torch.device) -> None:
             x = torch.randn(77, fused.field.features, dtype=dtype, device=device)
             outs = []
             kernels = functools.partial(triton_steps, fused.schedule.fused)
-            for run, block in ((kernels, fused), (plain, plain)):
+            for apply, block in ((kernels, fused), (plain, plain)):
                 xg = x.clone().requires_grad_()
-                y = run(xg)
+                y = apply(xg)
                 outs.append((y, *torch.autograd.grad(y.square().sum(), (xg, *block.field.parameters()))))
             for a, b in zip(*outs):
                 if not torch.allclose(a, b, rtol=tol, atol=tol):
@@ -165,14 +321,20 @@ def main() -> None:
     parser.add_argument("--small", action="store_true", help="CPU-sized: batches 4 and 16, 2 images' pixels")
     parser.add_argument("--networks", nargs="+", default=NETWORKS)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--root", help="a torchvision root that holds MNIST, for the epoch times")
+    parser.add_argument("--reference", help="a checkout of the papers' code (DecodEPFL/HamiltonianNet)")
     args = parser.parse_args()
     args.batches, args.images = ([4, 16], 2) if args.small else ([128, 1024], 2500)
     device = torch.device("cuda" if CUDA else "cpu")
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name() if CUDA else 'CPU'}")
     throughput(args, device)
     no_host_sync(device)
+    captured_equals_eager(device)
     kernels_equal_autograd(device)
     bandwidth(args, device)
+    blocks_vs_basic_blocks(args, device)
+    hdnn_steps(args, device)
+    epoch_seconds(args, device)
 
 
 if __name__ == "__main__":

@@ -45,11 +45,11 @@ def reference_2d(function: str, layers: int) -> None:
     train_2d_example("swiss_roll", function, 4, layers, 1.2, False, None, 1)
 
 
-def mnist_steps(network: str, steps: int) -> Any:
-    """A closure running ``steps`` training steps of one network on a fixed batch."""
-    x, y = torch.randn(100, 1, 28, 28), torch.randint(0, 10, (100,))
+def mnist_steps(network: str, steps: int, device: str | torch.device = "cpu") -> Any:
+    """A closure running ``steps`` training steps of one network on a fixed batch on ``device``."""
+    x, y = torch.randn(100, 1, 28, 28, device=device), torch.randint(0, 10, (100,), device=device)
     if network == "contham":
-        model: Any = HDNNMnist(n_layers=8, h=0.5, function="H1_J1")
+        model: Any = HDNNMnist(n_layers=8, h=0.5, function="H1_J1").to(device)
         optimizer = torch.optim.Adam(model.parameters(), 0.04, weight_decay=4e-3)
 
         def loss() -> torch.Tensor:
@@ -63,6 +63,7 @@ def mnist_steps(network: str, steps: int) -> Any:
         model = Net(nf=8, n_layers=8, h=0.5, net_type="H1_J1")
         if network == "reference H1":
             model.hamiltonian = H1(n_layers=8, t_end=4.0, nf=8, select_j="J1")
+        model = model.to(device)
         optimizer = torch.optim.Adam(model.parameters(), 0.04, weight_decay=4e-3)
 
         def loss() -> torch.Tensor:

@@ -51,11 +51,12 @@ def check_compile(compile: Any) -> bool | str:
     return compile
 
 
-def autocast(device: torch.device, amp: str | None) -> contextlib.AbstractContextManager:
-    """The autocast context of ``amp`` on ``device`` (a no-op when off)."""
+def autocast(device: torch.device, amp: str | None, cache: bool = True) -> contextlib.AbstractContextManager:
+    """The autocast context of ``amp`` on ``device`` (a no-op when off); ``cache=False`` recasts
+    the weights at each use instead of caching their casts (as graph capture requires)."""
     if amp is None:
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=AMP_MODES[amp])
+    return torch.autocast(device.type, dtype=AMP_MODES[amp], cache_enabled=cache)
 
 
 def grad_scaler(device: torch.device, amp: str | None) -> torch.amp.GradScaler | None:

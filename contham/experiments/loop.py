@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import time
-from collections.abc import Sized
+import warnings
+import weakref
+from collections.abc import Callable, Sized
 from typing import Any, NamedTuple, cast
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -38,8 +42,9 @@ from .accelerate import (
 )
 from .batches import in_order, training_batches
 from .distributed import GlobalBatches, Ranks
+from .graphs import GRAPHS, Captured
 from .instruments import SavedTensors, field_evaluations, peak_memory_mb, reset_peak_memory
-from .protocols import FinalData, TrainingProtocol, make_optimizer, strategies
+from .protocols import FinalData, TrainingProtocol, load_optimizer_state, make_optimizer, strategies
 
 DIVERGENCE_LOSS = 1e15
 """A training loss above this (or not finite) ends a run as ``diverged`` (as in the report)."""
@@ -69,6 +74,9 @@ class Settings:
         amp: mixed precision None, "bf16" or "fp16" (`contham.experiments.accelerate`).
         channels_last: the NHWC memory layout.
         compile: ``torch.compile`` (true or a backend name).
+        cuda_graphs: whole training steps and evaluation forwards replayed from CUDA graphs
+            (`contham.experiments.graphs`): "auto" (on CUDA when the run qualifies, else eager
+            with the reason in a warning), true (raise if it does not qualify) or false.
     """
 
     epochs: int | None = None
@@ -83,6 +91,7 @@ class Settings:
     amp: str | None = None
     channels_last: bool = False
     compile: bool | str = False
+    cuda_graphs: bool | str = "auto"
 
     def validate(self) -> None:
         """Check every option; raise ``ValueError`` naming the first bad one."""
@@ -100,6 +109,8 @@ class Settings:
             check_positive("max_train_seconds", self.max_train_seconds)
         check_amp(self.amp)
         check_compile(self.compile)
+        if not (isinstance(self.cuda_graphs, bool) or self.cuda_graphs == "auto"):
+            raise ValueError(f"cuda_graphs must be 'auto', true or false; got {self.cuda_graphs!r}")
 
     @property
     def accelerator(self) -> Accelerator:
@@ -137,12 +148,15 @@ def evaluate(
     num_classes: int | None = None,
     ranks: Ranks | None = None,
     options: Accelerator | None = None,
+    forward: Callable[[Tensor], Tensor] | None = None,
 ) -> dict[str, Any]:
     """Loss, accuracy and (with ``num_classes``) the confusion matrix (rows: true class) on
     ``dataset``. In a distributed run (``ranks``) each rank evaluates its share and the sums are
-    reduced; ``options``: the run's mixed precision and memory format."""
+    reduced; ``options``: the run's mixed precision and memory format; ``forward``: what maps a
+    batch to logits (default ``model``, e.g. its forward replayed from a graph)."""
     ranks = ranks or Ranks()
     options = options or Accelerator()
+    forward = forward or model
     model.eval()
     classes = num_classes or 1
     sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss, correct
@@ -151,7 +165,7 @@ def evaluate(
     for x, y in in_order(dataset, batch_size, device, ranks):
         x = memory_format(x, options.channels_last)
         with autocast(device, options.amp):
-            out = model(x)
+            out = forward(x)
         predicted = out.argmax(1)
         sums += torch.stack([F.cross_entropy(out, y, reduction="sum").double(), (predicted == y).sum().double()])
         total += len(y)
@@ -204,13 +218,20 @@ class Loop:
         self.protocol: TrainingProtocol = strategies(learning)
         self.protocol.check(model, self.ranks)
         self.model = self._placed(model)
-        self.optimizer = make_optimizer(self.model, learning, self.protocol)
+        obstacle = self._capture_obstacle()
+        # where graphs exist the optimiser is fused (lr a tensor) with and without them: the two compute alike
+        fused, capturable = self.device.type in GRAPHS, obstacle is None
+        self.optimizer = make_optimizer(self.model, learning, self.protocol, fused=fused, capturable=capturable)
         self.protocol.start(self.model, self.optimizer)
         self.scaler = grad_scaler(self.device, settings.amp)
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, learning.lr_decay_at, learning.lr_decay)
         self.num_classes = num_classes or self._output_width()
         network = self.protocol.network(self.model, distributed.wrap(self.model, self.device, self.ranks))
         self.network = CompiledOrEager(network, settings.compile) if settings.compile else network
+        self.saved: SavedTensors | None = None  # set for the first batch of an epoch
+        self.saved_mb: float | None = None
+        self.captured = obstacle is None
+        self.train_step, self.eval_forward = self._graphs(obstacle)
 
     def _placed(self, model: nn.Module) -> nn.Module:
         model.to(self.device)
@@ -219,6 +240,44 @@ class Loop:
         if self.settings.sync_batchnorm and self.ranks.distributed:
             model = distributed.convert_sync_batchnorm(model, self.device)
         return model
+
+    def _capture_obstacle(self) -> str | None:
+        """Why this run's steps are not replayed from graphs, or None: they are. Raises
+        ``ValueError`` where ``cuda_graphs=true`` asks for graphs that the run cannot have."""
+        settings = self.settings
+        if settings.cuda_graphs is False:
+            return "cuda_graphs=false"
+        checks = (
+            (self.device.type not in GRAPHS, f"the device is {self.device.type} (graphs exist on {', '.join(GRAPHS)})"),
+            (settings.amp == "fp16", "amp='fp16' (its gradient scaler reads the overflow flag on the host every step)"),
+            (settings.gradient_norms, "gradient_norms=true (its hooks run Python in every backward pass)"),
+            (bool(settings.compile), "compile is on (torch.compile(mode='reduce-overhead') makes graphs of its own)"),
+            (self.ranks.distributed, "the run is distributed (capturing DDP's all-reduce needs NCCL's "
+                                     "asynchronous error handling off before the process group starts)"),
+            (bool(self.learning.inner_steps), "learning.inner_steps > 0 (every batch fits a fresh classifier with an "
+                                              "optimiser of its own)"),
+        )  # fmt: skip
+        reason = next((why for bad, why in checks if bad), None)
+        if reason is not None and settings.cuda_graphs is True:
+            raise ValueError(f"cuda_graphs=true but {reason}; set cuda_graphs=auto or false")
+        return reason
+
+    def _graphs(self, obstacle: str | None) -> tuple[Callable[..., Tensor], Callable[[Tensor], Tensor] | None]:
+        """The training step and the evaluation forward: replayed from graphs, or (``obstacle``)
+        eager, with a warning that names the obstacle on CUDA."""
+        # bound to a weak proxy: no reference cycle keeps the loop (its DDP wrapper, its graphs'
+        # memory) alive after its last use
+        own = weakref.proxy(self)
+        train_step = functools.partial(type(self)._train_step, own)
+        if obstacle is not None:
+            if self.device.type == "cuda" and self.settings.cuda_graphs == "auto":
+                warnings.warn(f"cuda_graphs: steps not captured: {obstacle}", RuntimeWarning, stacklevel=3)
+            return train_step, None
+        family = GRAPHS[self.device.type]()
+        strict = self.settings.cuda_graphs is True
+        eval_forward = functools.partial(type(self)._eval_forward, own)
+        train = Captured(train_step, family, "training step", strict)
+        return train, Captured(eval_forward, family, "evaluation forward", strict)
 
     def _output_width(self) -> int:
         self.model.eval()
@@ -237,7 +296,7 @@ class Loop:
     def restore(self, state: dict[str, Any]) -> None:
         """Load a `state`."""
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and state.get("scaler") is not None:
             self.scaler.load_state_dict(state["scaler"])
@@ -267,8 +326,13 @@ class Loop:
     def evaluate(self) -> dict[str, Any]:
         """Loss, accuracy and confusion matrix on the test set."""
         accelerator = self.settings.accelerator
-        args = (self.eval_batch_size, self.num_classes, self.ranks, accelerator)
+        args = (self.eval_batch_size, self.num_classes, self.ranks, accelerator, self.eval_forward)
         return evaluate(self.model, self.test_set, self.device, *args)
+
+    def _eval_forward(self, x: Tensor) -> Tensor:
+        """The logits of ``x`` for evaluation replayed from a graph (autocast without its cache)."""
+        with autocast(self.device, self.settings.amp, cache=False):
+            return self.model(x)
 
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         """One epoch of updates; its history entry (or ``diverged`` with the first loss that was
@@ -301,16 +365,28 @@ class Loop:
 
     def _update(self, i: int, x: Tensor, y: Tensor, size: int, epoch: int, tally: _Tally) -> None:
         """One optimiser update on this rank's part ``(x, y)`` of a global batch of ``size``; adds
-        the batch's loss (cross-entropy plus penalty, reduced over the ranks) to ``tally`` on the
-        device."""
+        the batch's loss and correct predictions to ``tally`` on the device. The first batch of
+        an epoch measures the memory autograd keeps (a replayed step runs no Python: the last
+        figure stays)."""
         x = memory_format(x, self.settings.channels_last)
-        with autocast(self.device, self.settings.amp):
-            with SavedTensors() if i == 0 else contextlib.nullcontext() as memory:
+        self.protocol.before_update(self.optimizer, epoch)
+        self.saved = SavedTensors() if i == 0 else None
+        loss, correct = self.train_step(x, y, size)
+        if self.saved is not None and (self.saved.storages or self.saved_mb is None):
+            self.saved_mb = self.saved.megabytes
+        tally.saved = self.saved_mb
+        # after the backward pass, which adds its field evaluations
+        tally.add(loss, correct, size, field_evaluations(self.model))
+
+    def _train_step(self, x: Tensor, y: Tensor, size: int) -> Tensor:
+        """Forward, loss, backward and optimiser step on ``(x, y)``; the batch's loss
+        (cross-entropy plus penalty) and correct predictions, reduced over the ranks, on the device."""
+        self.optimizer.zero_grad(set_to_none=True)
+        with autocast(self.device, self.settings.amp, cache=not self.captured):
+            with self.saved or contextlib.nullcontext():
                 out = self.protocol.outputs(self.network, self.model, x, y)
                 out = self.network(x) if out is None else out
             data_loss = distributed.weighted_cross_entropy(out, y, size, self.ranks)
-        if memory is not None:
-            tally.saved = memory.megabytes
         learning = self.learning
         penalty = (
             smoothness(self.model, learning.alpha, b_in_reg=learning.b_in_reg, h_div=learning.h_div,
@@ -323,13 +399,10 @@ class Loop:
         parts = [data_loss.detach().double() * (size / world), (out.argmax(1) == y).sum().double()]
         parts.append(penalty.detach().double() / world if penalty is not None else parts[1].new_zeros(()))
         ce_sum, n_correct, penalty_value = distributed.all_reduce_sum(torch.stack(parts), self.ranks)
-        self._step(data_loss if penalty is None else data_loss + penalty, epoch)
-        # after the backward pass, which adds its field evaluations
-        tally.add(ce_sum / size + penalty_value, n_correct, size, field_evaluations(self.model))
+        self._backward_and_step(data_loss if penalty is None else data_loss + penalty)
+        return torch.stack([ce_sum / size + penalty_value, n_correct])
 
-    def _step(self, loss: Tensor, epoch: int) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
-        self.protocol.before_update(self.optimizer, epoch)
+    def _backward_and_step(self, loss: Tensor) -> None:
         if self.scaler is None:
             loss.backward()
             self.optimizer.step()
@@ -377,7 +450,7 @@ class _Tally:
         """The history entry of the epoch from its final `read`."""
         entry = {
             "epoch": epoch,
-            "lr": loop.optimizer.param_groups[0]["lr"],
+            "lr": _lr(loop.optimizer),
             "train_loss": read.loss / self.total,
             "train_accuracy": read.correct / self.total,
             "seconds": time.perf_counter() - self.begin,
@@ -388,6 +461,13 @@ class _Tally:
         if self.nfe_batches:
             entry.update(nfe_forward=self.nfe[0] / self.nfe_batches, nfe_backward=self.nfe[1] / self.nfe_batches)
         return entry
+
+
+def _lr(optimizer: torch.optim.Optimizer) -> float:
+    """The lr of the first parameter group; a tensor lr (float32, as fused optimisers read it)
+    as the shortest decimal that is its value."""
+    lr = optimizer.param_groups[0]["lr"]
+    return float(str(np.float32(lr.item()))) if isinstance(lr, Tensor) else lr
 
 
 def summarize(history: list[dict[str, Any]]) -> dict[str, Any]:

@@ -305,17 +305,49 @@ def strategies(learning: LearningParameters) -> Strategies:
 
 
 def make_optimizer(
-    model: nn.Module, learning: LearningParameters, protocol: TrainingProtocol | None = None
+    model: nn.Module,
+    learning: LearningParameters,
+    protocol: TrainingProtocol | None = None,
+    *,
+    fused: bool = False,
+    capturable: bool = False,
 ) -> torch.optim.Optimizer:
     """SGD with momentum or Adam with betas = ``momentum``; weight decay ``wd`` inside; the
-    parameters ``protocol`` trains (default: those of `strategies`)."""
+    parameters ``protocol`` trains (default: those of `strategies`). ``fused``: the fused
+    implementation (one kernel per step) with the lr as a tensor on the parameters' device, which
+    a captured step reads and the schedule fills; ``capturable``: fused, and marked for capture in
+    a CUDA graph (`contham.experiments.graphs`; the mark changes nothing in the arithmetic)."""
     momentum = learning.momentum  # validate(): a float for SGD, a pair for Adam
     params = (protocol or strategies(learning)).trained_parameters(model, list(model.parameters()))
-    if learning.optimiser == "SGD":
+    lr: float | Tensor = learning.lr
+    kind: dict[str, Any] = {}
+    if fused or capturable:
+        lr, kind = torch.tensor(learning.lr, device=params[0].device), {"fused": True}
+    if learning.optimiser == "SGD":  # SGD keeps no step count and needs no mark
         assert isinstance(momentum, float)
-        return torch.optim.SGD(params, learning.lr, momentum=momentum, weight_decay=learning.wd)
+        return torch.optim.SGD(params, lr, momentum=momentum, weight_decay=learning.wd, **kind)
     assert isinstance(momentum, tuple)
-    return torch.optim.Adam(params, learning.lr, betas=momentum, weight_decay=learning.wd)
+    return torch.optim.Adam(params, lr, betas=momentum, weight_decay=learning.wd, capturable=capturable, **kind)
+
+
+IMPLEMENTATION = ("fused", "foreach", "capturable")
+"""The optimiser options that choose an implementation, not the optimisation."""
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Load ``state`` (an optimiser's ``state_dict``) into ``optimizer`` but keep its
+    implementation and the type of its lr (a float, or a tensor that a captured step reads and
+    the schedule fills): a checkpoint of a run with CUDA graphs resumes in one without, and back."""
+    own = [{key: group[key] for key in IMPLEMENTATION if key in group} for group in optimizer.param_groups]
+    lrs = [group["lr"] for group in optimizer.param_groups]
+    # loaded with this optimiser's implementation, which places its state (Adam's step count)
+    groups = [{**saved, **kept} for saved, kept in zip(state["param_groups"], own)]
+    optimizer.load_state_dict({**state, "param_groups": groups})
+    for group, lr in zip(optimizer.param_groups, lrs):
+        if isinstance(lr, Tensor):
+            group["lr"] = lr.fill_(float(group["lr"]))
+        else:
+            group["lr"] = float(group["lr"])
 
 
 def adam_step_epoch_parameters(model: nn.Module, optimizer: torch.optim.Optimizer, patterns: list[str]) -> list[Tensor]:
