@@ -46,6 +46,13 @@ class SynchronisingWarmUp(ReplayByCall):
         return fn(), "called a synchronizing CUDA operation"
 
 
+class FailingCapture(ReplayByCall):
+    """As if an operation of the step could not be recorded."""
+
+    def capture(self, fn):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+
 def _loop(model, cuda_graphs, batch_size=128):
     train_set = load_image_set("digits", train=True, preprocessing="report")
     test_set = load_image_set("digits", train=False, preprocessing="report")
@@ -179,3 +186,22 @@ def test_a_loop_is_freed_when_its_last_reference_goes(monkeypatch, cuda_graphs):
         assert gone() is None
     finally:
         gc.enable()
+
+
+def test_a_step_that_cannot_be_captured_runs_eagerly_with_the_eager_history(monkeypatch):
+    monkeypatch.setitem(graph_module.GRAPHS, "cpu", ReplayByCall)
+    eager = _loop("hdnn_mnist", False)
+    expected = [eager.epoch(epoch) for epoch in (1, 2)]
+    monkeypatch.setitem(graph_module.GRAPHS, "cpu", FailingCapture)
+    loop = _loop("hdnn_mnist", "auto")
+    with pytest.warns(RuntimeWarning) as caught:
+        entries = [loop.epoch(epoch) for epoch in (1, 2)]
+    for what in ("training step", "evaluation forward"):
+        cause = f"the {what} cannot be captured (RuntimeError: operation not permitted"
+        assert any(cause in str(w.message) for w in caught), what
+    assert loop.train_step.captures == 0 and loop.train_step.blocked is not None
+    for a, b in zip(expected, entries, strict=True):
+        assert (a["train_loss"], a["test_loss"], a["batches"]) == (b["train_loss"], b["test_loss"], b["batches"])
+    with pytest.raises(NotCaptured, match="cannot be captured") as raised:
+        _loop("hdnn_mnist", True).epoch(1)
+    assert isinstance(raised.value.__cause__, RuntimeError)

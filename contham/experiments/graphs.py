@@ -90,7 +90,8 @@ GRAPHS: dict[str, Callable[[], GraphFamily]] = {"cuda": CudaGraphs}
 
 
 class NotCaptured(RuntimeError):
-    """A step that ``cuda_graphs=true`` asked to capture synchronises with the host."""
+    """A step that ``cuda_graphs=true`` asked to capture synchronises with the host or cannot be
+    captured."""
 
 
 @dataclasses.dataclass
@@ -107,9 +108,9 @@ class Captured:
     inputs and value of the others (constants of the graph): the first `WARMUP` calls of a shape
     run eagerly (warm-up), the next one captures ``fn`` on copies of its tensor inputs (the static
     buffers) and replays it, later calls copy their tensors into the buffers and replay. If a
-    warm-up call synchronises with the host, every call from then on runs ``fn`` eagerly, after a
-    warning that names the synchronisation (``strict``: `NotCaptured` is raised instead).
-    ``name`` says what ``fn`` is, in those messages."""
+    warm-up call synchronises with the host, or the capture fails, every call from then on runs
+    ``fn`` eagerly, after a warning that names the cause (``strict``: `NotCaptured` is
+    raised instead). ``name`` says what ``fn`` is, in those messages."""
 
     def __init__(self, fn: Callable[..., Any], family: GraphFamily, name: str, strict: bool = False):
         self.fn, self.family, self.name, self.strict = fn, family, name, strict
@@ -126,11 +127,16 @@ class Captured:
             shape.warmed += 1
             out, sync = self.family.warm(lambda: self.fn(*inputs))
             if sync is not None:
-                self._block(sync)
+                self._block(f"synchronises with the host ({sync})")
             return out
         if shape.static is None:
-            static = shape.static = [a.clone() if isinstance(a, Tensor) else a for a in inputs]
-            shape.replay = self.family.capture(lambda: self.fn(*static))
+            static = [a.clone() if isinstance(a, Tensor) else a for a in inputs]
+            try:
+                shape.replay = self.family.capture(lambda: self.fn(*static))
+            except Exception as error:  # an operation that cannot be captured (many error types)
+                self._block(f"cannot be captured ({type(error).__name__}: {str(error).splitlines()[0]})", error)
+                return self.fn(*inputs)  # the capture ran no kernels: the step is still to be done
+            shape.static = static
             self.captures += 1
         else:
             for buffer, a in zip(shape.static, inputs):
@@ -139,9 +145,9 @@ class Captured:
         assert shape.replay is not None
         return shape.replay()
 
-    def _block(self, sync: str) -> None:
-        message = f"cuda_graphs: the {self.name} synchronises with the host ({sync}), so it is not captured"
+    def _block(self, cause: str, error: Exception | None = None) -> None:
+        message = f"cuda_graphs: the {self.name} {cause}, so it is not captured"
         if self.strict:
-            raise NotCaptured(message + "; set cuda_graphs=auto to run it eagerly")
+            raise NotCaptured(message + "; set cuda_graphs=auto to run it eagerly") from error
         warnings.warn(message + "; running it eagerly", RuntimeWarning, stacklevel=3)
-        self.blocked = sync
+        self.blocked = cause
