@@ -98,10 +98,11 @@ class HamiltonianBlock(nn.Module):
             )
         self.field.check_input(y)
         split = cast(SplitSolver, self.solver)
+        halves = split.enter(self.field, y)
         for s, h, node in reversed(self.schedule.steps):
             assert node is not None
-            y = split.unstep(self.field.at_node(node), s, h, y)
-        return y
+            halves = split.retreat(self.field.at_node(node), s, h, halves)
+        return split.leave(self.field, halves)
 
     def trajectory(self, y: Tensor) -> Tensor:
         """The states ``y_0, ..., y_{n_steps}``, stacked on a new leading axis."""

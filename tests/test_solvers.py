@@ -139,3 +139,19 @@ def test_solver_first_follows_field():
     y1 = y + 0.1 * f.dy(0.0, z)
     z1 = z + 0.1 * f.dz(0.0, y1)
     assert torch.allclose(contham.solvers.SymplecticEuler("y").step(f, 0.0, 0.1, x), torch.cat((y1, z1), 1))
+
+
+@pytest.mark.parametrize("gradient", ["backprop", "reversible"])
+def test_split_steps_join_the_halves_only_at_the_outputs(monkeypatch, gradient):
+    # the halves are carried from step to step: one join per returned state, none per step
+    field = TwoLayerField(4, "tanh", kernel_size=3, n_nodes=6, dt=0.1)
+    joins = []
+    merge = TwoLayerField.merge
+    monkeypatch.setattr(TwoLayerField, "merge", staticmethod(lambda y, z: joins.append(1) or merge(y, z)))
+    block = contham.HamiltonianBlock(field, gradient=gradient)
+    x = torch.randn(2, 4, 5, 5, requires_grad=True)
+    out = block(x)
+    assert len(joins) == 1
+    out.sum().backward()
+    assert len(joins) == 1 + (gradient == "reversible")  # the reversible backward joins the input's gradient
+    assert len(block.trajectory(x.detach())) == 7 and len(joins) == 1 + (gradient == "reversible") + 6

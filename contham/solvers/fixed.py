@@ -19,11 +19,14 @@ import torch
 from torch import Tensor, nn
 
 from .._checks import check_choice
-from ..fields.base import FrozenField, SplitField
+from ..fields.base import FrozenField, SplitField, other_half
 from ..fields.time import TimeNodes
 from . import tableaus
 from .base import Gradient, IntegrationError, Kick, Problem, Solution, Solver, Stats, Step, register_solver
 from .fused import FusedPlan, fused_plan
+
+Halves = dict[str, Tensor]
+"""A split state carried as its halves ``{"y": y, "z": z}``."""
 
 
 def plan_steps(
@@ -110,15 +113,29 @@ class FixedStepSolver(Solver):
         return gradient.fixed_steps(self, schedule, y, stats)
 
     def march(self, schedule: Schedule, y: Tensor) -> list[Tensor]:
-        """The steps one by one, through autograd: the states at ``schedule.outputs``."""
+        """The steps one by one, through autograd: the states at ``schedule.outputs``. The
+        steps carry the state in the form `enter` gives it and `leave` takes it back from."""
         field: Any = schedule.field  # a NodeField wherever a step names a node
         frozen = [FrozenField(field, w) for w in field.step_weights()] if schedule.pinned else []
+        state = self.enter(field, y)
         out = []
         for i, (s, h, node) in enumerate(schedule.steps, 1):
-            y = self.step(field if node is None else frozen[node], s, h, y)
+            state = self.advance(field if node is None else frozen[node], s, h, state)
             if i in schedule.outputs:
-                out.append(y)
+                out.append(self.leave(field, state))
         return out
+
+    def enter(self, field: Any, y: Tensor) -> Any:
+        """The state ``y`` in the form `advance` carries from step to step (itself here)."""
+        return y
+
+    def advance(self, f: Any, t: float, h: float, state: Any) -> Any:
+        """One step on the carried form of the state (`step` here)."""
+        return self.step(f, t, h, state)
+
+    def leave(self, field: Any, state: Any) -> Tensor:
+        """The state as a tensor again (the inverse of `enter`)."""
+        return state
 
 
 def wants_grad(field: Any, y: Tensor) -> bool:
@@ -204,18 +221,31 @@ class SplitSolver(FixedStepSolver):
         drive = f.dy if kick.u == "y" else f.dz
         return drive(t + kick.d * h, v)
 
-    def step(self, f: Any, t: float, h: float, x: Tensor) -> Tensor:
-        halves = dict(zip("yz", f.split(x)))
-        for k in self.kicks(f):
-            halves[k.u] = halves[k.u] + (k.c * h) * self.term(f, k, t, h, halves["z" if k.u == "y" else "y"])
-        return f.merge(halves["y"], halves["z"])
+    def enter(self, field: Any, y: Tensor) -> Halves:
+        """The halves of ``y`` (views): a split scheme carries them apart from step to step and
+        joins them only where a state is returned (a join per step would copy the whole state)."""
+        y_half, z_half = field.split(y)
+        return {"y": y_half, "z": z_half}
 
-    def unstep(self, f: Any, t: float, h: float, x: Tensor) -> Tensor:
-        """The exact inverse of `step` (up to rounding): the kicks undone in reverse order."""
-        halves = dict(zip("yz", f.split(x)))
+    def advance(self, f: Any, t: float, h: float, halves: Halves) -> Halves:
+        """The kicks of one step on ``halves`` (a new dict: the input is left as it was)."""
+        halves = dict(halves)
+        for k in self.kicks(f):
+            halves[k.u] = halves[k.u] + (k.c * h) * self.term(f, k, t, h, halves[other_half(k.u)])
+        return halves
+
+    def retreat(self, f: Any, t: float, h: float, halves: Halves) -> Halves:
+        """The exact inverse of `advance` (up to rounding): the kicks undone in reverse order."""
+        halves = dict(halves)
         for k in reversed(self.kicks(f)):
-            halves[k.u] = halves[k.u] - (k.c * h) * self.term(f, k, t, h, halves["z" if k.u == "y" else "y"])
-        return f.merge(halves["y"], halves["z"])
+            halves[k.u] = halves[k.u] - (k.c * h) * self.term(f, k, t, h, halves[other_half(k.u)])
+        return halves
+
+    def leave(self, field: Any, halves: Halves) -> Tensor:
+        return field.merge(halves["y"], halves["z"])
+
+    def step(self, f: Any, t: float, h: float, x: Tensor) -> Tensor:
+        return self.leave(f, self.advance(f, t, h, self.enter(f, x)))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(first={self.first!r})"

@@ -28,8 +28,10 @@ from .fixed import SplitSolver
 class _ReversibleSteps(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, field: Any, solver: SplitSolver, steps: list[Step], x: Tensor, *params: Tensor):
+        halves = solver.enter(field, x)
         for s, h, node in steps:
-            x = solver.step(FrozenField(field, tuple(p[node] for p in params)), s, h, x)
+            halves = solver.advance(FrozenField(field, tuple(p[node] for p in params)), s, h, halves)
+        x = solver.leave(field, halves)
         ctx.field, ctx.solver, ctx.steps = field, solver, steps
         ctx.save_for_backward(x, *params)
         return x
@@ -39,8 +41,7 @@ class _ReversibleSteps(torch.autograd.Function):
         x, *params = ctx.saved_tensors
         field, solver = ctx.field, ctx.solver
         grads = [torch.zeros_like(p) for p in params]
-        state = dict(zip("yz", field.split(x)))
-        adjoint = dict(zip("yz", field.split(grad)))
+        state, adjoint = solver.enter(field, x), solver.enter(field, grad)
         kicks = solver.kicks(field)[::-1]
         for s, h, node in reversed(ctx.steps):
             weights = tuple(p[node] for p in params)
@@ -56,7 +57,7 @@ class _ReversibleSteps(torch.autograd.Function):
                 adjoint[v] = adjoint[v] + g_source
                 for total, g in zip(grads, g_weights):
                     total[node] += g
-        return (None, None, None, field.merge(adjoint["y"], adjoint["z"]), *grads)
+        return (None, None, None, solver.leave(field, adjoint), *grads)
 
 
 def reversible_steps(field: NodeField, solver: SplitSolver, x: Tensor, steps: list[Step]) -> Tensor:
