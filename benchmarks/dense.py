@@ -1,11 +1,13 @@
 """Benchmark 2: dense Hamiltonian nets (the 2-D protocol) vs a straightforward per-layer loop.
 
 nf = 4 features, 64 layers, h = 0.1, batch 125, one training step (forward + backward of the
-sum). Three contham blocks:
+sum). Five contham blocks:
 
 * H1: J1, tanh, forward Euler;
 * the two-layer field with symplectic Euler;
-* the separable field with symplectic Euler.
+* the separable field with symplectic Euler;
+* MS1 (Haber & Ruthotto's symmetric field) with symplectic Euler, z first;
+* MS2 (their antisymmetric field, no damping) with forward Euler.
 
 Each is compared with the same equations written as a plain loop over one ``nn.Linear`` per layer
 and weight, with J as an explicit matrix (what research code typically does). contham runs both
@@ -27,7 +29,15 @@ import torch
 from _timing import interleaved_medians, training_step
 from torch import nn
 
-from contham import Backprop, HamiltonianBlock, HamiltonianField, SeparableField, TwoLayerField
+from contham import (
+    AntisymmetricField,
+    Backprop,
+    HamiltonianBlock,
+    HamiltonianField,
+    SeparableField,
+    SymmetricField,
+    TwoLayerField,
+)
 from contham.fields import j1_matrix
 
 H = 0.1
@@ -78,6 +88,44 @@ class LoopSplit(nn.Module):
         return torch.cat((y, z), dim=1)
 
 
+class LoopMS1(nn.Module):
+    """z <- z + h tanh(-K0^T y + b_z), then y <- y + h tanh(K0 z + b_y); nn.Linear (K0, b_y) per layer."""
+
+    def __init__(self, block: HamiltonianBlock):
+        super().__init__()
+        self.half = block.field.features // 2
+        self.layers = nn.ModuleList(nn.Linear(self.half, self.half) for _ in range(block.n_steps))
+        field = block.field
+        with torch.no_grad():
+            for j, layer in enumerate(self.layers):
+                layer.weight.copy_(field.K0[j]), layer.bias.copy_(field.b[j, : self.half])
+        self.b_z = nn.Parameter(field.b[:, self.half :].detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y, z = x[:, : self.half], x[:, self.half :]
+        for layer, b_z in zip(self.layers, self.b_z):
+            z = z + H * torch.tanh(b_z - y @ layer.weight)
+            y = y + H * torch.tanh(layer(z))
+        return torch.cat((y, z), dim=1)
+
+
+class LoopMS2(nn.Module):
+    """y <- y + h tanh((W - W^T) y + b), one nn.Linear (W, b) per layer."""
+
+    def __init__(self, block: HamiltonianBlock):
+        super().__init__()
+        nf = block.field.features
+        self.layers = nn.ModuleList(nn.Linear(nf, nf) for _ in range(block.n_steps))
+        with torch.no_grad():
+            for j, layer in enumerate(self.layers):
+                layer.weight.copy_(block.field.W[j]), layer.bias.copy_(block.field.b[j])
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            y = y + H * torch.tanh(layer(y) - y @ layer.weight)
+        return y
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nf", type=int, default=4, help="features (even)")
@@ -91,6 +139,8 @@ def main() -> None:
         "H1 (J1, Euler)": HamiltonianBlock(HamiltonianField(args.nf, "J1", "tanh", **layout)),
         "two-layer (SE)": HamiltonianBlock(TwoLayerField(args.nf, "tanh", **layout)),
         "separable (SE)": HamiltonianBlock(SeparableField(args.nf, "tanh", **layout)),
+        "MS1 (SE)": HamiltonianBlock(SymmetricField(args.nf, "tanh", **layout)),
+        "MS2 (Euler)": HamiltonianBlock(AntisymmetricField(args.nf, "tanh", **layout)),
     }
     step_by_step = Backprop(higher_order=True)
     unfused = {
@@ -100,6 +150,8 @@ def main() -> None:
         "H1 (J1, Euler)": LoopH1(blocks["H1 (J1, Euler)"]),
         "two-layer (SE)": LoopSplit(blocks["two-layer (SE)"], ("K1", "b1", "K2", "b2"), "y"),
         "separable (SE)": LoopSplit(blocks["separable (SE)"], ("Kq", "bq", "Kp", "bp"), "z"),
+        "MS1 (SE)": LoopMS1(blocks["MS1 (SE)"]),
+        "MS2 (Euler)": LoopMS2(blocks["MS2 (Euler)"]),
     }
     x = torch.randn(args.batch, args.nf)
     print(

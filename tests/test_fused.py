@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from contham import (
+    AntisymmetricField,
     Backprop,
     HamiltonianBlock,
     HamiltonianField,
@@ -34,8 +35,22 @@ CASES = [
     (lambda s: TwoLayerField(4, s, n_nodes=6, dt=0.1), "verlet"),
     (lambda s: SeparableField(6, s, n_nodes=6, dt=0.1), "symplectic_euler"),
     (lambda s: SeparableField(6, s, width=5, n_nodes=6, dt=0.1), "verlet"),
+    (lambda s: SymmetricField(6, s, n_nodes=5, dt=0.1), "symplectic_euler"),
+    (lambda s: SymmetricField(4, s, n_nodes=4, dt=0.2), "verlet"),
+    (lambda s: AntisymmetricField(5, s, gamma=0.3, n_nodes=5, dt=0.1), "euler"),
 ]
-IDS = ["H1-J1", "H1-J2-wide", "H1-custom-J", "two-layer-SE", "two-layer-verlet", "separable-SE", "separable-verlet"]
+IDS = [
+    "H1-J1",
+    "H1-J2-wide",
+    "H1-custom-J",
+    "two-layer-SE",
+    "two-layer-verlet",
+    "separable-SE",
+    "separable-verlet",
+    "MS1-SE",
+    "MS1-verlet",
+    "MS2-damped",
+]
 
 
 def pair(make, sigma, solver):
@@ -69,8 +84,9 @@ def test_fused_map_and_gradients_equal_autograd(make, solver, sigma):
         torch.testing.assert_close(fused(x), plain(x), rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("make, solver", [CASES[0], CASES[4], CASES[6]], ids=[IDS[0], IDS[4], IDS[6]])
-def test_gradcheck_fused_block(make, solver):
+@pytest.mark.parametrize("case", [0, 4, 6, 8, 9], ids=lambda i: IDS[i])
+def test_gradcheck_fused_block(case):
+    make, solver = CASES[case]
     fused, _ = pair(make, "tanh", solver)
     x = torch.randn(3, fused.field.features, dtype=D, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x, *p: fused(x), (x, *fused.field.parameters()))
@@ -115,10 +131,10 @@ def test_double_backward_needs_higher_order():
         lambda: HamiltonianBlock(HamiltonianField(4, sigma=lambda v: v.tanh(), n_nodes=2)),  # unnamed sigma
         lambda: HamiltonianBlock(HamiltonianField(4, n_nodes=2), "rk4"),  # multi-stage solver
         lambda: HamiltonianBlock(TwoLayerField(4, n_nodes=2), "euler"),  # split field, Euler
-        lambda: HamiltonianBlock(SymmetricField(4, n_nodes=2)),  # no sigma terms
+        lambda: HamiltonianBlock(AntisymmetricField(4, kernel_size=3, n_nodes=2)),  # conv MS2
         lambda: HamiltonianBlock(HamiltonianField(4, n_nodes=2), gradient=Backprop(higher_order=True)),
     ],
-    ids=["conv", "custom-sigma", "rk4", "split-euler", "symmetric", "off"],
+    ids=["conv", "custom-sigma", "rk4", "split-euler", "conv-MS2", "off"],
 )
 def test_unsupported_blocks_run_step_by_step(block):
     assert not block().fused

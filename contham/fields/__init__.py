@@ -4,6 +4,7 @@ the literature, and the ODENet field of the thesis; the activation table and the
 from .activations import ACTIVATIONS, Activation, resolve_activation
 from .base import CheckedField, FrozenField, NodeField, SplitField, TimedField, linear_op, linear_op_t, other_half
 from .hamiltonian import HamiltonianField, SigmaTerm, SigmaTermField
+from .kicks import KickTerms
 from .odenet import ConcatConv2d, ODENetField
 from .registry import FIELDS, FieldEntry, field_entry, field_names, register_field
 from .skew import SkewMatrix, j1_matrix, j2_matrix
@@ -21,6 +22,7 @@ __all__ = [
     "FieldEntry",
     "FrozenField",
     "HamiltonianField",
+    "KickTerms",
     "NodeField",
     "ODENetField",
     "SeparableField",

@@ -22,7 +22,8 @@ import torch
 from torch import Tensor
 
 from .activations import resolve_activation
-from .base import NodeField, Params, linear_op, linear_op_t, other_half
+from .base import Params, linear_op, linear_op_t, other_half
+from .kicks import KickTerms, Operands
 from .registry import register_field
 from .skew import SkewMatrix
 
@@ -42,9 +43,10 @@ class SigmaTerm(NamedTuple):
     skew: bool = False
 
 
-class SigmaTermField(NodeField):
-    """Base of the fields made of `SigmaTerm`: ``f``, its halves and the energy
-    ``H = sum over terms of 1^T sigma~(K v + b)`` all follow from ``sigma_terms``.
+class SigmaTermField(KickTerms):
+    """Base of the fields made of `SigmaTerm`: ``f``, its halves, the energy
+    ``H = sum over terms of 1^T sigma~(K v + b)`` and the kicks of the fused path (`KickTerms`,
+    ``M = K J^T`` for a skew term, else K) all follow from ``sigma_terms``.
 
     A term with ``skew=True`` is read with ``K J^T`` (J on the small weight rather than on the
     activation); `step_weights` computes it for every node at once and passes it after the
@@ -75,6 +77,32 @@ class SigmaTermField(NodeField):
         K = getattr(self, self.node_names[skew[0].K])
         KJ = self.J(K.flatten(0, 1)).view_as(K)  # every node's K J^T at once
         return [(*w, kj) for w, kj in zip(weights, KJ.unbind(0))]
+
+    def kick_signs(self) -> dict[str, float]:
+        return {u: t.sign for u, t in self.sigma_terms.items()}
+
+    def kick_shapes(self) -> dict[str, tuple[int, int]]:
+        shapes = {}
+        for u, t in self.sigma_terms.items():
+            _, width, features = getattr(self, self.node_names[t.K]).shape
+            shapes[u] = (width, features)
+        return shapes
+
+    def kick_operands(self, params: tuple[Tensor, ...]) -> Operands:
+        out: Operands = {}
+        for u, t in self.sigma_terms.items():
+            K = params[t.K]
+            out[u] = (K, params[t.b], K @ self.J.J.to(K.dtype).T if t.skew else K)
+        return out
+
+    def kick_grads(self, grads: Operands) -> list[Tensor | None]:
+        out: list[Tensor | None] = [None] * len(self.node_names)
+        for u, t in self.sigma_terms.items():
+            gK, gb, gM = grads[u]
+            assert gM is not None  # M = K J^T or K: never the identity
+            out[t.b] = gb
+            out[t.K] = gK + (gM @ self.J.J.to(gM.dtype) if t.skew else gM)
+        return out
 
     def energy(self, t: float | Tensor, y: Tensor) -> Tensor:
         """``H(t, y)``, one value per sample (shape ``(batch,)``)."""

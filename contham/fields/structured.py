@@ -25,8 +25,9 @@ import torch
 from torch import Tensor, nn
 
 from .activations import resolve_activation
-from .base import NodeField, Params, SplitField, adjoint_weight, linear_op, linear_op_t
+from .base import Params, SplitField, adjoint_weight, linear_op, linear_op_t
 from .hamiltonian import SigmaTerm, SigmaTermField
+from .kicks import KickTerms, Operands
 from .registry import register_field
 from .skew import SkewMatrix
 
@@ -148,7 +149,7 @@ class SeparableField(_SplitHamiltonian):
 
 
 @register_field("Symmetric", aliases=("MS1",))
-class SymmetricField(SplitField):
+class SymmetricField(SplitField, KickTerms):
     """ "MS1" of Haber & Ruthotto 2017: ``y' = sigma(K0 z + b_y)``, ``z' = sigma(-K0^T y + b_z)``.
 
     Node-axis parameters ``K0``: ``(n_nodes, n/2, n/2[, k, k])``, ``b``: ``(n_nodes, n)``
@@ -182,6 +183,23 @@ class SymmetricField(SplitField):
         K0, b = params
         return self.sigma(_add_bias(-linear_op_t(K0, y), b[self.half_features :]))
 
+    def kick_signs(self) -> dict[str, float]:
+        return {"y": 1.0, "z": 1.0}
+
+    def kick_shapes(self) -> dict[str, tuple[int, int]]:
+        half = self.half_features
+        return {"y": (half, half), "z": (half, half)}
+
+    def kick_operands(self, params: tuple[Tensor, ...]) -> Operands:
+        """``y' = sigma(K0 z + b_y)``, ``z' = sigma(-K0^T y + b_z)``, M = I."""
+        K0, b = params
+        half = self.half_features
+        return {"y": (K0, b[:, :half], None), "z": (-K0.transpose(1, 2), b[:, half:], None)}
+
+    def kick_grads(self, grads: Operands) -> list[Tensor | None]:
+        (gK_y, gb_y, _), (gK_z, gb_z, _) = grads["y"], grads["z"]
+        return [gK_y - gK_z.transpose(1, 2), torch.cat((gb_y, gb_z), 1)]
+
     def equation_weights(self) -> tuple[tuple[str, Tensor], ...]:
         """K = [[0, K0], [-K0^T, 0]]: K0 appears twice."""
         return ("K0", self.K0), ("K0", -adjoint_weight(self.K0)), ("b", self.b)
@@ -191,7 +209,7 @@ class SymmetricField(SplitField):
 
 
 @register_field("Antisymmetric", aliases=("MS2",))
-class AntisymmetricField(NodeField):
+class AntisymmetricField(KickTerms):
     """ "MS2" of Haber & Ruthotto 2017: ``f(t, y) = sigma((W - W^T - gamma I) y + b)``.
 
     ``K = W - W^T`` is antisymmetric (for a conv, ``W - W^T`` is the convolution minus its
@@ -227,6 +245,24 @@ class AntisymmetricField(NodeField):
         if self.gamma:
             Ky = Ky - self.gamma * y
         return self.sigma(Ky)
+
+    def kick_signs(self) -> dict[str, float]:
+        return {"x": 1.0}
+
+    def kick_shapes(self) -> dict[str, tuple[int, int]]:
+        return {"x": (self.features, self.features)}
+
+    def kick_operands(self, params: tuple[Tensor, ...]) -> Operands:
+        """``y' = sigma((W - W^T - gamma I) y + b)``, M = I."""
+        W, b = params
+        K = W - W.transpose(1, 2)
+        if self.gamma:
+            K = K - self.gamma * torch.eye(self.features, dtype=K.dtype, device=K.device)
+        return {"x": (K, b, None)}
+
+    def kick_grads(self, grads: Operands) -> list[Tensor | None]:
+        gK, gb, _ = grads["x"]
+        return [gK - gK.transpose(1, 2), gb]
 
     def equation_weights(self) -> tuple[tuple[str, Tensor], ...]:
         """K = W - W^T (the damping gamma I is not a weight)."""

@@ -3,13 +3,13 @@
 On dense states each step is a few small matrix products: on a 2-D benchmark (125 rows of 4
 features, tens of layers) eager autograd spends more time recording and replaying them than
 computing them, and on the per-pixel H-DNN (78,400 rows of 8 features) each product is memory
-bound. Fields made of terms ``sign * J K^T sigma(K v + b)`` (H1 with any J, the two-layer and the
-separable fields; `SigmaTerm`) integrated by forward Euler (H1) or a split
-solver (the split fields) are a sequence of *kicks* ``u <- u + c h sign * M^T sigma(K v + b)``,
-``M = K J^T``. The fused path runs them in column form, a state ``(features, batch)``, where every
-product is a short-and-wide matrix times the state (several times faster than the row form on
-tall states). Each state carries a last feature of ones, so that ``[K | b]`` times it is
-``K v + b``. Each kick costs three kernels forward (``mm``, sigma in place, ``addmm``); the
+bound. Fields made of terms ``sign * M^T sigma(K v + b)`` (`KickTerms`: H1 with any J, the
+two-layer and the separable fields with ``M = K J^T``; MS1 and MS2 with ``M = I``) integrated by
+forward Euler (whole-state fields) or a split solver (the split fields) are a sequence of *kicks*
+``u <- u + c h sign * M^T sigma(K v + b)``. The fused path runs them in column form, a state
+``(features, batch)``, where every product is a short-and-wide matrix times the state (several
+times faster than the row form on tall states). Each state carries a last feature of ones, so
+that ``[K | b]`` times it is ``K v + b``. Each kick costs three kernels forward (``mm``, sigma in place, ``addmm``); the
 backward pass walks the kicks back with ``w = sigma(z)``:
 
 * ``dL/dz = c h sign * (M dL/du) * sigma'(z)``, with sigma' read off w;
@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from ..fields.base import other_half
-from ..fields.hamiltonian import SigmaTermField
+from ..fields.kicks import KickTerms
 from .base import Kick, Step
 
 # One kick of the plan: (half moved u, half read v, coefficient c h sign); the term driving u is named u
@@ -49,9 +49,9 @@ class FusedPlan:
     within a step), and the history rows of u (after the kick) and of v (read). Build it with
     `fused_plan`."""
 
-    field: Any  # a SigmaTermField (split for split steps)
+    field: Any  # a KickTerms field (split for split steps)
 
-    def __init__(self, field: SigmaTermField, step: list[PlanKick]):
+    def __init__(self, field: KickTerms, step: list[PlanKick]):
         self.field, n = field, field.nodes.n
         # sigma in place, and sigma' from sigma's output (plain attributes: torch.compile traces them)
         self.inplace, self.derivative = field.activation.inplace, field.activation.derivative
@@ -94,46 +94,36 @@ class FusedPlan:
 
 def fused_plan(field: nn.Module, kicks: list[Kick] | None, steps: list[Step]) -> FusedPlan | None:
     """The `FusedPlan` of ``steps`` of a solver whose step on ``field`` is ``kicks``, or
-    None if the fused path cannot run it. It runs dense `SigmaTermField` s
+    None if the fused path cannot run it. It runs dense `KickTerms` fields
     with a fusable activation (`Activation`) whose step is a sequence of
-    kicks on the halves the field's terms drive (forward Euler on H1, a split method on a split
-    field), in the discrete mode: step j on node j with ``h = dt``."""
-    if not isinstance(field, SigmaTermField) or field.conv or not field.activation.fusable or kicks is None:
+    kicks on the halves the field's terms drive (forward Euler on a whole-state field, a split
+    method on a split field), in the discrete mode: step j on node j with ``h = dt``."""
+    if not isinstance(field, KickTerms) or field.conv or not field.activation.fusable or kicks is None:
         return None
-    terms, nodes = field.sigma_terms, field.nodes
-    if {k.u for k in kicks} != set(terms) or len(steps) != nodes.n:
+    signs, nodes = field.kick_signs(), field.nodes
+    if {k.u for k in kicks} != set(signs) or len(steps) != nodes.n:
         return None
     if any(node != j or abs(h - nodes.dt) > 1e-9 * nodes.dt for j, (_, h, node) in enumerate(steps)):
         return None
-    return FusedPlan(field, [(k.u, other_half(k.u), k.c * nodes.dt * terms[k.u].sign) for k in kicks])
+    return FusedPlan(field, [(k.u, other_half(k.u), k.c * nodes.dt * signs[k.u]) for k in kicks])
 
 
-def kick_matrices(field: SigmaTermField, params: tuple[Tensor, ...]) -> dict[str, Tensor]:
-    """Per term, the matrices ``M = K J^T`` (``(steps, width, features of u)``): the kick of u
-    is ``u <- u + c h sign M^T sigma(K v + b)`` in column form."""
-    out = {}
-    for u, term in field.sigma_terms.items():
-        K = params[term.K]
-        out[u] = K @ field.J.J.to(K.dtype).T if term.skew else K
-    return out
-
-
-def _augmented(field: SigmaTermField, params: tuple[Tensor, ...]) -> dict[str, Tensor]:
-    """Per term, ``[K | b]`` (``(steps, width, features of v + 1)``), which multiplies a state
-    with a last feature of ones."""
-    return {u: torch.cat((params[t.K], params[t.b].unsqueeze(-1)), 2) for u, t in field.sigma_terms.items()}
+def _augmented(K: Tensor, b: Tensor) -> Tensor:
+    """``[K | b]`` (``(steps, width, features of v + 1)``), which multiplies a state with a last
+    feature of ones."""
+    return torch.cat((K, b.unsqueeze(-1)), 2)
 
 
 def _run(plan: FusedPlan, x: Tensor, params: tuple[Tensor, ...], keep: bool = True) -> tuple[Tensor, dict, dict]:
     """The forward pass: the final state, the column-form state histories and, per term, the
     activations w of its kicks ``(n_steps, kicks per step, width, batch)``. ``keep=False`` (no
     backward pass to come) keeps only the latest state of each half and the latest w."""
-    terms = plan.field.sigma_terms
+    operands = plan.field.kick_operands(params)
     hist = plan.histories(x, keep)
-    n, per = (params[0].shape[0], plan.per_step) if keep else (1, dict.fromkeys(terms, 1))
-    W = {u: x.new_empty(n, per[u], params[t.K].shape[1], x.shape[0]) for u, t in terms.items()}
-    Mt = {u: m.transpose(1, 2).unbind(0) for u, m in kick_matrices(plan.field, params).items()}
-    Kb = {u: t.unbind(0) for u, t in _augmented(plan.field, params).items()}
+    n, per = (params[0].shape[0], plan.per_step) if keep else (1, dict.fromkeys(operands, 1))
+    W = {u: x.new_empty(n, per[u], K.shape[1], x.shape[0]) for u, (K, _, _) in operands.items()}
+    Mt = {u: None if M is None else M.transpose(1, 2).unbind(0) for u, (_, _, M) in operands.items()}
+    Kb = {u: _augmented(K, b).unbind(0) for u, (K, b, _) in operands.items()}
     w = {u: t.flatten(0, 1).unbind(0) for u, t in W.items()}
     rows = {h: t.unbind(0) for h, t in hist.items()}
     act = plan.inplace
@@ -142,7 +132,11 @@ def _run(plan: FusedPlan, x: Tensor, params: tuple[Tensor, ...], keep: bool = Tr
         if not keep:
             i, row_u, row_v = 0, row_u % 2, row_v % 2
         out = act(torch.mm(Kb[u][j], rows[v][row_v], out=w[u][i]))
-        torch.addmm(rows[u][row_u - 1][:-1], Mt[u][j], out, alpha=coef, out=rows[u][row_u][:-1])
+        mt = Mt[u]
+        if mt is None:  # M = I
+            torch.add(rows[u][row_u - 1][:-1], out, alpha=coef, out=rows[u][row_u][:-1])
+        else:
+            torch.addmm(rows[u][row_u - 1][:-1], mt[j], out, alpha=coef, out=rows[u][row_u][:-1])
     last = {h: (r - 1) % len(hist[h]) for h, r in plan.rows.items()}
     y = plan.whole({h: r[last[h]][:-1] for h, r in rows.items()})
     return (y.clone() if "x" in rows else y), hist, W  # not a view of the history
@@ -151,7 +145,7 @@ def _run(plan: FusedPlan, x: Tensor, params: tuple[Tensor, ...], keep: bool = Tr
 class _FusedSteps(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, plan: FusedPlan, x: Tensor, *params: Tensor) -> Tensor:
-        terms = plan.field.sigma_terms
+        terms = list(plan.field.kick_signs())
         y, hist, W = _run(plan, x, params)
         ctx.plan, ctx.terms = plan, terms
         ctx.save_for_backward(*params, *(hist[h] for h in terms), *(W[u] for u in terms))
@@ -167,36 +161,28 @@ class _FusedSteps(torch.autograd.Function):
         w = {u: t.flatten(0, 1).unbind(0) for u, t in zip(terms, ctx.saved_tensors[k + m :])}
         derivative = plan.derivative
         assert derivative is not None  # fused_plan checked that the activation is fusable
-        M = kick_matrices(plan.field, params)
-        cM = {(u, slot): (c * M[u]).unbind(0) for (u, slot), c in plan.coef.items()}  # c h sign M
-        Kt = {u: params[t.K].transpose(1, 2).unbind(0) for u, t in terms.items()}
+        operands = plan.field.kick_operands(params)
+        M = {u: m for u, (_, _, m) in operands.items()}
+        cM = {(u, slot): (c * M[u]).unbind(0) for (u, slot), c in plan.coef.items() if M[u] is not None}  # c h sign M
+        Kt = {u: K.transpose(1, 2).unbind(0) for u, (K, _, _) in operands.items()}
         # the adjoints dL/dh of the halves, updated in place kick by kick, and the weight
         # gradients, accumulated while each kick's operands are at hand: dL/d[K | b] and dL/dM
         adj = {h: a.clone(memory_format=torch.contiguous_format) for h, a in plan.halves(grad).items()}
-        gKb = {u: torch.zeros_like(t) for u, t in _augmented(plan.field, params).items()}
-        gM = {u: torch.zeros_like(t) for u, t in M.items()}
-        gKb_, gM_ = ({u: t.unbind(0) for u, t in g.items()} for g in (gKb, gM))
+        gKb = {u: K.new_zeros(K.shape[0], K.shape[1], K.shape[2] + 1) for u, (K, _, _) in operands.items()}
+        gM = {u: None if m is None else torch.zeros_like(m) for u, m in M.items()}
+        gKb_ = {u: t.unbind(0) for u, t in gKb.items()}
+        gM_ = {u: None if t is None else t.unbind(0) for u, t in gM.items()}
         for u, v, coef, j, i, _, row_v in reversed(plan.kicks):
-            gM_[u][j].addmm_(w[u][i], adj[u].T, alpha=coef)
-            g = torch.mm(cM[u, i % plan.per_step[u]][j], adj[u]).mul_(derivative(w[u][i]))  # dL/dz
+            gm = gM_[u]
+            if gm is None:  # M = I
+                g = torch.mul(adj[u], derivative(w[u][i])).mul_(coef)  # dL/dz
+            else:
+                gm[j].addmm_(w[u][i], adj[u].T, alpha=coef)
+                g = torch.mm(cM[u, i % plan.per_step[u]][j], adj[u]).mul_(derivative(w[u][i]))
             gKb_[u][j].addmm_(g, hist[v][row_v].T)
             adj[v].addmm_(Kt[u][j], g)
-        grads = weight_grads(
-            plan.field, k, {u: g[..., :-1] for u, g in gKb.items()}, {u: g[..., -1] for u, g in gKb.items()}, gM
-        )
+        grads = plan.field.kick_grads({u: (g[..., :-1], g[..., -1], gM[u]) for u, g in gKb.items()})
         return (None, plan.whole(adj), *grads)
-
-
-def weight_grads(
-    field: SigmaTermField, count: int, gK: dict[str, Tensor], gb: dict[str, Tensor], gM: dict[str, Tensor]
-) -> list[Tensor | None]:
-    """The gradients of the ``count`` node parameters from, per term, those of its K (as read
-    by ``K v + b``), its b and its `kick_matrices` M (``M = K J^T`` for a skew term)."""
-    grads: list[Tensor | None] = [None] * count
-    for u, term in field.sigma_terms.items():
-        grads[term.b] = gb[u]
-        grads[term.K] = gK[u] + (gM[u] @ field.J.J.to(gM[u].dtype) if term.skew else gM[u])
-    return grads
 
 
 def fused_steps(plan: FusedPlan, x: Tensor) -> Tensor:

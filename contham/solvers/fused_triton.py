@@ -30,7 +30,7 @@ import triton.language as tl
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .fused import FusedPlan, kick_matrices, weight_grads
+from .fused import FusedPlan
 
 MAX_FEATURES = 64
 """The largest padded half or width the kernels take (the weights of a kick stay on chip)."""
@@ -142,8 +142,8 @@ def _padded(n: int) -> int:
 def supports(plan: FusedPlan) -> bool:
     """True when the kernels can run ``plan``: a named activation they compute and halves and
     widths of at most `MAX_FEATURES`."""
-    field, params = plan.field, plan.field.node_params()
-    sizes = [size for t in field.sigma_terms.values() for size in params[t.K].shape[1:]]
+    field = plan.field
+    sizes = [size for shape in field.kick_shapes().values() for size in shape]
     return field.activation.name in ACTIVATIONS and max(sizes) <= MAX_FEATURES
 
 
@@ -179,22 +179,23 @@ class Packed:
         field, self.plan = plan.field, plan
         self.index = half_index(plan)
         self.n = n = params[0].shape[0]
-        terms = field.sigma_terms
-        M = kick_matrices(field, params)
-        self.F = _padded(max(params[t.K].shape[2] for t in terms.values()))
-        self.W = _padded(max(params[t.K].shape[1] for t in terms.values()))
+        operands = field.kick_operands(params)
+        # per term: its width and the features of a half (M has K's shape: the halves are equal)
+        self.shapes = field.kick_shapes()
+        self.F = _padded(max(features for _, features in self.shapes.values()))
+        self.W = _padded(max(width for width, _ in self.shapes.values()))
         self.KP = x.new_zeros(2, n, self.W, self.F)
         self.MP, self.BP = torch.zeros_like(self.KP), x.new_zeros(2, n, self.W)
-        for u, term in terms.items():
-            K, i = params[term.K], self.index[u]
+        for u, (K, b, M) in operands.items():
+            i = self.index[u]
             self.KP[i, :, : K.shape[1], : K.shape[2]] = K
-            self.BP[i, :, : K.shape[1]] = params[term.b]
-            self.MP[i, :, : K.shape[1], : K.shape[2]] = M[u]  # K J^T or K: K's shape
+            self.BP[i, :, : K.shape[1]] = b
+            self.MP[i, :, : K.shape[1], : K.shape[2]] = (
+                torch.eye(K.shape[1], K.shape[2], dtype=K.dtype, device=K.device) if M is None else M
+            )
+        self.identity = {u for u, (_, _, M) in operands.items() if M is None}  # M = I: no gradient
         self.KU, self.KV, self.KJ, self.COEF = kick_table(plan, x)
         self.act = ACTIVATIONS[field.activation.name]
-        self.count = len(params)
-        # per term: its width and the features of a half (M = K J^T has K's shape)
-        self.shapes = {u: params[t.K].shape[1:] for u, t in terms.items()}
 
     def slab(self, x: Tensor) -> Tensor:
         """The halves of the row-form ``x`` in one zero-padded ``(2, F, batch)`` tensor."""
@@ -228,11 +229,12 @@ class Packed:
         _backward[(programs,)](A, V, WS, self.KP, self.MP, self.KU, self.KV, self.KJ, self.COEF, GK, GB, GM,
                                len(self.plan.kicks), N, self.n, n_blocks, self.F, self.W, BLOCK, self.act)  # fmt: skip
         GK, GM, GB = GK.sum(0), GM.sum(0), GB.sum(0)
-        gK, gb, gM = {}, {}, {}
+        grads = {}
         for u, (width, features) in self.shapes.items():
             i = self.index[u]
-            gK[u], gb[u], gM[u] = GK[i, :, :width, :features], GB[i, :, :width], GM[i, :, :width, :features]
-        return self.whole(A, grad), weight_grads(self.plan.field, self.count, gK, gb, gM)
+            gM = None if u in self.identity else GM[i, :, :width, :features]
+            grads[u] = (GK[i, :, :width, :features], GB[i, :, :width], gM)
+        return self.whole(A, grad), self.plan.field.kick_grads(grads)
 
 
 def _processors(device: torch.device) -> int:
