@@ -57,7 +57,15 @@ from _timing import interleaved_medians  # noqa: E402
 from _timing import training_step as forward_backward  # noqa: E402
 from blocks import SHAPES, block_models  # noqa: E402
 
-from contham import Backprop, HamiltonianBlock, HamiltonianField, TwoLayerField, smoothness  # noqa: E402
+from contham import (  # noqa: E402
+    AntisymmetricField,
+    Backprop,
+    HamiltonianBlock,
+    HamiltonianField,
+    SymmetricField,
+    TwoLayerField,
+    smoothness,
+)
 from contham.data import input_shape, load_image_set  # noqa: E402
 from contham.experiments import Loop, RunConfig, Settings, run  # noqa: E402
 from contham.experiments.checkpoints import seed_everything  # noqa: E402
@@ -262,9 +270,12 @@ def epoch_seconds(args: argparse.Namespace, device: torch.device) -> None:
 
 
 def kernel_blocks(dtype: torch.dtype, device: torch.device):
-    """An H1 (J1, forward Euler) and a two-layer (Verlet) block, fused, with step-by-step twins."""
+    """H1 (J1, forward Euler), two-layer (Verlet), MS1 (symplectic Euler) and damped MS2 (forward
+    Euler) blocks, fused, with step-by-step twins."""
     made = [(HamiltonianField(8, "J1", "tanh", n_nodes=8, dt=0.1), "euler"),
-            (TwoLayerField(8, "tanh", width=16, n_nodes=8, dt=0.1), "verlet")]  # fmt: skip
+            (TwoLayerField(8, "tanh", width=16, n_nodes=8, dt=0.1), "verlet"),
+            (SymmetricField(8, "tanh", n_nodes=8, dt=0.1), "symplectic_euler"),
+            (AntisymmetricField(8, "tanh", gamma=0.1, n_nodes=8, dt=0.1), "euler")]  # fmt: skip
     for field, solver in made:
         field = field.to(device, dtype)
         with torch.no_grad():
