@@ -14,7 +14,8 @@ synchronised).
      are counted by tests/test_training.py);
    - on CUDA, the training loop with ``cuda_graphs=true`` (it raises if a warm-up step
      synchronises) against ``cuda_graphs=false``: per-epoch histories equal to 1e-5 relative,
-     two networks, five epochs on the digits (the partial batches' graphs are captured in epoch 4);
+     two networks, five epochs on the digits (the partial batches' graphs are captured in epoch 4),
+     and the H-DNN 2-D protocol with its inner classifier fits (final metrics, 1e-5);
    - the fused blocks' Triton kernels (`contham.solvers.fused_triton`) against step-by-step
      autograd: 1e-10 in float64 and 1e-5 in float32 (on the CPU through Triton's interpreter);
 3. the kernels' effective memory bandwidth on the per-pixel MNIST H-DNN state (8 features, 8
@@ -188,6 +189,25 @@ def captured_equals_eager(device: torch.device) -> None:
               f"training {seconds[0]:.2f} s eager, {seconds[1]:.2f} s captured")  # fmt: skip
 
 
+def inner_fits_captured_equals_eager(device: torch.device) -> None:
+    """The 2-D protocol with its inner classifier fits, captured (``cuda_graphs=true``: an error if
+    anything keeps it from capture) against eager: the same final metrics to 1e-5."""
+    if not CUDA:
+        print("captured = eager 2-D protocol with inner fits: CUDA only here (the loop's side: tests/test_graphs.py)")
+        return
+    results = []
+    with tempfile.TemporaryDirectory() as folder:
+        for cuda_graphs in (False, True):
+            config = RunConfig(model="hdnn_2d", dataset="double_moons", epochs=5, data_size=500, device=str(device),
+                               cuda_graphs=cuda_graphs)  # fmt: skip
+            results.append(run(config, Path(folder) / str(cuda_graphs), progress=False))
+    for key in ("train_loss", "test_loss", "test_accuracy"):
+        eager, captured = results[0][key], results[1][key]
+        if abs(captured - eager) > 1e-5 * max(abs(eager), 1e-12):
+            raise SystemExit(f"FAILED: hdnn_2d with inner fits: captured {key} {captured} vs eager {eager}")
+    print("captured = eager 2-D protocol with inner fits (hdnn_2d, 5 epochs, 1e-5): passed")
+
+
 def blocks_vs_basic_blocks(args: argparse.Namespace, device: torch.device) -> None:
     batch = args.batches[0]
     print(f"\nConv blocks vs 6 ResNet basic blocks, training step, batch {batch} (time / ResNet blocks)")
@@ -341,6 +361,7 @@ def main() -> None:
     throughput(args, device)
     no_host_sync(device)
     captured_equals_eager(device)
+    inner_fits_captured_equals_eager(device)
     kernels_equal_autograd(device)
     bandwidth(args, device)
     blocks_vs_basic_blocks(args, device)

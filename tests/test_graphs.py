@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from contham.data import load_image_set
-from contham.experiments import Loop, RunConfig, Settings
+from contham.experiments import Loop, RunConfig, Settings, run
 from contham.experiments import graphs as graph_module
 from contham.experiments.checkpoints import seed_everything
 from contham.experiments.graphs import WARMUP, Captured, NotCaptured
@@ -144,9 +144,6 @@ def test_graph_obstacles_are_named(monkeypatch):
         settings = Settings(epochs=1, device="cpu", cuda_graphs=True, **option)
         with pytest.raises(ValueError, match=f"cuda_graphs=true but {reason}"):
             Loop(net, train_set, train_set, learning, settings, num_classes=10)
-    inner = dataclasses.replace(learning, inner_steps=2)
-    with pytest.raises(ValueError, match=r"learning.inner_steps > 0"):
-        Loop(net, train_set, train_set, inner, Settings(epochs=1, device="cpu", cuda_graphs=True), num_classes=10)
 
 
 @pytest.mark.parametrize("optimiser", ["SGD", "Adam"])
@@ -205,3 +202,32 @@ def test_a_step_that_cannot_be_captured_runs_eagerly_with_the_eager_history(monk
     with pytest.raises(NotCaptured, match="cannot be captured") as raised:
         _loop("hdnn_mnist", True).epoch(1)
     assert isinstance(raised.value.__cause__, RuntimeError)
+
+
+class CountedReplay(ReplayByCall):
+    """`ReplayByCall` that counts its captures over all instances."""
+
+    captures = 0
+
+    def capture(self, fn):
+        type(self).captures += 1
+        return fn
+
+
+@pytest.mark.parametrize("learning", ["hdnn_2d", "hdnn_2d_code"])  # the code's protocol sets Adam's step per epoch
+def test_the_2d_protocol_replays_its_inner_fits_with_the_eager_history(monkeypatch, tmp_path, learning):
+    monkeypatch.setitem(graph_module.GRAPHS, "cpu", CountedReplay)
+    monkeypatch.setattr(CountedReplay, "captures", 0)
+    results = {}
+    for mode in (False, True):
+        config = RunConfig(model="hdnn_2d", dataset="double_moons", learning=learning, epochs=5, data_size=500,
+                           device="cpu", cuda_graphs=mode)  # fmt: skip
+        config.set("n_layers", 4)
+        assert config.learning.inner_steps > 0
+        results[mode] = run(config, tmp_path / str(mode), progress=False)
+    # the training step (4 batches of 125 per epoch) and the evaluation forward (one batch per epoch)
+    assert CountedReplay.captures == 2
+    measured = ("seconds", "peak_memory_mb", "time")
+    for key, value in results[False].items():
+        if not any(word in key for word in measured):
+            assert results[True][key] == value, key

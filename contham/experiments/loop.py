@@ -254,8 +254,6 @@ class Loop:
             (bool(settings.compile), "compile is on (torch.compile(mode='reduce-overhead') makes graphs of its own)"),
             (self.ranks.distributed, "the run is distributed (capturing DDP's all-reduce needs NCCL's "
                                      "asynchronous error handling off before the process group starts)"),
-            (bool(self.learning.inner_steps), "learning.inner_steps > 0 (every batch fits a fresh classifier with an "
-                                              "optimiser of its own)"),
         )  # fmt: skip
         reason = next((why for bad, why in checks if bad), None)
         if reason is not None and settings.cuda_graphs is True:

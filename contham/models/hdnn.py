@@ -149,7 +149,8 @@ class LinearClassifier(nn.Module):
                     residual = torch.sigmoid(scores) - labels[:, None].to(scores.dtype)
                 else:
                     residual = torch.softmax(scores, 1)
-                    residual[torch.arange(len(labels)), labels] -= 1
+                    # minus one-hot, on the device (an index made on the host cannot be captured)
+                    residual.scatter_add_(1, labels[:, None], residual.new_full((len(labels), 1), -1.0))
                 grad = residual.T @ inputs / len(labels)
                 if penalty:
                     grad += penalty * params
