@@ -66,8 +66,9 @@ class SigmaTermField(KickTerms):
         back = K
         if term.skew:
             back = params[len(self.node_names)] if len(params) > len(self.node_names) else self.J(K)
-        out = linear_op_t(back, self.sigma(linear_op(K, v, params[term.b])))
-        return out if term.sign > 0 else -out
+        if term.sign != 1.0:  # on the small weight, not on the state: one fewer pass over the state
+            back = term.sign * back
+        return linear_op_t(back, self.sigma(linear_op(K, v, params[term.b])))
 
     def step_weights(self) -> list[Params]:
         weights = super().step_weights()
