@@ -43,17 +43,22 @@ from contham.fields import j1_matrix
 H = 0.1
 
 
+def linear_layers(weights: torch.Tensor, biases: torch.Tensor) -> nn.ModuleList:
+    """One ``nn.Linear`` per layer j with weight ``weights[j]`` and bias ``biases[j]``."""
+    layers = nn.ModuleList(nn.Linear(w.shape[1], w.shape[0]) for w in weights)
+    with torch.no_grad():
+        for layer, w, b in zip(layers, weights, biases):
+            layer.weight.copy_(w), layer.bias.copy_(b)
+    return layers
+
+
 class LoopH1(nn.Module):
     """y <- y + h J K_j^T tanh(K_j y + b_j), one nn.Linear per layer."""
 
     def __init__(self, block: HamiltonianBlock):
         super().__init__()
-        nf = block.field.features
-        self.layers = nn.ModuleList(nn.Linear(nf, nf) for _ in range(block.n_steps))
-        with torch.no_grad():
-            for j, layer in enumerate(self.layers):
-                layer.weight.copy_(block.field.K[j]), layer.bias.copy_(block.field.b[j])
-        self.register_buffer("J", j1_matrix(nf))
+        self.layers = linear_layers(block.field.K, block.field.b)
+        self.register_buffer("J", j1_matrix(block.field.features))
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         for layer in self.layers:
@@ -68,13 +73,9 @@ class LoopSplit(nn.Module):
         super().__init__()
         k_y, b_y, k_z, b_z = names  # weights driving y (read z) and driving z (read y)
         self.order, self.half = order, block.field.features // 2
-        self.drive_y = nn.ModuleList(nn.Linear(self.half, self.half) for _ in range(block.n_steps))
-        self.drive_z = nn.ModuleList(nn.Linear(self.half, self.half) for _ in range(block.n_steps))
         field = block.field
-        with torch.no_grad():
-            for j in range(block.n_steps):
-                self.drive_y[j].weight.copy_(getattr(field, k_y)[j]), self.drive_y[j].bias.copy_(getattr(field, b_y)[j])
-                self.drive_z[j].weight.copy_(getattr(field, k_z)[j]), self.drive_z[j].bias.copy_(getattr(field, b_z)[j])
+        self.drive_y = linear_layers(getattr(field, k_y), getattr(field, b_y))
+        self.drive_z = linear_layers(getattr(field, k_z), getattr(field, b_z))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y, z = x[:, : self.half], x[:, self.half :]
@@ -94,12 +95,8 @@ class LoopMS1(nn.Module):
     def __init__(self, block: HamiltonianBlock):
         super().__init__()
         self.half = block.field.features // 2
-        self.layers = nn.ModuleList(nn.Linear(self.half, self.half) for _ in range(block.n_steps))
-        field = block.field
-        with torch.no_grad():
-            for j, layer in enumerate(self.layers):
-                layer.weight.copy_(field.K0[j]), layer.bias.copy_(field.b[j, : self.half])
-        self.b_z = nn.Parameter(field.b[:, self.half :].detach().clone())
+        self.layers = linear_layers(block.field.K0, block.field.b[:, : self.half])
+        self.b_z = nn.Parameter(block.field.b[:, self.half :].detach().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y, z = x[:, : self.half], x[:, self.half :]
@@ -114,11 +111,7 @@ class LoopMS2(nn.Module):
 
     def __init__(self, block: HamiltonianBlock):
         super().__init__()
-        nf = block.field.features
-        self.layers = nn.ModuleList(nn.Linear(nf, nf) for _ in range(block.n_steps))
-        with torch.no_grad():
-            for j, layer in enumerate(self.layers):
-                layer.weight.copy_(block.field.W[j]), layer.bias.copy_(block.field.b[j])
+        self.layers = linear_layers(block.field.W, block.field.b)
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         for layer in self.layers:
