@@ -12,8 +12,9 @@ sum). Five contham blocks:
 Each is compared with the same equations written as a plain loop over one ``nn.Linear`` per layer
 and weight, with J as an explicit matrix (what research code typically does). contham runs both
 with its default fused path (:mod:`contham.solvers.fused`) and with ``Backprop(higher_order=True)``
-(one autograd node per operation). All start from the same weights, and their outputs are checked equal (float32
-rounding) before timing. Interleaved, median of --repeats.
+(one autograd node per operation); split blocks also with ``gradient="reversible"`` (the fused path
+rebuilding the states kick by kick, nothing stored). All start from the same weights, and their
+outputs are checked equal (float32 rounding) before timing. Interleaved, median of --repeats.
 
     python benchmarks/dense.py [--nf 4] [--layers 64] [--batch 125]
 
@@ -150,21 +151,21 @@ def main() -> None:
     print(
         f"torch {torch.__version__}, nf {args.nf}, {args.layers} layers, batch {args.batch}, median of {args.repeats}"
     )
-    print("| network | loop (ms) | contham step by step (ms) | contham (ms) | loop / step by step | loop / contham |")
-    print("|---|---|---|---|---|---|")
+    print("| network | loop (ms) | contham step by step (ms) | contham (ms) | loop / step by step | loop / contham | "
+          "contham reversible / contham |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
     for name, block in blocks.items():
-        for candidate in (block, unfused[name]):
-            torch.testing.assert_close(candidate(x), loops[name](x), rtol=1e-4, atol=1e-5)
-        t = interleaved_medians(
-            {
-                "loop": training_step(loops[name], x),
-                "unfused": training_step(unfused[name], x),
-                "fused": training_step(block, x),
-            },
-            args.repeats,
-        )
+        # split blocks: gradient="reversible" on the fused path (the states rebuilt kick by kick)
+        split = block.field.is_split
+        reversible = HamiltonianBlock(block.field, block.solver, gradient="reversible") if split else None
+        for candidate in (block, unfused[name], reversible):
+            if candidate is not None:
+                torch.testing.assert_close(candidate(x), loops[name](x), rtol=1e-4, atol=1e-5)
+        steps = {"loop": loops[name], "unfused": unfused[name], "fused": block, "reversible": reversible}
+        t = interleaved_medians({k: training_step(m, x) for k, m in steps.items() if m is not None}, args.repeats)
         ms = " | ".join(f"{1e3 * t[k]:.2f}" for k in ("loop", "unfused", "fused"))
-        print(f"| {name} | {ms} | {t['loop'] / t['unfused']:.2f}x | {t['loop'] / t['fused']:.2f}x |")
+        ratio = f"{t['reversible'] / t['fused']:.2f}x" if "reversible" in t else "-"
+        print(f"| {name} | {ms} | {t['loop'] / t['unfused']:.2f}x | {t['loop'] / t['fused']:.2f}x | {ratio} |")
 
 
 if __name__ == "__main__":

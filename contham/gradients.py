@@ -9,7 +9,8 @@ its steps (or its torchdiffeq call) to the strategy, which runs them
   steps. Where a fixed-step block has a hand-written fused backward pass that computes the same
   gradients (dense sigma-term fields, see `contham.solvers.fused`), it is used automatically.
 * `Reversible` (``"reversible"``): nothing is stored, the states are rebuilt backwards during
-  backprop: split solvers undo their own steps (`contham.solvers.reversible`), explicit
+  backprop: split solvers undo their own steps (`contham.solvers.reversible`; on dense split
+  fields of `contham.fields.KickTerms`, the fused path rebuilds them kick by kick), explicit
   Runge-Kutta methods, fixed or adaptive, run McCallum & Foster's reversible scheme
   (`contham.solvers.reversible_rk`). Exact gradients, activation memory independent of the
   number of steps.
@@ -31,7 +32,7 @@ from ._checks import check_bool, check_positive
 from .solvers import reversible_rk
 from .solvers.base import SOLVERS, Gradient, Problem, Solution, Solver, Stats
 from .solvers.fixed import wants_grad
-from .solvers.fused import FusedPlan, fused_steps
+from .solvers.fused import FusedPlan, fused_steps, reversible_fused_steps
 from .solvers.reversible import reversible_steps
 from .solvers.reversible_rk import COUPLING
 from .solvers.rk import solution
@@ -125,11 +126,19 @@ class Reversible(Gradient):
     def fixed_steps(self, solver: Any, schedule: Any, y: Tensor, stats: Stats) -> list[Tensor]:
         if not solver.reversible:  # a Runge-Kutta method: the coupled pair
             return reversible_rk.fixed_steps(solver.tableau, schedule, y, stats, self.coupling)
+        plan = self.fused(schedule)
         if not wants_grad(schedule.field, y):
-            return solver.march(schedule, y)
+            return [fused_steps(plan, y)] if plan is not None else solver.march(schedule, y)
         if not schedule.final_only:
             raise ValueError("gradient='reversible' keeps only the final state: pass two times")
+        if plan is not None:
+            return [reversible_fused_steps(plan, y)]
         return [reversible_steps(schedule.field, solver, y, schedule.steps)]
+
+    def fused(self, schedule: Any) -> FusedPlan | None:
+        """A dense split block's fused plan: its backward pass rebuilds the states kick by kick."""
+        plan = schedule.fused
+        return plan if plan is not None and plan.split else None
 
     def adaptive(self, solver: Any, problem: Problem) -> Solution:
         return reversible_rk.adaptive_solve(solver, problem, self.coupling)

@@ -38,9 +38,12 @@ def test_reversible_gradients_equal_backprop(cls, solver, kernel_size, dtype, to
     x = torch.randn(shape, dtype=dtype, requires_grad=True)
     weight = torch.randn(shape, dtype=dtype)
     plain = gradients(HamiltonianBlock(field, solver, gradient=Backprop(higher_order=True)), x, weight)
-    reversible = gradients(HamiltonianBlock(field, solver, gradient="reversible"), x, weight)
-    torch.testing.assert_close(reversible[0], plain[0], rtol=0, atol=0)  # same forward arithmetic
-    for a, b in zip(reversible[1:], plain[1:]):
+    block = HamiltonianBlock(field, solver, gradient="reversible")
+    assert block.fused == (kernel_size is None)  # dense blocks rebuild their states on the fused path
+    reversible = gradients(block, x, weight)
+    with torch.no_grad():  # the forward arithmetic of backprop's default path (fused where dense)
+        torch.testing.assert_close(reversible[0], HamiltonianBlock(field, solver)(x), rtol=0, atol=0)
+    for a, b in zip(reversible, plain):
         assert relative_error(a, b) < tolerance
 
 
@@ -64,6 +67,17 @@ def test_activation_memory_does_not_grow_with_depth():
     assert activations["reversible", 256] <= 1.2 * activations["reversible", 16]
     assert activations["reversible", 256] == pytest.approx(0.25)
     assert activations["backprop", 256] > 12 * activations["backprop", 16]
+
+
+def test_dense_activation_memory_does_not_grow_with_depth():
+    x = torch.randn(4096, 8)  # a per-pixel state: 0.125 MiB
+    activations = {}
+    for n in (16, 256):
+        field = TwoLayerField(8, "tanh", n_nodes=n, dt=0.05)
+        with SavedTensors() as saved:
+            HamiltonianBlock(field, gradient="reversible")(x)
+        activations[n] = saved.megabytes_without(field.parameters())
+    assert activations[256] == activations[16] == pytest.approx(0.125)  # the output state only
 
 
 def test_statistics_modes_and_errors():

@@ -106,7 +106,7 @@ def test_dense_benchmark_checks_equal_outputs(tmp_path, nf):
     out = run_script("benchmarks/dense.py", "--nf", nf, "--layers", 8, "--batch", 5, "--repeats", 1)
     assert (
         f"nf {nf}, 8 layers" in out
-        and out.count("x |") == 10
+        and out.count("x |") == 13
         and all(
             f"| {name} |" in out
             for name in ("H1 (J1, Euler)", "two-layer (SE)", "separable (SE)", "MS1 (SE)", "MS2 (Euler)")

@@ -198,22 +198,22 @@ def test_solvers_and_gradient_strategies_registered_after_import_are_accepted_ev
 
 
 def test_the_block_reports_the_path_its_gradient_strategy_runs(monkeypatch):
-    from contham import HamiltonianBlock
+    from contham import HamiltonianBlock, gradients
     from contham.gradients import Backprop
 
-    def no_fused(plan, x):
-        raise AssertionError("the fused path ran")
-
     field = TwoLayerField(4, n_nodes=3, dt=0.1)
-    for gradient in ("reversible", Backprop(higher_order=True)):
+    for gradient, fused in (("backprop", True), ("reversible", True), (Backprop(higher_order=True), False)):
         block = HamiltonianBlock(field, gradient=gradient)
-        assert not block.fused
-        monkeypatch.setattr("contham.gradients.fused_steps", no_fused)
+        assert block.fused == fused
+        ran = []
+        for name in ("fused_steps", "reversible_fused_steps"):
+            original = getattr(gradients, name)
+            monkeypatch.setattr(gradients, name, lambda plan, x, f=original, ran=ran: ran.append(1) or f(plan, x))
         with torch.no_grad():  # evaluation too runs the path the block reports
             block(torch.randn(2, 4))
         block(torch.randn(2, 4, requires_grad=True)).sum().backward()
         monkeypatch.undo()
-    assert HamiltonianBlock(field).fused
+        assert len(ran) == (2 if fused else 0), gradient
 
 
 def test_no_import_cycle_in_the_core():

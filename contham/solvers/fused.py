@@ -57,6 +57,7 @@ class FusedPlan:
         self.inplace, self.derivative = field.activation.inplace, field.activation.derivative
         parts = sorted({u for u, _, _ in step})
         self.per_step = {u: sum(k[0] == u for k in step) for u in parts}
+        self.split = "x" not in parts  # the kicks move the halves of a split state
         self.rows = {h: 1 + n * sum(k[0] == h for k in step) for h in parts}  # states of h
         self.coef = {}  # (u, slot) -> c h sign
         row = dict.fromkeys(parts, 0)
@@ -159,30 +160,80 @@ class _FusedSteps(torch.autograd.Function):
         params = ctx.saved_tensors[:k]
         hist = {h: t.unbind(0) for h, t in zip(terms, ctx.saved_tensors[k : k + m])}  # [v; 1]
         w = {u: t.flatten(0, 1).unbind(0) for u, t in zip(terms, ctx.saved_tensors[k + m :])}
-        derivative = plan.derivative
-        assert derivative is not None  # fused_plan checked that the activation is fusable
+
+        def stored(kick: tuple) -> tuple[Tensor, Tensor]:
+            u, v, _, _, i, _, row_v = kick
+            return w[u][i], hist[v][row_v]
+
+        return (None, *_walk_back(plan, plan.field.kick_operands(params), grad, stored))
+
+
+class _ReversibleFusedSteps(torch.autograd.Function):
+    """The fused steps of a split scheme keeping only the final state: the backward pass undoes
+    each kick (``u -= c h sign M^T w`` with ``w = sigma(K v + b)`` evaluated again on v, which
+    the kick did not move) before it uses its operands."""
+
+    @staticmethod
+    def forward(ctx: Any, plan: FusedPlan, x: Tensor, *params: Tensor) -> Tensor:
+        y = _run(plan, x, params, keep=False)[0]
+        ctx.plan = plan
+        ctx.save_for_backward(y, *params)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor):
+        plan = ctx.plan
+        y, *params = ctx.saved_tensors
         operands = plan.field.kick_operands(params)
-        M = {u: m for u, (_, _, m) in operands.items()}
-        cM = {(u, slot): (c * M[u]).unbind(0) for (u, slot), c in plan.coef.items() if M[u] is not None}  # c h sign M
-        Kt = {u: K.transpose(1, 2).unbind(0) for u, (K, _, _) in operands.items()}
-        # the adjoints dL/dh of the halves, updated in place kick by kick, and the weight
-        # gradients, accumulated while each kick's operands are at hand: dL/d[K | b] and dL/dM
-        adj = {h: a.clone(memory_format=torch.contiguous_format) for h, a in plan.halves(grad).items()}
-        gKb = {u: K.new_zeros(K.shape[0], K.shape[1], K.shape[2] + 1) for u, (K, _, _) in operands.items()}
-        gM = {u: None if m is None else torch.zeros_like(m) for u, m in M.items()}
-        gKb_ = {u: t.unbind(0) for u, t in gKb.items()}
-        gM_ = {u: None if t is None else t.unbind(0) for u, t in gM.items()}
-        for u, v, coef, j, i, _, row_v in reversed(plan.kicks):
-            gm = gM_[u]
-            if gm is None:  # M = I
-                g = torch.mul(adj[u], derivative(w[u][i])).mul_(coef)  # dL/dz
+        state = {h: rows[0] for h, rows in plan.histories(y, keep=False).items()}  # [h; 1], updated in place
+        Kb = {u: _augmented(K, b).unbind(0) for u, (K, b, _) in operands.items()}
+        Mt = {u: None if M is None else M.transpose(1, 2).unbind(0) for u, (_, _, M) in operands.items()}
+        act = plan.inplace
+        assert act is not None  # fused_plan checked that the activation is fusable
+
+        def rebuilt(kick: tuple) -> tuple[Tensor, Tensor]:
+            u, v, coef, j, *_ = kick
+            w = act(torch.mm(Kb[u][j], state[v]))
+            mt = Mt[u]
+            if mt is None:  # M = I
+                state[u][:-1].sub_(w, alpha=coef)
             else:
-                gm[j].addmm_(w[u][i], adj[u].T, alpha=coef)
-                g = torch.mm(cM[u, i % plan.per_step[u]][j], adj[u]).mul_(derivative(w[u][i]))
-            gKb_[u][j].addmm_(g, hist[v][row_v].T)
-            adj[v].addmm_(Kt[u][j], g)
-        grads = plan.field.kick_grads({u: (g[..., :-1], g[..., -1], gM[u]) for u, g in gKb.items()})
-        return (None, plan.whole(adj), *grads)
+                state[u][:-1].addmm_(mt[j], w, alpha=-coef)
+            return w, state[v]
+
+        return (None, *_walk_back(plan, operands, grad, rebuilt))
+
+
+def _walk_back(plan: FusedPlan, operands: Any, grad: Tensor, kick_inputs: Any) -> tuple[Tensor, ...]:
+    """The gradients of the initial state and of the node parameters from ``grad``, that of the
+    final state, walking the kicks back; ``kick_inputs(kick)`` gives the kick's ``w`` and the
+    ``[v; 1]`` it read (stored, or rebuilt), in reverse kick order."""
+    derivative = plan.derivative
+    assert derivative is not None  # fused_plan checked that the activation is fusable
+    M = {u: m for u, (_, _, m) in operands.items()}
+    cM = {(u, slot): (c * M[u]).unbind(0) for (u, slot), c in plan.coef.items() if M[u] is not None}  # c h sign M
+    Kt = {u: K.transpose(1, 2).unbind(0) for u, (K, _, _) in operands.items()}
+    # the adjoints dL/dh of the halves, updated in place kick by kick, and the weight
+    # gradients, accumulated while each kick's operands are at hand: dL/d[K | b] and dL/dM
+    adj = {h: a.clone(memory_format=torch.contiguous_format) for h, a in plan.halves(grad).items()}
+    gKb = {u: K.new_zeros(K.shape[0], K.shape[1], K.shape[2] + 1) for u, (K, _, _) in operands.items()}
+    gM = {u: None if m is None else torch.zeros_like(m) for u, m in M.items()}
+    gKb_ = {u: t.unbind(0) for u, t in gKb.items()}
+    gM_ = {u: None if t is None else t.unbind(0) for u, t in gM.items()}
+    for kick in reversed(plan.kicks):
+        u, v, coef, j, i, _, _ = kick
+        w, v_ones = kick_inputs(kick)
+        gm = gM_[u]
+        if gm is None:  # M = I
+            g = torch.mul(adj[u], derivative(w)).mul_(coef)  # dL/dz
+        else:
+            gm[j].addmm_(w, adj[u].T, alpha=coef)
+            g = torch.mm(cM[u, i % plan.per_step[u]][j], adj[u]).mul_(derivative(w))
+        gKb_[u][j].addmm_(g, v_ones.T)
+        adj[v].addmm_(Kt[u][j], g)
+    grads = plan.field.kick_grads({u: (g[..., :-1], g[..., -1], gM[u]) for u, g in gKb.items()})
+    return (plan.whole(adj), *grads)
 
 
 def fused_steps(plan: FusedPlan, x: Tensor) -> Tensor:
@@ -198,3 +249,11 @@ def fused_steps(plan: FusedPlan, x: Tensor) -> Tensor:
     if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
         return _FusedSteps.apply(plan, x, *params)
     return _run(plan, x, params, keep=False)[0]
+
+
+def reversible_fused_steps(plan: FusedPlan, x: Tensor) -> Tensor:
+    """The steps of a split ``plan`` from ``x`` with gradients and no stored states: the
+    backward pass rebuilds them by undoing the kicks (``gradient="reversible"`` on a dense split
+    block). Memory: the final state and two halves, whatever the depth; time: one more ``K v``
+    product and sigma per kick than the stored backward pass."""
+    return _ReversibleFusedSteps.apply(plan, x, *plan.field.node_params())
