@@ -19,7 +19,9 @@ synchronised).
    - the fused blocks' Triton kernels (`contham.solvers.fused_triton`) against step-by-step
      autograd: 1e-10 in float64 and 1e-5 in float32 (on the CPU through Triton's interpreter);
 3. the kernels' effective memory bandwidth on the per-pixel MNIST H-DNN state (8 features, 8
-   layers; bytes the forward and backward passes must move at the least, over their time);
+   layers; bytes the forward and backward passes must move at the least, over their time), and a
+   two-layer block's training pass there with the kicks' inputs stored against rebuilt
+   (``gradient="reversible"``);
 4. the report's conv blocks against 6 ResNet basic blocks (`benchmarks/blocks.py`'s blocks:
    J1, two-layer, two-layer reversible; training step at the small batch, ratio of times);
 5. the 2-D H-DNN protocol's training step (H1_J1, nf 4, 64 layers, batch 125, Adam, smoothness
@@ -309,17 +311,19 @@ def kernels_equal_autograd(device: torch.device) -> None:
     for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 1e-5)):
         for fused, plain in kernel_blocks(dtype, device):
             x = torch.randn(77, fused.field.features, dtype=dtype, device=device)
-            outs = []
-            kernels = functools.partial(triton_steps, fused.schedule.fused)
-            for apply, block in ((kernels, fused), (plain, plain)):
-                xg = x.clone().requires_grad_()
-                y = apply(xg)
-                outs.append((y, *torch.autograd.grad(y.square().sum(), (xg, *block.field.parameters()))))
-            for a, b in zip(*outs):
-                if not torch.allclose(a, b, rtol=tol, atol=tol):
-                    gap = float((a - b).abs().max())
-                    raise SystemExit(f"FAILED: Triton kernels differ from autograd by {gap:.1e} ({dtype})")
-    print("Triton kernels = step-by-step autograd (1e-10 float64, 1e-5 float32): passed")
+            plan = fused.schedule.fused
+            for rebuild in (False, True) if plan.split else (False,):  # stored, and reversible
+                outs = []
+                kernels = functools.partial(triton_steps, plan, rebuild=rebuild)
+                for apply, block in ((kernels, fused), (plain, plain)):
+                    xg = x.clone().requires_grad_()
+                    y = apply(xg)
+                    outs.append((y, *torch.autograd.grad(y.square().sum(), (xg, *block.field.parameters()))))
+                for a, b in zip(*outs):
+                    if not torch.allclose(a, b, rtol=tol, atol=tol):
+                        gap = float((a - b).abs().max())
+                        raise SystemExit(f"FAILED: Triton kernels differ from autograd by {gap:.1e} ({dtype})")
+    print("Triton kernels = step-by-step autograd (1e-10 float64, 1e-5 float32; stored and reversible): passed")
 
 
 def bandwidth(args: argparse.Namespace, device: torch.device) -> None:
@@ -345,6 +349,15 @@ def bandwidth(args: argparse.Namespace, device: torch.device) -> None:
     print(f"forward {1e3 * times['forward']:.2f} ms, forward and backward {1e3 * times['forward and backward']:.2f} ms")
     known = f", {100 * rate / peak:.0f} % of the GPU's {peak:,.0f} GB/s" if peak == peak else ""
     print(f"forward: {rate:,.1f} GB/s at the least{known}")
+    split = HamiltonianBlock(TwoLayerField(8, "tanh", n_nodes=8, dt=0.1).to(device)).schedule.fused
+
+    def backward(rebuild: bool):
+        return synchronised(lambda: triton_steps(split, x, rebuild=rebuild).sum().backward())
+
+    times = interleaved_medians({"stored": backward(False), "rebuilt": backward(True)}, args.repeats)
+    print(f"two-layer (symplectic Euler), forward and backward: {1e3 * times['stored']:.2f} ms with the kicks' "
+          f"inputs stored, {1e3 * times['rebuilt']:.2f} ms rebuilt (gradient='reversible': "
+          f"{times['rebuilt'] / times['stored']:.2f}x)")  # fmt: skip
 
 
 def main() -> None:

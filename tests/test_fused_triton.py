@@ -45,5 +45,20 @@ def test_kernels_equal_autograd_in_float32(make, solver):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("case", [i for i, name in enumerate(IDS) if not name.startswith(("H1", "MS2"))],
+                         ids=lambda i: IDS[i])  # fmt: skip
+@pytest.mark.parametrize("sigma", ["tanh", "relu"])
+def test_reversible_kernels_rebuild_the_states_and_equal_autograd(case, sigma):
+    make, solver = CASES[case]
+    fused, plain = pair(make, sigma, solver)
+    plan = fused.schedule.fused
+    assert plan.split
+    x = torch.randn(2 * BLOCK + 7, fused.field.features, dtype=torch.float64)
+    weight = torch.randn_like(x)
+    ours = results(lambda v: triton_steps(plan, v, rebuild=True), fused, x, weight)
+    for a, b in zip(ours, results(plain, plain, x, weight)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
 def test_kernels_compute_every_named_activation_the_fused_path_takes():
     assert set(KERNEL_ACTIVATIONS) == {name for name, a in ACTIVATIONS.items() if a.fusable}

@@ -94,8 +94,8 @@ def test_runge_kutta_benchmark_solves_with_torchdiffeq_s_steps(tmp_path):
 def test_gpu_benchmark_runs_small_on_the_cpu_and_checks_the_kernels(tmp_path):
     out = run_script("benchmarks/gpu.py", "--small", "--repeats", 1, "--networks", "hdnn_mnist", "thesis_resnet2")
     assert "| hdnn_mnist | eager |" in out and "| thesis_resnet2 | eager |" in out
-    assert "Triton kernels = step-by-step autograd (1e-10 float64, 1e-5 float32): passed" in out
-    assert "GB/s at the least" in out
+    assert "Triton kernels = step-by-step autograd (1e-10 float64, 1e-5 float32; stored and reversible): passed" in out
+    assert "GB/s at the least" in out and "rebuilt (gradient='reversible'" in out
     assert "| 112 | 8x8 |" in out and "2-D H-DNN training step (H1_J1, nf 4, 64 layers, batch 125, Adam): eager" in out
     epochs = out.split("One epoch through RunConfig + run (digits, cpu)")[1]
     assert "| hdnn_mnist |" in epochs and "| thesis_resnet2 |" in epochs

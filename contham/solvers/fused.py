@@ -240,11 +240,10 @@ def fused_steps(plan: FusedPlan, x: Tensor) -> Tensor:
     """Run the steps of `fused_plan` from ``x``: one autograd node when gradients are
     needed. On CUDA (outside ``torch.compile``) the Triton kernels of
     `contham.solvers.fused_triton` run it where they support the plan."""
-    if x.is_cuda and not torch.compiler.is_compiling() and importlib.util.find_spec("triton") is not None:
-        from .fused_triton import supports, triton_steps  # imports Triton: only on CUDA
+    if _on_kernels(plan, x):
+        from .fused_triton import triton_steps
 
-        if supports(plan):
-            return triton_steps(plan, x)
+        return triton_steps(plan, x)
     params = plan.field.node_params()
     if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
         return _FusedSteps.apply(plan, x, *params)
@@ -255,5 +254,21 @@ def reversible_fused_steps(plan: FusedPlan, x: Tensor) -> Tensor:
     """The steps of a split ``plan`` from ``x`` with gradients and no stored states: the
     backward pass rebuilds them by undoing the kicks (``gradient="reversible"`` on a dense split
     block). Memory: the final state and two halves, whatever the depth; time: one more ``K v``
-    product and sigma per kick than the stored backward pass."""
+    product and sigma per kick than the stored backward pass. On CUDA the Triton kernels run it
+    where they support the plan, undoing the kicks on chip."""
+    if _on_kernels(plan, x):
+        from .fused_triton import triton_steps
+
+        return triton_steps(plan, x, rebuild=True)
     return _ReversibleFusedSteps.apply(plan, x, *plan.field.node_params())
+
+
+def _on_kernels(plan: FusedPlan, x: Tensor) -> bool:
+    """Whether the Triton kernels (`contham.solvers.fused_triton`) run ``plan`` on ``x``: on CUDA,
+    outside ``torch.compile``, with Triton installed, where they support the plan (Triton is
+    imported only then)."""
+    if not x.is_cuda or torch.compiler.is_compiling() or importlib.util.find_spec("triton") is None:
+        return False
+    from .fused_triton import supports
+
+    return supports(plan)

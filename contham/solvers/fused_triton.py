@@ -9,7 +9,10 @@ block's forward pass reads and writes the state once, whatever its depth. For th
 it stores, per kick, the half the kick read and w, as the fused path does.
 
 The backward kernel walks the kicks back over the same column blocks with the adjoints on chip
-(the formulas of `contham.solvers.fused`). The weight gradients are sums over columns: each
+(the formulas of `contham.solvers.fused`). For ``gradient="reversible"`` on a split plan the
+forward kernel stores nothing and the backward kernel starts from the final state instead: it
+computes each kick's w again from the half the kick read, which the kick did not move, and undoes
+the kick on chip before using its operands. The weight gradients are sums over columns: each
 program adds its columns' share into its own slice of a partial buffer (a fixed number of
 programs, each looping over column blocks), and the slices are summed afterwards, so the result
 does not depend on scheduling (no atomics) and runs are deterministic.
@@ -101,8 +104,9 @@ def _forward(S, V, WS, KP, BP, MP, KU, KV, KJ, COEF, n_kicks, N, n_nodes,
 
 
 @triton.jit
-def _backward(A, V, WS, KP, MP, KU, KV, KJ, COEF, GK, GB, GM, n_kicks, N, n_nodes, n_blocks,
-              F: tl.constexpr, W: tl.constexpr, BLOCK: tl.constexpr, ACT: tl.constexpr):  # fmt: skip
+def _backward(A, S, V, WS, KP, BP, MP, KU, KV, KJ, COEF, GK, GB, GM, n_kicks, N, n_nodes, n_blocks,
+              F: tl.constexpr, W: tl.constexpr, BLOCK: tl.constexpr, ACT: tl.constexpr,
+              REBUILD: tl.constexpr):  # fmt: skip
     pid = tl.program_id(0)
     fs, ws = tl.arange(0, F), tl.arange(0, W)
     at_k = ws[:, None] * F + fs[None, :]
@@ -114,21 +118,33 @@ def _backward(A, V, WS, KP, MP, KU, KV, KJ, COEF, GK, GB, GM, n_kicks, N, n_node
         at_w = ws[:, None].to(tl.int64) * N + cols[None, :]
         a_y = tl.load(A + at_f, mask=live, other=0.0)
         a_z = tl.load(A + F * N + at_f, mask=live, other=0.0)
+        if REBUILD:  # the final state, undone kick by kick on chip
+            y = tl.load(S + at_f, mask=live, other=0.0)
+            z = tl.load(S + F * N + at_f, mask=live, other=0.0)
         for back in range(n_kicks):
             k = n_kicks - 1 - back
             u, v, j, c = tl.load(KU + k), tl.load(KV + k), tl.load(KJ + k), tl.load(COEF + k)
             slab = (u * n_nodes + j).to(tl.int64)
             a_u = tl.where(u == 0, a_y, a_z)
-            w = tl.load(WS + tl.cast(k, tl.int64) * W * N + at_w, mask=live, other=0.0)
-            read = tl.load(V + tl.cast(k, tl.int64) * F * N + at_f, mask=live, other=0.0)
+            K = tl.load(KP + slab * W * F + at_k)
             M = tl.load(MP + slab * W * F + at_k)
+            if REBUILD:  # v did not move in this kick: w again from it, then u before the kick
+                read = tl.where(v == 0, y, z)
+                pre = tl.dot(K, read, input_precision="ieee") + tl.load(BP + slab * W + ws)[:, None]
+                w = _sigma(pre, ACT).to(a_y.dtype)
+                undo = tl.dot(tl.trans(M), w, input_precision="ieee") * c
+                y = tl.where(u == 0, y - undo, y)
+                z = tl.where(u == 0, z, z - undo)
+            else:
+                w = tl.load(WS + tl.cast(k, tl.int64) * W * N + at_w, mask=live, other=0.0)
+                read = tl.load(V + tl.cast(k, tl.int64) * F * N + at_f, mask=live, other=0.0)
             g = tl.dot(M, a_u, input_precision="ieee") * c * _sigma_prime(w, ACT)  # dL/d(K v + b)
             to = (mine + slab) * W * F + at_k
             tl.store(GM + to, tl.load(GM + to) + tl.dot(w, tl.trans(a_u), input_precision="ieee") * c)
             tl.store(GK + to, tl.load(GK + to) + tl.dot(g, tl.trans(read), input_precision="ieee"))
             tb = (mine + slab) * W + ws
             tl.store(GB + tb, tl.load(GB + tb) + tl.sum(g, axis=1))
-            into_v = tl.dot(tl.trans(tl.load(KP + slab * W * F + at_k)), g, input_precision="ieee")
+            into_v = tl.dot(tl.trans(K), g, input_precision="ieee")
             a_y = tl.where(v == 0, a_y + into_v, a_y)
             a_z = tl.where(v == 0, a_z, a_z + into_v)
         tl.store(A + at_f, a_y, mask=live)
@@ -220,14 +236,20 @@ class Packed:
                        kicks, N, self.n, self.F, self.W, BLOCK, self.act, keep)  # fmt: skip
         return self.whole(S, x), V, WS
 
-    def backward(self, grad: Tensor, V: Tensor, WS: Tensor) -> tuple[Tensor, list[Tensor | None]]:
-        """The gradients of the initial state and of the node parameters."""
+    def backward(self, grad: Tensor, kept: tuple[Tensor, ...]) -> tuple[Tensor, list[Tensor | None]]:
+        """The gradients of the initial state and of the node parameters from those of the final
+        state: ``kept`` is what `forward` kept (``V``, ``WS``), or the final state alone (a split
+        plan's reversible pass: the kernel undoes the kicks from it)."""
         A, N, n_blocks = self.slab(grad), grad.shape[0], triton.cdiv(grad.shape[0], BLOCK)
+        rebuild = len(kept) == 1
+        # the kernel never touches the slabs of the other mode: A stands in (no null pointer)
+        S, V, WS = (self.slab(kept[0]), A, A) if rebuild else (A, *kept)
         programs = min(n_blocks, 4 * _processors(grad.device))
         GK = grad.new_zeros(programs, *self.KP.shape)
         GM, GB = torch.zeros_like(GK), grad.new_zeros(programs, *self.BP.shape)
-        _backward[(programs,)](A, V, WS, self.KP, self.MP, self.KU, self.KV, self.KJ, self.COEF, GK, GB, GM,
-                               len(self.plan.kicks), N, self.n, n_blocks, self.F, self.W, BLOCK, self.act)  # fmt: skip
+        _backward[(programs,)](A, S, V, WS, self.KP, self.BP, self.MP, self.KU, self.KV, self.KJ, self.COEF, GK, GB,
+                               GM, len(self.plan.kicks), N, self.n, n_blocks, self.F, self.W, BLOCK, self.act,
+                               rebuild)  # fmt: skip
         GK, GM, GB = GK.sum(0), GM.sum(0), GB.sum(0)
         grads = {}
         for u, (width, features) in self.shapes.items():
@@ -243,25 +265,29 @@ def _processors(device: torch.device) -> int:
 
 
 class _TritonSteps(torch.autograd.Function):
+    """The kernels' forward and backward passes: ``rebuild`` keeps only the final state (the
+    reversible pass), else every kick's input and w."""
+
     @staticmethod
-    def forward(ctx: Any, plan: FusedPlan, x: Tensor, *params: Tensor) -> Tensor:
+    def forward(ctx: Any, plan: FusedPlan, rebuild: bool, x: Tensor, *params: Tensor) -> Tensor:
         packed = Packed(plan, params, x)
-        y, V, WS = packed.forward(x, keep=True)
+        y, V, WS = packed.forward(x, keep=not rebuild)
         ctx.packed = packed
-        ctx.save_for_backward(V, WS)
+        ctx.save_for_backward(*((y,) if rebuild else (V, WS)))
         return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad: Tensor) -> Any:
-        V, WS = ctx.saved_tensors
-        dx, grads = ctx.packed.backward(grad.contiguous(), V, WS)
-        return (None, dx, *grads)
+        dx, grads = ctx.packed.backward(grad.contiguous(), ctx.saved_tensors)
+        return (None, None, dx, *grads)
 
 
-def triton_steps(plan: FusedPlan, x: Tensor) -> Tensor:
-    """`contham.solvers.fused.fused_steps` by the kernels (check `supports` first)."""
+def triton_steps(plan: FusedPlan, x: Tensor, rebuild: bool = False) -> Tensor:
+    """`contham.solvers.fused.fused_steps` by the kernels (check `supports` first); with
+    ``rebuild``, `contham.solvers.fused.reversible_fused_steps` (a split plan): the backward
+    kernel undoes the kicks from the final state instead of reading them back."""
     params = tuple(plan.field.node_params())
     if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
-        return _TritonSteps.apply(plan, x, *params)
+        return _TritonSteps.apply(plan, rebuild, x, *params)
     return Packed(plan, params, x).forward(x, keep=False)[0]
