@@ -7,7 +7,8 @@ its steps (or its torchdiffeq call) to the strategy, which runs them
 
 * `Backprop` (``"backprop"``): autograd through every step. Memory grows with the number of
   steps. Where a fixed-step block has a hand-written fused backward pass that computes the same
-  gradients (dense sigma-term fields, see `contham.solvers.fused`), it is used automatically.
+  gradients (dense fields made of kicks, `contham.fields.KickTerms`; see
+  `contham.solvers.fused`), it is used automatically.
 * `Reversible` (``"reversible"``): nothing is stored, the states are rebuilt backwards during
   backprop: split solvers undo their own steps (`contham.solvers.reversible`; on dense split
   fields of `contham.fields.KickTerms`, the fused path rebuilds them kick by kick), explicit
@@ -97,8 +98,9 @@ def _count_backward(y: Tensor, stats: Stats) -> None:
 class Reversible(Gradient):
     """Exact gradients without storing the states: each step is undone during the backward pass.
 
-    Split solvers (symplectic Euler, Verlet) undo their own steps (`contham.solvers.reversible`):
-    the forward map is theirs. Every explicit Runge-Kutta method, fixed or adaptive, runs
+    Split solvers (symplectic Euler, Verlet) undo their own steps (`contham.solvers.reversible`;
+    dense split blocks on the fused path, kick by kick in its backward pass): the forward map is
+    theirs. Every explicit Runge-Kutta method, fixed or adaptive, runs
     McCallum & Foster's reversible scheme instead (`contham.solvers.reversible_rk`): a pair of
     states coupled by ``coupling``, whose solution has the method's order but is not the plain
     method's. Without a backward pass to come (``torch.no_grad``, evaluation) the same forward

@@ -85,8 +85,8 @@ class SigmaTermField(KickTerms):
     def kick_shapes(self) -> dict[str, tuple[int, int]]:
         shapes = {}
         for u, t in self.sigma_terms.items():
-            _, width, features = getattr(self, self.node_names[t.K]).shape
-            shapes[u] = (width, features)
+            K = getattr(self, self.node_names[t.K])  # (nodes, width, features[, k, k])
+            shapes[u] = (K.shape[1], K.shape[2])
         return shapes
 
     def kick_operands(self, params: tuple[Tensor, ...]) -> Operands:

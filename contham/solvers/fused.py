@@ -9,8 +9,9 @@ forward Euler (whole-state fields) or a split solver (the split fields) are a se
 ``u <- u + c h sign * M^T sigma(K v + b)``. The fused path runs them in column form, a state
 ``(features, batch)``, where every product is a short-and-wide matrix times the state (several
 times faster than the row form on tall states). Each state carries a last feature of ones, so
-that ``[K | b]`` times it is ``K v + b``. Each kick costs three kernels forward (``mm``, sigma in place, ``addmm``); the
-backward pass walks the kicks back with ``w = sigma(z)``:
+that ``[K | b]`` times it is ``K v + b``. Each kick costs three kernels forward (``mm``, sigma in
+place, ``addmm``; ``add`` for ``M = I``); the backward pass walks the kicks back with
+``w = sigma(z)``:
 
 * ``dL/dz = c h sign * (M dL/du) * sigma'(z)``, with sigma' read off w;
 * ``dL/d[K | b] += dL/dz [v; 1]^T``, ``dL/dM += c h sign * w (dL/du)^T``;
@@ -18,8 +19,10 @@ backward pass walks the kicks back with ``w = sigma(z)``:
 
 so it allocates nothing the size of the history (on CPU, fresh memory costs page faults). Kept
 for the backward pass: the state after every kick (with its row of ones) and every w, as
-step-by-step autograd keeps. The gradients are those of the same forward map (tests compare them
-with autograd in float64); they cannot be differentiated again (no double backward, no
+step-by-step autograd keeps. With ``gradient="reversible"`` a split plan keeps only the final
+state, and the backward pass rebuilds each kick's w and v from it, undoing the kicks in reverse
+order (`reversible_fused_steps`). The gradients are those of the same forward map (tests compare
+them with autograd in float64); they cannot be differentiated again (no double backward, no
 ``torch.func`` transforms): use ``gradient=Backprop(higher_order=True)`` for those.
 """
 
