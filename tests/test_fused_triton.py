@@ -33,14 +33,18 @@ def test_kernels_equal_autograd_in_float64(make, solver, sigma):
         torch.testing.assert_close(triton_steps(plan, x), plain(x), rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("make, solver", [CASES[1], CASES[4]], ids=[IDS[1], IDS[4]])
-def test_kernels_equal_autograd_in_float32(make, solver):
+@pytest.mark.parametrize(
+    "make, solver, rebuild",
+    [(*CASES[1], False), (*CASES[4], False), (*CASES[4], True), (*CASES[7], True)],
+    ids=[IDS[1], IDS[4], IDS[4] + "-reversible", IDS[7] + "-reversible"],
+)
+def test_kernels_equal_autograd_in_float32(make, solver, rebuild):
     fused, plain = pair(make, "tanh", solver)
     fused.float(), plain.float()
     plan = fused.schedule.fused
     x = torch.randn(BLOCK + 3, fused.field.features)
     weight = torch.randn_like(x)
-    ours = results(lambda v: triton_steps(plan, v), fused, x, weight)
+    ours = results(lambda v: triton_steps(plan, v, rebuild=rebuild), fused, x, weight)
     for a, b in zip(ours, results(plain, plain, x, weight)):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
