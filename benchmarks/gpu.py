@@ -23,7 +23,8 @@ synchronised).
    two-layer block's training pass there with the kicks' inputs stored against rebuilt
    (``gradient="reversible"``);
 4. the report's conv blocks against 6 ResNet basic blocks (`benchmarks/blocks.py`'s blocks:
-   J1, two-layer, two-layer reversible; training step at the small batch, ratio of times);
+   J1, two-layer, two-layer reversible; training step at the small batch, ratio of times), with
+   the profile of the ResNet and two-layer steps at width 32 (the operations by device time);
 5. the 2-D H-DNN protocol's training step (H1_J1, nf 4, 64 layers, batch 125, Adam, smoothness
    term), eager and, on CUDA, replayed from a graph; with ``--reference`` (a checkout of the
    papers' code, DecodEPFL/HamiltonianNet, patched as docs/hdnn.md lists) the MNIST H-DNN step
@@ -222,6 +223,17 @@ def blocks_vs_basic_blocks(args: argparse.Namespace, device: torch.device) -> No
         r = {k: v / t["resnet"] for k, v in t.items()}
         print(f"| {width} | {size}x{size} | {1e3 * t['resnet']:.2f} | {r['j1']:.2f}x | {r['two_layer']:.2f}x | "
               f"{r['two_layer_rev']:.2f}x |")  # fmt: skip
+    width, size = SHAPES[0]
+    x = torch.randn(batch, width, size, size, device=device)
+    for name in ("resnet", "two_layer"):  # where each spends its time: the kernels, by time on the device
+        step = synchronised(forward_backward(block_models(width)[name].to(device), x))
+        step()
+        activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if CUDA else [])
+        with torch.profiler.profile(activities=activities) as profile:
+            step()
+        sort = "self_cuda_time_total" if CUDA else "self_cpu_time_total"
+        print(f"\n{name}, width {width}, {size}x{size}: the operations that took the most time")
+        print(profile.key_averages().table(sort_by=sort, row_limit=8))
 
 
 def hdnn_2d_step(device: torch.device, mode: str):
