@@ -118,6 +118,29 @@ def _augmented(K: Tensor, b: Tensor) -> Tensor:
     return torch.cat((K, b.unsqueeze(-1)), 2)
 
 
+class _Kicker:
+    """The kicks of a plan in column form, per term and node: ``[K | b]`` and ``M^T`` (None for
+    ``M = I``), from the field's operands."""
+
+    def __init__(self, plan: FusedPlan, operands: Any):
+        self.Kb = {u: _augmented(K, b).unbind(0) for u, (K, b, _) in operands.items()}
+        self.Mt = {u: None if M is None else M.transpose(1, 2).unbind(0) for u, (_, _, M) in operands.items()}
+        assert plan.inplace is not None  # fused_plan checked that the activation is fusable
+        self.act = plan.inplace
+
+    def __call__(self, u: str, j: int, coef: float, v: Tensor, before: Tensor, after: Tensor,
+                 w: Tensor | None = None) -> Tensor:  # fmt: skip
+        """The kick of u at node j read on ``v`` (``[v; 1]``): ``w = sigma([K | b] [v; 1])`` (into
+        ``w`` if given), ``after = before + coef M^T w`` (``after`` may be ``before``); returns w."""
+        w = self.act(torch.mm(self.Kb[u][j], v, out=w))
+        mt = self.Mt[u]
+        if mt is None:  # M = I
+            torch.add(before, w, alpha=coef, out=after)
+        else:
+            torch.addmm(before, mt[j], w, alpha=coef, out=after)
+        return w
+
+
 def _run(plan: FusedPlan, x: Tensor, params: tuple[Tensor, ...], keep: bool = True) -> tuple[Tensor, dict, dict]:
     """The forward pass: the final state, the column-form state histories and, per term, the
     activations w of its kicks ``(n_steps, kicks per step, width, batch)``. ``keep=False`` (no
@@ -126,21 +149,13 @@ def _run(plan: FusedPlan, x: Tensor, params: tuple[Tensor, ...], keep: bool = Tr
     hist = plan.histories(x, keep)
     n, per = (params[0].shape[0], plan.per_step) if keep else (1, dict.fromkeys(operands, 1))
     W = {u: x.new_empty(n, per[u], K.shape[1], x.shape[0]) for u, (K, _, _) in operands.items()}
-    Mt = {u: None if M is None else M.transpose(1, 2).unbind(0) for u, (_, _, M) in operands.items()}
-    Kb = {u: _augmented(K, b).unbind(0) for u, (K, b, _) in operands.items()}
+    kick = _Kicker(plan, operands)
     w = {u: t.flatten(0, 1).unbind(0) for u, t in W.items()}
     rows = {h: t.unbind(0) for h, t in hist.items()}
-    act = plan.inplace
-    assert act is not None  # fused_plan checked that the activation is fusable
     for u, v, coef, j, i, row_u, row_v in plan.kicks:
         if not keep:
             i, row_u, row_v = 0, row_u % 2, row_v % 2
-        out = act(torch.mm(Kb[u][j], rows[v][row_v], out=w[u][i]))
-        mt = Mt[u]
-        if mt is None:  # M = I
-            torch.add(rows[u][row_u - 1][:-1], out, alpha=coef, out=rows[u][row_u][:-1])
-        else:
-            torch.addmm(rows[u][row_u - 1][:-1], mt[j], out, alpha=coef, out=rows[u][row_u][:-1])
+        kick(u, j, coef, rows[v][row_v], rows[u][row_u - 1][:-1], rows[u][row_u][:-1], w=w[u][i])
     last = {h: (r - 1) % len(hist[h]) for h, r in plan.rows.items()}
     y = plan.whole({h: r[last[h]][:-1] for h, r in rows.items()})
     return (y.clone() if "x" in rows else y), hist, W  # not a view of the history
@@ -190,20 +205,11 @@ class _ReversibleFusedSteps(torch.autograd.Function):
         y, *params = ctx.saved_tensors
         operands = plan.field.kick_operands(params)
         state = {h: rows[0] for h, rows in plan.histories(y, keep=False).items()}  # [h; 1], updated in place
-        Kb = {u: _augmented(K, b).unbind(0) for u, (K, b, _) in operands.items()}
-        Mt = {u: None if M is None else M.transpose(1, 2).unbind(0) for u, (_, _, M) in operands.items()}
-        act = plan.inplace
-        assert act is not None  # fused_plan checked that the activation is fusable
+        kick = _Kicker(plan, operands)
 
-        def rebuilt(kick: tuple) -> tuple[Tensor, Tensor]:
-            u, v, coef, j, *_ = kick
-            w = act(torch.mm(Kb[u][j], state[v]))
-            mt = Mt[u]
-            if mt is None:  # M = I
-                state[u][:-1].sub_(w, alpha=coef)
-            else:
-                state[u][:-1].addmm_(mt[j], w, alpha=-coef)
-            return w, state[v]
+        def rebuilt(step: tuple) -> tuple[Tensor, Tensor]:
+            u, v, coef, j, *_ = step
+            return kick(u, j, -coef, state[v], state[u][:-1], state[u][:-1]), state[v]  # the kick undone
 
         return (None, *_walk_back(plan, operands, grad, rebuilt))
 
