@@ -16,8 +16,9 @@ synchronised).
      synchronises) against ``cuda_graphs=false``: per-epoch histories equal to 1e-5 relative,
      two networks, five epochs on the digits (the partial batches' graphs are captured in epoch 4),
      and the H-DNN 2-D protocol with its inner classifier fits (final metrics, 1e-5);
-   - the fused blocks' Triton kernels (`contham.solvers.fused_triton`) against step-by-step
-     autograd: 1e-10 in float64 and 1e-5 in float32 (on the CPU through Triton's interpreter);
+   - the fused blocks' Triton kernels (`contham.solvers.fused_triton`), stored and reversible,
+     against step-by-step autograd: 1e-10 in float64 and 1e-5 in float32 (on the CPU through
+     Triton's interpreter);
 3. the kernels' effective memory bandwidth on the per-pixel MNIST H-DNN state (8 features, 8
    layers; bytes the forward and backward passes must move at the least, over their time), and a
    two-layer block's training pass there with the kicks' inputs stored against rebuilt
@@ -223,8 +224,12 @@ def blocks_vs_basic_blocks(args: argparse.Namespace, device: torch.device) -> No
         r = {k: v / t["resnet"] for k, v in t.items()}
         print(f"| {width} | {size}x{size} | {1e3 * t['resnet']:.2f} | {r['j1']:.2f}x | {r['two_layer']:.2f}x | "
               f"{r['two_layer_rev']:.2f}x |")  # fmt: skip
+
+
+def block_profiles(args: argparse.Namespace, device: torch.device) -> None:
+    """Where the ResNet blocks and the two-layer block spend a training step at width 32."""
     width, size = SHAPES[0]
-    x = torch.randn(batch, width, size, size, device=device)
+    x = torch.randn(args.batches[0], width, size, size, device=device)
     for name in ("resnet", "two_layer"):  # where each spends its time: the kernels, by time on the device
         step = synchronised(forward_backward(block_models(width)[name].to(device), x))
         step()
@@ -390,6 +395,7 @@ def main() -> None:
     kernels_equal_autograd(device)
     bandwidth(args, device)
     blocks_vs_basic_blocks(args, device)
+    block_profiles(args, device)
     hdnn_steps(args, device)
     epoch_seconds(args, device)
 
