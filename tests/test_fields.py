@@ -228,3 +228,15 @@ def test_odenet_field_layout():
 def test_fields_move_with_dtype():
     f = contham.TwoLayerField(4, kernel_size=3).double()
     assert all(p.dtype == D for p in f.parameters()) and f.J.J.dtype == D
+
+
+@pytest.mark.parametrize("to", [{"dtype": D}, {"memory_format": torch.channels_last}])
+def test_node_stacked_conv_weights_convert_node_by_node(to):
+    """Conversions reach each node's kernel as a 4-D conv weight; values and node layout stay."""
+    f = contham.TwoLayerField(4, kernel_size=3, n_nodes=3)
+    before = f.K1.detach().clone()
+    f.to(**to)
+    assert f.K1.shape == (3, 2, 2, 3, 3) and isinstance(f.K1, torch.nn.Parameter)
+    assert torch.equal(f.K1.detach().float(), before)
+    layout = to.get("memory_format", torch.contiguous_format)
+    assert all(k.is_contiguous(memory_format=layout) for k in f.K1)

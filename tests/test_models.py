@@ -204,6 +204,26 @@ def test_state_dict_round_trip(name):
     torch.testing.assert_close(b(x), a(x), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("name", ["nominal", "j2_reduced", "thesis_hamiltonian", "thesis_hamiltonian_ode", "chang"])
+def test_channels_last_idiom_converts_every_node_kernel(name):
+    """``model.to(memory_format=torch.channels_last)`` works on the networks with node-stacked
+    conv weights, puts each node's kernel in NHWC layout and leaves outputs and gradients as they
+    were."""
+    torch.manual_seed(0)
+    a = build(name).eval()
+    b = build(name).eval()
+    b.load_state_dict(a.state_dict())
+    assert b.to(memory_format=torch.channels_last) is b
+    stacks = [p for p in b.parameters() if p.dim() == 5]
+    assert stacks and all(k.is_contiguous(memory_format=torch.channels_last) for p in stacks for k in p)
+    x = own_input(name)
+    torch.testing.assert_close(b(x.contiguous(memory_format=torch.channels_last)), a(x))
+    for model in (a, b):
+        model(x).square().sum().backward()
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-5)
+
+
 def own_input(name, batch=2):
     """A random batch of the data network ``name`` is built for by default."""
     shape = input_shape(*default_data(name))

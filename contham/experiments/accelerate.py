@@ -64,15 +64,6 @@ def grad_scaler(device: torch.device, amp: str | None) -> torch.amp.GradScaler |
     return torch.amp.GradScaler(device.type) if amp == "fp16" else None
 
 
-def to_channels_last(model: nn.Module) -> nn.Module:
-    """``model`` with its 4-D parameters and buffers (convolution weights) in channels-last layout;
-    the node-stacked 5-D weights of Hamiltonian fields stay as they are."""
-    for tensor in (*model.parameters(), *model.buffers()):
-        if tensor.dim() == 4:
-            tensor.data = tensor.data.contiguous(memory_format=torch.channels_last)
-    return model
-
-
 def memory_format(x: Tensor, channels_last: bool) -> Tensor:
     """``x`` in channels-last layout when asked and 4-D (images)."""
     return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x

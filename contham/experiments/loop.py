@@ -38,7 +38,6 @@ from .accelerate import (
     check_compile,
     grad_scaler,
     memory_format,
-    to_channels_last,
 )
 from .batches import in_order, training_batches
 from .distributed import GlobalBatches, Ranks
@@ -236,7 +235,7 @@ class Loop:
     def _placed(self, model: nn.Module) -> nn.Module:
         model.to(self.device)
         if self.settings.channels_last:
-            to_channels_last(model)
+            model.to(memory_format=torch.channels_last)
         if self.settings.sync_batchnorm and self.ranks.distributed:
             model = distributed.convert_sync_batchnorm(model, self.device)
         return model

@@ -179,10 +179,28 @@ class NodeField(nn.Module, ABC):
         like = self.node_params()[0] if self.node_names else None
         check_state(y, self.features, 4 if self.conv else 2, like)
 
+    def _apply(self, fn: Any, recurse: bool = True) -> NodeField:
+        """`nn.Module._apply` with each conv node weight converted as the 4-D convolution weight it
+        is: ``fn`` sees ``(n * out, in, k, k)``, so ``model.to(memory_format=torch.channels_last)``
+        puts every node's kernel in channels-last layout (on the 5-D stack, PyTorch's conversion
+        raises). Device and dtype conversions are unchanged by the reshape."""
+        return super()._apply(_per_node(fn), recurse)
+
     def extra_repr(self) -> str:
         kind = f"conv {self.kernel_size}x{self.kernel_size}" if self.conv else "dense"
         nodes = self.nodes
         return f"features={self.features}, {kind}, n_nodes={nodes.n}, dt={nodes.dt:g}, time_mode={nodes.mode!r}"
+
+
+def _per_node(fn: Any) -> Any:
+    """``fn`` applied to a 5-D node-axis conv weight as one 4-D weight, the result viewed back."""
+
+    def apply(t: Tensor) -> Tensor:
+        if t.dim() != 5:
+            return fn(t)
+        return fn(t.flatten(0, 1)).unflatten(0, t.shape[:2])
+
+    return apply
 
 
 def check_state(y: Tensor, features: int, ndim: int, like: Tensor | None = None) -> None:
