@@ -1,6 +1,6 @@
 """contham's Runge-Kutta engine against torchdiffeq, and the gradient strategies of an adaptive solve.
 
-On the thesis's ODENet block (64 channels, 14x14 maps after the downsampling, batch 128, dopri5
+On the thesis's ODENet block (64 channels, 6x6 maps after the downsampling, batch 128, dopri5
 at rtol = atol = tol; random input through the network's own downsampling), measured side by
 side in one run (interleaved, medians):
 

@@ -3,6 +3,7 @@ reversible scheme of McCallum & Foster."""
 
 import dataclasses
 import math
+from functools import partial
 
 import pytest
 import torch
@@ -13,11 +14,13 @@ from contham.experiments import SavedTensors
 from contham.gradients import Adjoint, Reversible
 from contham.models import build
 from contham.solvers import (
+    TABLEAUS,
     PIController,
     RungeKutta,
     Tableau,
     TorchDiffEq,
     get_solver,
+    rk_step,
 )
 from contham.solvers.base import Problem
 from contham.solvers.reversible_rk import Coupled
@@ -73,6 +76,38 @@ def test_a_tableau_is_checked_and_knows_when_its_last_stage_is_the_next_first():
         midpoint_weights(get_solver("bosh3").tableau)
 
 
+def butcher_step(f, tableau, t, dt, y):
+    """A step as the tableau's equations write it: ``(y1, error estimate or None)``."""
+    ks = []
+    for c, row in zip(tableau.c, tableau.a):
+        ks.append(f(t + c * dt, y + dt * sum((w * k for w, k in zip(row, ks)), torch.zeros_like(y))))
+    total = [None if w is None else dt * sum(wi * k for wi, k in zip(w, ks)) for w in (tableau.b, tableau.e)]
+    return y + total[0], total[1]
+
+
+@pytest.mark.parametrize("name", sorted(TABLEAUS))
+def test_a_step_is_the_tableaus_sums_and_its_error_estimate_carries_no_graph(name):
+    """The stage sums, accumulated in place, equal the written equations for a step size that
+    is a number, one tensor or one per sample, and autograd through them is exact (gradcheck)."""
+    tableau, f = TABLEAUS[name], Dense()
+    y = torch.randn(3, 6, dtype=D, requires_grad=True)
+    for dt in (0.3, torch.tensor(0.3, dtype=D), torch.tensor([[0.3], [-0.2], [0.1]], dtype=D)):
+        y1, err = butcher_step(f, tableau, 0.5, dt, y)
+        for error in (False, True) if tableau.e is not None else (False,):
+            ours, ours_err, _ = rk_step(f, tableau, 0.5, dt, y, error=error)
+            increment, increment_err = rk_increment(f, tableau, 0.5, dt, y, error=error)
+            assert torch.allclose(ours, y1, rtol=1e-13, atol=1e-14) and torch.allclose(increment, y1 - y, atol=1e-14)
+            if error:
+                assert torch.allclose(ours_err, err, atol=1e-14) and torch.equal(ours_err, increment_err)
+                assert ours.requires_grad and not ours_err.requires_grad  # it only steers the step size
+    if tableau.e is None:
+        with pytest.raises(ValueError, match=f"solver={name!r} has no error estimate"):
+            rk_step(f, tableau, 0.0, 0.1, y, error=True)
+    h = torch.tensor([[0.3], [-0.2], [0.1]], dtype=D, requires_grad=True)
+    step = partial(rk_step, f, tableau, 0.5, error=tableau.e is not None)
+    assert torch.autograd.gradcheck(lambda y, h: step(h, y)[0], (y, h))
+
+
 def test_the_engine_takes_torchdiffeqs_steps():
     """Same tableau, error norm, first step and step rule: the same number of steps and calls.
     torchdiffeq steps past the end and interpolates back; the engine ends its last step there,
@@ -118,8 +153,9 @@ def test_step_control_reads_the_host_once_per_check_every_steps(host_syncs):
     with host_syncs() as syncs:
         ODEBlock(field, solver=RungeKutta("dopri5", rtol=1e-3, atol=1e-3, check_every=100))(torch.randn(2, 4, 5, 5))
     assert len(syncs.calls) == 1, syncs.calls  # the ODENet field itself reads nothing back
-    with pytest.raises(ValueError, match="y0 must be finite"):
-        integrate(f, torch.full((1, 6), math.nan, dtype=D), [0.0, 1.0], "dopri5")
+    for bad in (math.nan, math.inf, -math.inf):
+        with pytest.raises(ValueError, match="y0 must be finite"):
+            integrate(f, torch.tensor([[0.0, 1.0, bad, 2.0, 0.0, 0.0]], dtype=D), [0.0, 1.0], "dopri5")
 
 
 def test_an_adaptive_step_compiles_without_a_graph_break():

@@ -31,7 +31,7 @@ from .fixed import (
     Verlet,
     plan_steps,
 )
-from .rk import AdaptiveLoop, PIController, RungeKutta, Scheme, TableauSteps, rk_increment
+from .rk import AdaptiveLoop, PIController, RungeKutta, Scheme, TableauSteps, rk_increment, rk_step
 from .tableaus import TABLEAUS, Tableau, get_tableau, register_tableau
 
 __all__ = [
@@ -65,6 +65,7 @@ __all__ = [
     "get_tableau",
     "register_tableau",
     "rk_increment",
+    "rk_step",
     "Verlet",
     "get_solver",
     "method_order",

@@ -58,7 +58,7 @@ class Coupled(Scheme):
 
     def attempt(self, f: Any, tableau: Tableau, t: Any, dt: Any, state: Any, k1: Tensor | None) -> Attempt:
         y, z = state
-        phi, err, _ = rk_increment(f, tableau, t, dt, z, error=True)
+        phi, err = rk_increment(f, tableau, t, dt, z, error=True)
         assert err is not None
         y1, z1 = self.advance(f, tableau, t, dt, y, z, phi)
         return Attempt((y1, z1), err, z, z + phi, None, tableau.stages + tableau.solution_stages, None)

@@ -67,7 +67,7 @@ class PIController:
         return h * torch.minimum(torch.maximum(factor, floor), torch.full_like(factor, self.ifactor))
 
 
-def rk_increment(
+def rk_step(
     f: Callable[[Any, Tensor], Tensor],
     tableau: Tableau,
     t: Any,
@@ -77,22 +77,54 @@ def rk_increment(
     error: bool = False,
 ) -> tuple[Tensor, Tensor | None, list[Tensor]]:
     """One step of ``tableau`` from ``(t, y)`` by ``dt`` (numbers, or tensors that broadcast
-    against y and, for t, as the field takes it): ``(y1 - y, error estimate or None, the
-    stages)``. ``k1`` is ``f(t, y)`` if known (FSAL). Without ``error`` an FSAL method skips its
-    last stage, which only estimates the error."""
-    n = tableau.stages if error else tableau.solution_stages
-    ks = [f(t, y) if k1 is None else k1]
-    for i in range(1, n):
-        ks.append(f(t + tableau.c[i] * dt, y + dt * _combine(tableau.a[i], ks)))
-    err = dt * _combine(tableau.e, ks) if error and tableau.e is not None else None
-    return dt * _combine(tableau.b, ks), err, ks
+    against y and, for t, as the field takes it): ``(y1, error estimate or None, the stages)``.
+    ``k1`` is ``f(t, y)`` if known (FSAL). Without ``error`` an FSAL method skips its last
+    stage, which only estimates the error; with it, that stage is read at y1."""
+    ks, last = _stages(f, tableau, t, dt, y, k1, error)
+    y1 = last if tableau.fsal and len(ks) == tableau.stages else _combine(tableau.b, ks, dt, y)
+    return y1, _error(tableau, ks, dt) if error else None, ks
 
 
-def _combine(weights: tuple[float, ...], ks: list[Tensor]) -> Tensor:
-    terms = [(w, k) for w, k in zip(weights, ks) if w != 0.0]
-    total = terms[0][1] * terms[0][0]
-    for w, k in terms[1:]:
-        total = total + w * k
+def rk_increment(
+    f: Callable[[Any, Tensor], Tensor],
+    tableau: Tableau,
+    t: Any,
+    dt: Any,
+    y: Tensor,
+    error: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    """`rk_step`'s ``y1 - y`` and error estimate, the increment summed on its own (exact
+    to its own rounding however large y is)."""
+    ks, _ = _stages(f, tableau, t, dt, y, None, error)
+    return _combine(tableau.b, ks, dt), _error(tableau, ks, dt) if error else None
+
+
+def _stages(f: Any, tableau: Tableau, t: Any, dt: Any, y: Tensor, k1: Tensor | None, error: bool) -> tuple:
+    """A step's stages (all of them with ``error``, else those of y1) and the last one's input."""
+    ks, state = [f(t, y) if k1 is None else k1], y
+    for i in range(1, tableau.stages if error else tableau.solution_stages):
+        state = _combine(tableau.a[i], ks, dt, y)
+        ks.append(f(t + tableau.c[i] * dt, state))
+    return ks, state
+
+
+def _error(tableau: Tableau, ks: list[Tensor], dt: Any) -> Tensor:
+    """The embedded error estimate, outside autograd: it only steers the step size."""
+    if tableau.e is None:
+        raise ValueError(f"solver={tableau.name!r} has no error estimate")
+    with torch.no_grad():
+        return _combine(tableau.e, ks, dt)
+
+
+def _combine(weights: tuple[float, ...], ks: list[Tensor], dt: Any, start: Tensor | None = None) -> Tensor:
+    """``start + dt * sum_i weights_i ks_i`` (no start: the sum alone), one kernel per nonzero
+    weight accumulated in place (the sum is a fresh tensor, and no term's gradient reads it;
+    ``dt`` a number, or a tensor that broadcasts against the stages)."""
+    step = dt if torch.is_tensor(dt) else ks[0].new_full((), dt)
+    (w, k), *rest = [(w, k) for w, k in zip(weights, ks) if w != 0.0]
+    total = k * (step * w) if start is None else torch.addcmul(start, k, step, value=w)
+    for w, k in rest:
+        total.addcmul_(k, step, value=w)
     return total
 
 
@@ -106,7 +138,7 @@ class TableauSteps(FixedStepSolver):
         self.evals_per_step = tableau.solution_stages  # type: ignore[misc]  # per instance: one class, any tableau
 
     def step(self, f: Any, t: float, h: float, y: Tensor) -> Tensor:
-        return y + rk_increment(f, self.tableau, t, h, y)[0]
+        return rk_step(f, self.tableau, t, h, y)[0]
 
     def __repr__(self) -> str:
         return f"TableauSteps({self.tableau.name!r})"
@@ -233,9 +265,8 @@ class Scheme:
 
     def attempt(self, f: Any, tableau: Tableau, t: Tensor, dt: Tensor, state: Any, k1: Tensor | None) -> Attempt:
         """Try one step from ``state`` (``k1``: the field there, if known)."""
-        dy, err, ks = rk_increment(f, tableau, t, dt, state, k1, error=True)
+        y1, err, ks = rk_step(f, tableau, t, dt, state, k1, error=True)
         assert err is not None
-        y1 = state + dy
         fsal = ks[-1] if tableau.fsal else None
         dense = (state, y1, ks) if fsal is not None else None
         return Attempt(y1, err, state, y1, fsal, tableau.stages - (k1 is not None), dense)
@@ -314,7 +345,7 @@ class AdaptiveLoop:
         weights = field.step_weights() if pinned and any(node is not None for _, _, node in segments) else []
         state = self.scheme.start(p.field, p.y0)
         self.counts = torch.zeros(3, self.samples, dtype=torch.int64, device=p.y0.device)  # nfe, accepted, rejected
-        self.finite = torch.isfinite(p.y0).all()  # read at the first check
+        self.finite = torch.isfinite(torch.linalg.vector_norm(p.y0.detach(), float("inf")))  # read at the first check
         h, k1, out = None, None, []
         for i, (a, span, node) in enumerate(segments, 1):
             if i > 1 and node != segments[i - 2][2]:
@@ -345,7 +376,7 @@ class AdaptiveLoop:
         if self.tableau.mid is None:
             c, b, a = 3 * span - slope, slope - 2 * span, torch.zeros_like(y0)
         else:
-            middle = step * _combine(self.tableau.mid, ks) - d / 2  # p(1/2) - p(0) - p'(0) / 2
+            middle = _combine(self.tableau.mid, ks, step) - d / 2  # p(1/2) - p(0) - p'(0) / 2
             u, w = slope - 2 * span, 4 * span - 16 * middle
             a, b, c = 2 * u - w, 2 * w - 3 * u, span - w + u
         safe = torch.where(dt == 0, torch.ones_like(dt), dt)
@@ -431,11 +462,13 @@ class AdaptiveLoop:
 
     def norm(self, x: Tensor) -> Tensor:
         """Root mean square per sample ``(samples,)`` (of everything when the batch shares steps)."""
-        return x.detach().reshape(self.samples, -1).pow(2).mean(dim=1).sqrt()
+        flat = x.detach().reshape(self.samples, -1)
+        return torch.linalg.vector_norm(flat, dim=1) / flat.shape[1] ** 0.5
 
     def error_ratio(self, err: Tensor, y0: Tensor, y1: Tensor) -> Tensor:
-        scale = self.solver.atol + self.solver.rtol * torch.maximum(y0.detach().abs(), y1.detach().abs())
-        ratio = self.norm(err / scale).to(torch.float64)
+        # atol + rtol * max(|y0|, |y1|), then err over it, in one buffer
+        scale = y0.detach().abs().clamp_min_(y1.detach().abs()).mul_(self.solver.rtol).add_(self.solver.atol)
+        ratio = self.norm(torch.div(err.detach(), scale, out=scale)).to(torch.float64)
         return torch.where(torch.isnan(ratio), torch.full_like(ratio, torch.inf), ratio)
 
     def first_step(self, call: Any, t: Tensor, sign: float, y0: Tensor, f0: Tensor) -> Tensor:
@@ -482,5 +515,6 @@ __all__ = [
     "Scheme",
     "TableauSteps",
     "rk_increment",
+    "rk_step",
     "solution",
 ]
