@@ -5,10 +5,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 import contham
 from contham.fields import (
     AntisymmetricField,
+    ConcatConv2d,
     HamiltonianField,
     ODENetField,
     SeparableField,
@@ -223,6 +225,27 @@ def test_odenet_field_layout():
     assert out.shape == y.shape
     # time is an input: the field changes with t
     assert not torch.allclose(f(0.0, y), f(1.0, y))
+
+
+@pytest.mark.parametrize("kernel_size, padding", [(3, 1), (5, 2), (3, 0)])
+@pytest.mark.parametrize("time", ["number", "tensor", "per sample"])
+def test_concat_conv_is_the_convolution_of_the_time_channel_and_the_state(kernel_size, padding, time):
+    """The convolution by linearity equals the written one: conv of ``[t, x]`` concatenated,
+    values and gradients, with t a number, a 0-dim tensor or one per sample."""
+    torch.manual_seed(0)
+    conv = ConcatConv2d(3, 4, kernel_size, padding).double()
+    x = torch.randn(5, 3, 6, 6, dtype=D, requires_grad=True)
+    t = {"number": 0.7, "tensor": torch.tensor(0.7, dtype=D), "per sample": torch.rand(5, 1, 1, 1, dtype=D)}[time]
+
+    def written() -> Tensor:
+        channel = torch.ones_like(x[:, :1]) * t
+        return F.conv2d(torch.cat((channel, x), 1), conv.conv.weight, conv.conv.bias, padding=padding)
+
+    outs = [conv(t, x), written()]
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-13, atol=1e-13)
+    grads = [torch.autograd.grad(o.square().sum(), (x, conv.conv.weight, conv.conv.bias)) for o in outs]
+    for mine, theirs in zip(*grads):
+        torch.testing.assert_close(mine, theirs, rtol=1e-12, atol=1e-12)
 
 
 def test_fields_move_with_dtype():
