@@ -21,8 +21,8 @@ class ConcatConv2d(nn.Module):
     By linearity it is computed as the convolution of x by the other channels' kernels plus t
     times that of a zero-padded channel of ones by the time channel's kernel: the same map and
     parameters, without copying x into a concatenation, and with a channel count the
-    convolution libraries are tuned for (C, not C + 1: about a third faster on the CPU at
-    C = 64). ``t``: a number, or a tensor that broadcasts against the output (one time per
+    convolution libraries are tuned for (C, not C + 1; ``benchmarks/runge_kutta.py`` times
+    both). ``t``: a number, or a tensor that broadcasts against the output (one time per
     sample: ``(batch, 1, 1, 1)``).
     """
 
