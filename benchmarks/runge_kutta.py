@@ -11,12 +11,14 @@ side in one run (interleaved, medians):
 2. one training step of the whole network (forward, cross-entropy, backward) with
    ``gradient="backprop"``, ``"adjoint"`` and ``"reversible"`` (McCallum & Foster): seconds, the
    ratio to backprop, NFE forward/backward;
-3. with ``--tests <torchdiffeq checkout>/tests``: NFE of the engine's dopri5 and bosh3 vs
+3. with ``--outputs N ...``: one forward solve with N output times on [0, 1] (read from the dense
+   output), contham's dopri5 vs torchdiffeq's;
+4. with ``--tests <torchdiffeq checkout>/tests``: NFE of the engine's dopri5 and bosh3 vs
    torchdiffeq's on torchdiffeq's own test problems (float64, forwards), and the gradient error
    of the reversible scheme and of the adjoint against the exact gradient of each one's computed
    loss.
 
-    python benchmarks/runge_kutta.py [--tol 1e-3] [--batch 128] [--repeats 5] [--tests DIR]
+    python benchmarks/runge_kutta.py [--tol 1e-3] [--batch 128] [--repeats 5] [--tests DIR] [--outputs 2 101 401]
 """
 
 from __future__ import annotations
@@ -52,12 +54,17 @@ def concatenating(field: torch.nn.Module) -> torch.nn.Module:
     return written
 
 
-def solve_times(args: argparse.Namespace) -> None:
+def thesis_block(args: argparse.Namespace) -> tuple[ODEBlock, torch.Tensor]:
+    """The thesis ODENet's ODE block and its input for a random batch."""
     torch.manual_seed(0)
     net = build("thesis_odenet", in_channels=1)
     block = next(m for m in net.modules() if isinstance(m, ODEBlock))
     with torch.no_grad():
-        y0 = net.downsampling(torch.randn(args.batch, 1, 28, 28))
+        return block, net.downsampling(torch.randn(args.batch, 1, 28, 28))
+
+
+def solve_times(args: argparse.Namespace) -> None:
+    block, y0 = thesis_block(args)
     torchdiffeq = TorchDiffEq("dopri5", rtol=args.tol, atol=args.tol)
     written = concatenating(block.field)
     runs = {  # name: (solver, field)
@@ -103,6 +110,30 @@ def solve_times(args: argparse.Namespace) -> None:
     print(f"| the field's {calls} calls alone | no graph | | {ours_alone:.3f} | ceiling {ceiling:.2f}x |")
     print(f"| the concatenating field's {calls} calls alone | no graph | | {theirs_alone:.3f} | "
           f"{theirs_alone / ours_alone:.2f}x the field's |")  # fmt: skip
+
+
+def output_times(args: argparse.Namespace) -> None:
+    block, y0 = thesis_block(args)
+    solvers = {
+        "contham dopri5": RungeKutta("dopri5", rtol=args.tol, atol=args.tol),
+        "torchdiffeq dopri5": TorchDiffEq("dopri5", rtol=args.tol, atol=args.tol),
+    }
+
+    def solve(solver, n: int):
+        def run() -> None:
+            with torch.no_grad():
+                integrate(block.field, y0, torch.linspace(0.0, 1.0, n).tolist(), solver)
+
+        return run
+
+    cases = {f"{name}, {n}": solve(solver, n) for n in args.outputs for name, solver in solvers.items()}
+    times = interleaved_medians(cases, args.repeats)
+    print(f"\nOne forward solve of the ODENet block on [0, 1] with n output times (dense output), tol {args.tol:g}")
+    print("| n | contham s | torchdiffeq s | torchdiffeq / contham |")
+    print("|---|---|---|---|")
+    for n in args.outputs:
+        ours, theirs = times[f"contham dopri5, {n}"], times[f"torchdiffeq dopri5, {n}"]
+        print(f"| {n} | {ours:.3f} | {theirs:.3f} | {theirs / ours:.2f}x |")
 
 
 def training_steps(args: argparse.Namespace) -> None:
@@ -180,10 +211,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--tests", type=Path, default=None, help="torchdiffeq's tests/ folder")
+    parser.add_argument("--outputs", type=int, nargs="*", default=[], help="output time counts to time solves with")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {args.repeats}")
     solve_times(args)
     training_steps(args)
+    if args.outputs:
+        output_times(args)
     if args.tests is not None:
         reference_problems(args.tests)
 

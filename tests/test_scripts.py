@@ -84,7 +84,7 @@ def test_odenet_benchmark(tmp_path):
 
 
 def test_runge_kutta_benchmark_solves_with_torchdiffeq_s_steps(tmp_path):
-    out = run_script("benchmarks/runge_kutta.py", "--tol", 0.1, "--batch", 2, "--repeats", 1)
+    out = run_script("benchmarks/runge_kutta.py", "--tol", 0.1, "--batch", 2, "--repeats", 1, "--outputs", 2, 11)
     lines = [line for line in out.splitlines() if line.startswith("| ") and "dopri5" in line]
     rows = {tuple(c.strip() for c in line.split("|")[1:4]) for line in lines}
     nfe = {name: calls for name, graph, calls in rows if graph == "no graph"}
@@ -92,6 +92,7 @@ def test_runge_kutta_benchmark_solves_with_torchdiffeq_s_steps(tmp_path):
     assert set(nfe) == solvers and len(set(nfe.values())) == 1  # the same steps, and the same map
     assert "x the field's |" in out
     assert all(f"| {gradient} |" in out for gradient in ("backprop", "adjoint", "reversible"))
+    assert all(any(line.startswith(f"| {n} | ") for line in out.splitlines()) for n in (2, 11))  # --outputs
 
 
 def test_gpu_benchmark_runs_small_on_the_cpu_and_checks_the_kernels(tmp_path):

@@ -306,7 +306,8 @@ class AdaptiveLoop:
         self.shape = (self.samples,) + (1,) * (y0.dim() - 1) if solver.per_sample else ()
         self.every = solver.check_every or (1 if y0.device.type == "cpu" else 8)
         self.stats = Stats(solver.name, steps_accepted=0, steps_rejected=0)
-        self.pending: list[int] = []  # indices of the output times the current interval interpolates
+        self.outputs: list[int] = []  # indices of the output times inside the current interval
+        self.pending: list[int] = []  # those of them the next steps can cross
         self.dense: dict[int, Tensor] = {}  # their values so far
 
     def broadcast(self, v: Tensor, dtype: torch.dtype) -> Tensor:
@@ -355,7 +356,8 @@ class AdaptiveLoop:
             self.field = f
             sign = 1.0 if span > 0 else -1.0
             inner = p.times[1:-1] if dense else []
-            self.pending = [j for j, s in enumerate(inner, 1) if 0 < sign * (s - a) <= sign * span]
+            self.outputs = [j for j, s in enumerate(inner, 1) if 0 < sign * (s - a) <= sign * span]
+            self.pending = self.outputs
             state, h, k1 = self.segment(f, a, a + span, state, h, k1)
             if i in ends:
                 out.append(state)
@@ -384,7 +386,7 @@ class AdaptiveLoop:
             s = self.problem.times[j]
             crossed = accept & ((s - t) * dt > 0) & ((s - t_new) * dt <= 0)
             x = self.broadcast((s - t) / safe, y0.dtype)
-            value = y0 + x * (d + x * (c + x * (b + x * a)))
+            value = torch.addcmul(y0, x, torch.addcmul(d, x, torch.addcmul(c, x, torch.addcmul(b, x, a))))
             self.dense[j] = torch.where(self.broadcast(crossed, torch.bool), value, self.dense.get(j, y0))
 
     def inside(self, field: Any, a: float, b: float) -> Any:
@@ -412,14 +414,19 @@ class AdaptiveLoop:
             k1 = None  # each step reads the field at its start
         done = torch.zeros(self.samples, dtype=torch.bool, device=y.device)
         p = Progress(t, h, state, k1, torch.ones_like(h), done)
+        if self.outputs:  # one more read-back, so the first steps interpolate only what they can cross
+            start = torch.cat((t, h)).tolist()
+            self.narrow(sign, start[: self.samples], start[self.samples :])
         while True:
             for _ in range(self.every):
                 p = self.step(call, sign, b, p)
             stuck = ~p.done & (p.t + sign * p.h == p.t)
             flags = torch.stack((p.done.all(), stuck.any(), self.finite))
             # the one read-back per check_every steps: where the solve is, and its statistics
-            done, underflow, finite, *counts = torch.cat((flags.long(), self.counts.flatten())).tolist()
-            self.read = [counts[i * self.samples : (i + 1) * self.samples] for i in range(3)]
+            back = torch.cat((flags.double(), self.counts.flatten().double(), p.t, p.h)).tolist()
+            (done, underflow, finite), n = back[:3], self.samples
+            self.read = [[int(c) for c in back[3 + i * n : 3 + (i + 1) * n]] for i in range(3)]
+            self.narrow(sign, back[3 + 3 * n : 3 + 4 * n], back[3 + 4 * n :])
             if not finite:
                 raise ValueError("y0 must be finite; it contains NaN or inf")
             if done:
@@ -429,6 +436,15 @@ class AdaptiveLoop:
                     f"{self.solver.name}: the step size underflowed before t={b:g} "
                     "(the dynamics may be stiff or not finite); loosen rtol/atol"
                 )
+
+    def narrow(self, sign: float, t: list[float], h: list[float]) -> None:
+        """Keep pending only the output times that the steps up to the next check can cross:
+        those that some sample has not passed yet, and within the farthest any sample can go
+        in ``every`` steps (each at most the controller's ``ifactor`` times the last)."""
+        growth = self.solver.controller.ifactor
+        reach = max(h) * sum(growth**i for i in range(self.every))
+        behind, ahead = min(sign * v for v in t), max(sign * v for v in t) + reach
+        self.pending = [j for j in self.outputs if behind < sign * self.problem.times[j] <= ahead]
 
     def step(self, call: Any, sign: float, b: float, p: Progress) -> Progress:
         """One step attempt towards ``b`` of every sample not there yet."""
