@@ -415,18 +415,17 @@ class AdaptiveLoop:
         done = torch.zeros(self.samples, dtype=torch.bool, device=y.device)
         p = Progress(t, h, state, k1, torch.ones_like(h), done)
         if self.outputs:  # one more read-back, so the first steps interpolate only what they can cross
-            start = torch.cat((t, h)).tolist()
-            self.narrow(sign, start[: self.samples], start[self.samples :])
+            self.narrow(sign, torch.cat((t, h)).tolist())
         while True:
             for _ in range(self.every):
                 p = self.step(call, sign, b, p)
             stuck = ~p.done & (p.t + sign * p.h == p.t)
             flags = torch.stack((p.done.all(), stuck.any(), self.finite))
             # the one read-back per check_every steps: where the solve is, and its statistics
-            back = torch.cat((flags.double(), self.counts.flatten().double(), p.t, p.h)).tolist()
-            (done, underflow, finite), n = back[:3], self.samples
+            back, n = torch.cat((flags.double(), self.counts.flatten().double(), p.t, p.h)).tolist(), self.samples
+            done, underflow, finite = back[:3]
             self.read = [[int(c) for c in back[3 + i * n : 3 + (i + 1) * n]] for i in range(3)]
-            self.narrow(sign, back[3 + 3 * n : 3 + 4 * n], back[3 + 4 * n :])
+            self.narrow(sign, back[3 + 3 * n :])
             if not finite:
                 raise ValueError("y0 must be finite; it contains NaN or inf")
             if done:
@@ -437,10 +436,12 @@ class AdaptiveLoop:
                     "(the dynamics may be stiff or not finite); loosen rtol/atol"
                 )
 
-    def narrow(self, sign: float, t: list[float], h: list[float]) -> None:
+    def narrow(self, sign: float, where: list[float]) -> None:
         """Keep pending only the output times that the steps up to the next check can cross:
         those that some sample has not passed yet, and within the farthest any sample can go
-        in ``every`` steps (each at most the controller's ``ifactor`` times the last)."""
+        in ``every`` steps (each at most the controller's ``ifactor`` times the last).
+        ``where``: each sample's time, then each one's next step size, as read back."""
+        t, h = where[: self.samples], where[self.samples :]
         growth = self.solver.controller.ifactor
         reach = max(h) * sum(growth**i for i in range(self.every))
         behind, ahead = min(sign * v for v in t), max(sign * v for v in t) + reach
