@@ -20,11 +20,12 @@ from contham.solvers import (
     Tableau,
     TorchDiffEq,
     get_solver,
+    rk,
     rk_step,
 )
 from contham.solvers.base import Problem
 from contham.solvers.reversible_rk import Coupled
-from contham.solvers.rk import AdaptiveLoop, Progress, rk_increment
+from contham.solvers.rk import Progress, rk_increment
 from contham.solvers.tableaus import midpoint_weights
 
 D = torch.float64
@@ -139,36 +140,33 @@ def test_output_times_inside_a_step_are_interpolated_not_stepped_to(method):
     assert float((many.ys - exact).abs().max()) < (1e-5 if method == "bosh3" else 2e-6)
 
 
-@pytest.mark.parametrize("every", [1, 4])
 @pytest.mark.parametrize("per_sample", [False, True])
-def test_an_output_time_is_interpolated_only_by_the_steps_that_can_cross_it(monkeypatch, every, per_sample):
-    """With 400 output times, the host keeps pending only the outputs that the steps up to its
-    next check can cross (none that every sample has passed, none out of reach): checking every
-    step, with shared steps and no rejection, each output is interpolated once; the values equal
-    those of the loop that interpolates every output at every step."""
-    torch.manual_seed(0)
-    f, y0 = Dense(), torch.randn(4, 6, dtype=D)
-    times = torch.linspace(0.0, 3.0, 402, dtype=D)
-    solver = RungeKutta("dopri5", rtol=1e-6, atol=1e-8, check_every=every, per_sample=per_sample)
-    interpolated: list[int] = []
-    interpolate = AdaptiveLoop.interpolate
-
-    def counted(loop, *args):
-        interpolated.append(len(loop.pending))
-        interpolate(loop, *args)
-
-    monkeypatch.setattr(AdaptiveLoop, "interpolate", counted)
-    with torch.no_grad():
-        narrowed = integrate(f, y0, times, solver)
-        counts = sum(interpolated)
-        monkeypatch.setattr(AdaptiveLoop, "narrow", lambda *args: None)  # every output pending throughout
-        interpolated.clear()
-        every_output = integrate(f, y0, times, solver)
-    assert torch.equal(narrowed.ys, every_output.ys)
-    assert sum(interpolated) == 400 * len(interpolated)
-    if every == 1 and not per_sample:
-        assert narrowed.stats.steps_rejected == 0 and counts == 400
-    assert counts < sum(interpolated) / (3 if every == 1 else 1)
+def test_each_output_time_is_interpolated_once_by_the_step_that_crossed_it(monkeypatch, per_sample):
+    """400 output times through steps with rejections: the check's read-back tells the host which
+    step crossed which output, and only those are evaluated (with shared steps, each output once,
+    whatever check_every); checking every step or every 4 gives the same values, and per sample,
+    each sample's values are those of solving it alone."""
+    rates, y0 = [1.0, 2.0, 400.0], torch.tensor([[1.0, -1.0], [0.5, 2.0], [1.0, 1.0]], dtype=D)
+    times = torch.linspace(0.0, 2.0, 402, dtype=D)
+    evaluated: list[int] = []
+    evaluate = rk.horner
+    monkeypatch.setattr(rk, "horner", lambda coefficients, x: evaluated.append(1) or evaluate(coefficients, x))
+    solves, counts = {}, {}
+    for every in (1, 4):
+        evaluated.clear()
+        solver = RungeKutta("dopri5", rtol=1e-6, atol=1e-9, check_every=every, per_sample=per_sample)
+        with torch.no_grad():
+            solves[every] = integrate(Stiffish(rates), y0, times, solver)
+        counts[every] = len(evaluated)
+    assert torch.equal(solves[1].ys, solves[4].ys) and solves[1].stats.steps_rejected > 0
+    if not per_sample:
+        assert counts == {1: 400, 4: 400}
+        return
+    assert counts[1] == counts[4] and 400 < counts[1] < 3 * 400  # once per step some sample crossed it in
+    for i, rate in enumerate(rates):
+        with torch.no_grad():
+            alone = integrate(Stiffish([rate]), y0[i : i + 1], times, RungeKutta("dopri5", rtol=1e-6, atol=1e-9))
+        torch.testing.assert_close(solves[1].ys[:, i : i + 1], alone.ys, rtol=1e-12, atol=1e-12)
 
 
 def test_step_control_reads_the_host_once_per_check_every_steps(host_syncs):

@@ -15,8 +15,9 @@ that of solving it alone. The field is then called with a time per sample, shape
 
 The step-size rule (`PIController`) and the first-step heuristic (Hairer, Norsett & Wanner,
 Solving ODEs I, II.4) are those of torchdiffeq by default, so the two take the same steps; the
-solve ends each interval between output times and weight breaks exactly on its end (no
-interpolation). How the gradients flow is the strategy's (`contham.gradients`): autograd through
+solve ends exactly on its last time and on each weight break, and reads the output times in
+between from the dense output of the step that crossed them, which the host learns at its next
+check. How the gradients flow is the strategy's (`contham.gradients`): autograd through
 the accepted steps (step sizes are constants of the discrete map), the reversible scheme of
 McCallum & Foster (`contham.solvers.reversible_rk`), or torchdiffeq's adjoint.
 """
@@ -126,6 +127,18 @@ def _combine(weights: tuple[float, ...], ks: list[Tensor], dt: Any, start: Tenso
     for w, k in rest:
         total.addcmul_(k, step, value=w)
     return total
+
+
+def horner(coefficients: list[Tensor], x: float | Tensor) -> Tensor:
+    """The polynomial with these coefficients (highest power first) at x, a number or a tensor
+    that broadcasts against them: one fused multiply-add per power, all into one fresh tensor
+    where autograd records nothing (on the CPU a fresh state-sized tensor can cost more, faulted
+    in page by page, than the arithmetic)."""
+    value, *rest = coefficients
+    for i, c in enumerate(rest):
+        out = value if i > 0 and not value.requires_grad else None
+        value = torch.addcmul(c, x, value, out=out) if torch.is_tensor(x) else torch.add(c, value, alpha=x, out=out)
+    return value
 
 
 class TableauSteps(FixedStepSolver):
@@ -306,9 +319,9 @@ class AdaptiveLoop:
         self.shape = (self.samples,) + (1,) * (y0.dim() - 1) if solver.per_sample else ()
         self.every = solver.check_every or (1 if y0.device.type == "cpu" else 8)
         self.stats = Stats(solver.name, steps_accepted=0, steps_rejected=0)
-        self.outputs: list[int] = []  # indices of the output times inside the current interval
-        self.pending: list[int] = []  # those of them the next steps can cross
-        self.dense: dict[int, Tensor] = {}  # their values so far
+        self.outputs: list[int] = []  # indices of the output times in the interval some sample has not passed
+        self.recent: list[tuple[Tensor, Tensor, tuple]] = []  # the steps since the last check: t, dt, dense output
+        self.dense: dict[int, Tensor] = {}  # the outputs' values so far
 
     def broadcast(self, v: Tensor, dtype: torch.dtype) -> Tensor:
         """A ``(samples,)`` tensor (times, step sizes) as the field and the state take it: one
@@ -357,7 +370,6 @@ class AdaptiveLoop:
             sign = 1.0 if span > 0 else -1.0
             inner = p.times[1:-1] if dense else []
             self.outputs = [j for j, s in enumerate(inner, 1) if 0 < sign * (s - a) <= sign * span]
-            self.pending = self.outputs
             state, h, k1 = self.segment(f, a, a + span, state, h, k1)
             if i in ends:
                 out.append(state)
@@ -367,27 +379,52 @@ class AdaptiveLoop:
             self.stats.nfe_per_sample, self.stats.steps_per_sample = nfe, accepted
         return [self.dense[j] for j in range(1, len(p.times) - 1)] + out if dense else out
 
-    def interpolate(self, t: Tensor, dt: Tensor, t_new: Tensor, accept: Tensor, dense: tuple) -> None:
-        """The pending output times this step crossed, from its dense output: a quartic through
-        y0, y1, the middle and the slopes at both ends where the tableau gives the middle, else
-        the cubic Hermite polynomial."""
+    def interpolate(self, sign: float, read: list[float], now: Tensor) -> None:
+        """Each output time the steps since the last check crossed, from the dense output of the
+        step that crossed it. ``read``: those steps' start times and sizes, then each sample's
+        time ``now``, as read back with the check, so the host knows which step crossed which
+        output and evaluates nothing else."""
+        n, times = self.samples, self.problem.times
+        starts = [read[2 * n * i : 2 * n * i + n] for i in range(len(self.recent))] + [read[-n:]]
+        ends = [t for t, _, _ in self.recent[1:]] + [now]
+        for i, ((t, dt, dense), t_new) in enumerate(zip(self.recent, ends)):
+            sizes = read[2 * n * i + n : 2 * n * (i + 1)]
+            spans = list(zip(starts[i], sizes, starts[i + 1]))  # a rejected step ends where it began
+            crossed = [
+                j for j in self.outputs if any((times[j] - a) * h > 0 >= (times[j] - b) * h for a, h, b in spans)
+            ]
+            coefficients = self.polynomial(dt, dense) if crossed else []
+            for j in crossed:
+                if self.solver.per_sample:
+                    self.dense[j] = self.crossing(times[j], coefficients, t, dt, t_new, self.dense.get(j, dense[0]))
+                else:  # one step for all: its fraction is a number, and it crossed for every sample
+                    self.dense[j] = horner(coefficients, (times[j] - starts[i][0]) / sizes[0])
+        self.recent = []
+        behind = min(sign * v for v in read[-n:])
+        self.outputs = [j for j in self.outputs if sign * times[j] > behind]
+
+    def crossing(
+        self, s: float, coefficients: list[Tensor], t: Tensor, dt: Tensor, t_new: Tensor, old: Tensor
+    ) -> Tensor:
+        """The value at time s of the samples whose step from t to t_new crossed it (their own
+        fractions of their own steps); ``old`` for the others."""
+        x = self.broadcast((s - t) / torch.where(dt == 0, torch.ones_like(dt), dt), old.dtype)
+        mask = self.broadcast(((s - t) * dt > 0) & ((s - t_new) * dt <= 0), torch.bool)
+        return torch.where(mask, horner(coefficients, x), old)
+
+    def polynomial(self, dt: Tensor, dense: tuple) -> list[Tensor]:
+        """The coefficients, highest power first, of a step's dense output in the fraction of the
+        step: a quartic through y0, y1, the middle and the slopes at both ends where the tableau
+        gives the middle, else the cubic Hermite polynomial."""
         y0, y1, ks = dense
         step = self.broadcast(dt, y0.dtype)
         d = step * ks[0]
         span, slope = y1 - y0 - d, step * ks[-1] - d  # p(1) - p(0) - p'(0) and p'(1) - p'(0)
         if self.tableau.mid is None:
-            c, b, a = 3 * span - slope, slope - 2 * span, torch.zeros_like(y0)
-        else:
-            middle = _combine(self.tableau.mid, ks, step) - d / 2  # p(1/2) - p(0) - p'(0) / 2
-            u, w = slope - 2 * span, 4 * span - 16 * middle
-            a, b, c = 2 * u - w, 2 * w - 3 * u, span - w + u
-        safe = torch.where(dt == 0, torch.ones_like(dt), dt)
-        for j in self.pending:
-            s = self.problem.times[j]
-            crossed = accept & ((s - t) * dt > 0) & ((s - t_new) * dt <= 0)
-            x = self.broadcast((s - t) / safe, y0.dtype)
-            value = torch.addcmul(y0, x, torch.addcmul(d, x, torch.addcmul(c, x, torch.addcmul(b, x, a))))
-            self.dense[j] = torch.where(self.broadcast(crossed, torch.bool), value, self.dense.get(j, y0))
+            return [slope - 2 * span, 3 * span - slope, d, y0]
+        middle = _combine(self.tableau.mid, ks, step) - d / 2  # p(1/2) - p(0) - p'(0) / 2
+        u, w = slope - 2 * span, 4 * span - 16 * middle
+        return [2 * u - w, 2 * w - 3 * u, span - w + u, d, y0]
 
     def inside(self, field: Any, a: float, b: float) -> Any:
         """``field`` read on the interval between a and b: where its weights jump at the upper
@@ -414,18 +451,19 @@ class AdaptiveLoop:
             k1 = None  # each step reads the field at its start
         done = torch.zeros(self.samples, dtype=torch.bool, device=y.device)
         p = Progress(t, h, state, k1, torch.ones_like(h), done)
-        if self.outputs:  # one more read-back, so the first steps interpolate only what they can cross
-            self.narrow(sign, torch.cat((t, h)).tolist())
         while True:
             for _ in range(self.every):
                 p = self.step(call, sign, b, p)
             stuck = ~p.done & (p.t + sign * p.h == p.t)
             flags = torch.stack((p.done.all(), stuck.any(), self.finite))
-            # the one read-back per check_every steps: where the solve is, and its statistics
-            back, n = torch.cat((flags.double(), self.counts.flatten().double(), p.t, p.h)).tolist(), self.samples
+            # the one read-back per check_every steps: whether it is done, its statistics, and
+            # where the steps since the last check went when there are output times to interpolate
+            went = [torch.cat((t, dt)) for t, dt, _ in self.recent] + [p.t] if self.recent else []
+            back, n = torch.cat((flags.double(), self.counts.flatten().double(), *went)).tolist(), self.samples
             done, underflow, finite = back[:3]
             self.read = [[int(c) for c in back[3 + i * n : 3 + (i + 1) * n]] for i in range(3)]
-            self.narrow(sign, back[3 + 3 * n :])
+            if self.recent:
+                self.interpolate(sign, back[3 + 3 * n :], p.t)
             if not finite:
                 raise ValueError("y0 must be finite; it contains NaN or inf")
             if done:
@@ -435,17 +473,6 @@ class AdaptiveLoop:
                     f"{self.solver.name}: the step size underflowed before t={b:g} "
                     "(the dynamics may be stiff or not finite); loosen rtol/atol"
                 )
-
-    def narrow(self, sign: float, where: list[float]) -> None:
-        """Keep pending only the output times that the steps up to the next check can cross:
-        those that some sample has not passed yet, and within the farthest any sample can go
-        in ``every`` steps (each at most the controller's ``ifactor`` times the last).
-        ``where``: each sample's time, then each one's next step size, as read back."""
-        t, h = where[: self.samples], where[self.samples :]
-        growth = self.solver.controller.ifactor
-        reach = max(h) * sum(growth**i for i in range(self.every))
-        behind, ahead = min(sign * v for v in t), max(sign * v for v in t) + reach
-        self.pending = [j for j in self.outputs if behind < sign * self.problem.times[j] <= ahead]
 
     def step(self, call: Any, sign: float, b: float, p: Progress) -> Progress:
         """One step attempt towards ``b`` of every sample not there yet."""
@@ -470,8 +497,8 @@ class AdaptiveLoop:
             h = torch.where(p.done, p.h, torch.where(accept & reach, torch.maximum(p.h, proposal), proposal))
             last = torch.where(accept, ratio.clamp_min(1e-10), p.last)
             t = torch.where(accept, torch.where(reach, torch.full_like(p.t, b), p.t + dt), p.t)
-        if self.pending and attempt.dense is not None:
-            self.interpolate(p.t, dt, t, accept, attempt.dense)
+        if self.outputs and attempt.dense is not None:  # interpolated at the next check
+            self.recent.append((p.t, dt, attempt.dense))
         mask = self.broadcast(accept, torch.bool)
         state = self.scheme.select(mask, attempt.new, p.state)
         k1 = None if attempt.fsal is None or k1 is None else torch.where(mask, attempt.fsal, k1)
