@@ -13,7 +13,11 @@ side in one run (interleaved, medians):
    ratio to backprop, NFE forward/backward;
 3. with ``--outputs N ...``: one forward solve with N output times on [0, 1] (read from the dense
    output), contham's dopri5 vs torchdiffeq's;
-4. with ``--tests <torchdiffeq checkout>/tests``: NFE of the engine's dopri5 and bosh3 vs
+4. the loop's own cost on a small problem (``y' = A y``, 10 states, ``A`` skew as in torchdiffeq's
+   "linear" test problem, times 1 to 8; dopri5 at tol 1e-8, adaptive_heun at 1e-6): steps, NFE,
+   tensor operations per step beyond the field's (views excluded: on a GPU each is a kernel
+   launch) and seconds per solve, contham vs torchdiffeq;
+5. with ``--tests <torchdiffeq checkout>/tests``: NFE of the engine's dopri5 and bosh3 vs
    torchdiffeq's on torchdiffeq's own test problems (float64, forwards), and the gradient error
    of the reversible scheme and of the adjoint against the exact gradient of each one's computed
    loss.
@@ -29,6 +33,7 @@ from pathlib import Path
 
 import torch
 from _timing import classifier_step, interleaved_medians
+from torch.utils._python_dispatch import TorchDispatchMode
 from torchdiffeq_problems import load
 
 from contham import ODEBlock, collect_stats, integrate
@@ -136,6 +141,56 @@ def output_times(args: argparse.Namespace) -> None:
         print(f"| {n} | {ours:.3f} | {theirs:.3f} | {theirs / ours:.2f}x |")
 
 
+class Operations(TorchDispatchMode):
+    """Counts the tensor operations run inside it, views and aliases excluded (they launch nothing)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        returns = func._schema.returns
+        self.count += not any(r.alias_info is not None and not r.alias_info.is_write for r in returns)
+        return func(*args, **(kwargs or {}))
+
+
+def small_problem(args: argparse.Namespace) -> None:
+    u = 0.1 * torch.randn(10, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    a, y0, times = u - u.T, torch.ones(10, dtype=torch.float64), torch.linspace(1, 8, 10).tolist()
+
+    def field(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return a @ y
+
+    with Operations() as once:
+        field(torch.tensor(0.0), y0)
+    solvers = {
+        (method, name): kind(method, rtol=tol, atol=tol)
+        for method, tol in (("dopri5", 1e-8), ("adaptive_heun", 1e-6))
+        for name, kind in (("contham", RungeKutta), ("torchdiffeq", TorchDiffEq))
+    }
+    rows = {}
+    for key, solver in solvers.items():
+        with torch.no_grad(), Operations() as ops:
+            stats = integrate(field, y0, times, solver).stats
+        steps = stats.steps_accepted + stats.steps_rejected
+        rows[key] = (steps, stats.nfe_forward, (ops.count - stats.nfe_forward * once.count) / steps)
+
+    def solve(solver):
+        def run() -> None:
+            with torch.no_grad():
+                integrate(field, y0, times, solver)
+
+        return run
+
+    took = interleaved_medians({key: solve(solver) for key, solver in solvers.items()}, args.repeats)
+    print("\nThe loop's own cost: y' = A y, 10 states, one sample, output times 1 to 8")
+    print("| method | solver | steps | NFE | operations per step beyond the field's | s per solve | over contham's |")
+    print("|---|---|---|---|---|---|---|")
+    for (method, name), (steps, nfe, per_step) in rows.items():
+        ratio = took[method, name] / took[method, "contham"]
+        print(f"| {method} | {name} | {steps} | {nfe} | {per_step:.1f} | {took[method, name]:.4f} | {ratio:.2f}x |")
+
+
 def training_steps(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
     x, labels = torch.randn(args.batch, 1, 28, 28), torch.randint(0, 10, (args.batch,))
@@ -218,6 +273,7 @@ def main() -> None:
     training_steps(args)
     if args.outputs:
         output_times(args)
+    small_problem(args)
     if args.tests is not None:
         reference_problems(args.tests)
 

@@ -93,6 +93,11 @@ def test_runge_kutta_benchmark_solves_with_torchdiffeq_s_steps(tmp_path):
     assert "x the field's |" in out
     assert all(f"| {gradient} |" in out for gradient in ("backprop", "adjoint", "reversible"))
     assert all(any(line.startswith(f"| {n} | ") for line in out.splitlines()) for n in (2, 11))  # --outputs
+    table = out.split("The loop's own cost")[1].splitlines()[3:]
+    small = {tuple(c.strip() for c in line.split("|")[1:5]) for line in table}
+    steps = {(method, name): int(n) for method, name, n, _ in small}
+    assert set(steps) == {(m, s) for m in ("dopri5", "adaptive_heun") for s in ("contham", "torchdiffeq")}
+    assert abs(steps["dopri5", "contham"] - steps["dopri5", "torchdiffeq"]) <= 1  # the same step rule
 
 
 def test_gpu_benchmark_runs_small_on_the_cpu_and_checks_the_kernels(tmp_path):

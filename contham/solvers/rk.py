@@ -24,6 +24,7 @@ McCallum & Foster (`contham.solvers.reversible_rk`), or torchdiffeq's adjoint.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -61,11 +62,12 @@ class PIController:
 
     def next_step(self, h: Tensor, ratio: Tensor, last: Tensor, order: int) -> Tensor:
         """The next step size from ``h`` (all of shape ``(samples,)``)."""
-        r = ratio.clamp_min(1e-10)
-        factor = self.safety * r.pow(-(self.icoeff + self.pcoeff) / order) * last.pow(self.pcoeff / order)
-        factor = torch.where(ratio == 0, torch.full_like(factor, self.ifactor), factor)
-        floor = torch.where(ratio < 1, torch.ones_like(factor), torch.full_like(factor, self.dfactor))
-        return h * torch.minimum(torch.maximum(factor, floor), torch.full_like(factor, self.ifactor))
+        factor = self.safety * ratio.clamp_min(1e-10).pow(-(self.icoeff + self.pcoeff) / order)
+        if self.pcoeff:
+            factor = factor * last.pow(self.pcoeff / order)
+        factor = torch.where(ratio == 0, self.ifactor, factor)
+        factor = torch.where(ratio < 1, factor.clamp_min(1.0), factor.clamp_min(self.dfactor))
+        return h * factor.clamp_max(self.ifactor)
 
 
 def rk_step(
@@ -358,8 +360,9 @@ class AdaptiveLoop:
         pinned = isinstance(field, NodeField)  # else a wrapper that exposes its field's nodes
         weights = field.step_weights() if pinned and any(node is not None for _, _, node in segments) else []
         state = self.scheme.start(p.field, p.y0)
-        self.counts = torch.zeros(3, self.samples, dtype=torch.int64, device=p.y0.device)  # nfe, accepted, rejected
-        self.finite = torch.isfinite(torch.linalg.vector_norm(p.y0.detach(), float("inf")))  # read at the first check
+        # field calls, accepted and rejected steps per sample, in doubles (exact) to be read back with the times
+        self.counts = torch.zeros(3, self.samples, dtype=torch.float64, device=p.y0.device)
+        self.finite = torch.isfinite(torch.linalg.vector_norm(p.y0.detach(), float("inf"))).double().reshape(1)
         h, k1, out = None, None, []
         for i, (a, span, node) in enumerate(segments, 1):
             if i > 1 and node != segments[i - 2][2]:
@@ -379,16 +382,16 @@ class AdaptiveLoop:
             self.stats.nfe_per_sample, self.stats.steps_per_sample = nfe, accepted
         return [self.dense[j] for j in range(1, len(p.times) - 1)] + out if dense else out
 
-    def interpolate(self, sign: float, read: list[float], now: Tensor) -> None:
+    def interpolate(self, sign: float, went: list[float], arrived: list[float], now: Tensor) -> None:
         """Each output time the steps since the last check crossed, from the dense output of the
-        step that crossed it. ``read``: those steps' start times and sizes, then each sample's
-        time ``now``, as read back with the check, so the host knows which step crossed which
+        step that crossed it. ``went``: those steps' start times and sizes, ``arrived``: each
+        sample's time ``now``, as read back with the check, so the host knows which step crossed which
         output and evaluates nothing else."""
         n, times = self.samples, self.problem.times
-        starts = [read[2 * n * i : 2 * n * i + n] for i in range(len(self.recent))] + [read[-n:]]
+        starts = [went[2 * n * i : 2 * n * i + n] for i in range(len(self.recent))] + [arrived]
         ends = [t for t, _, _ in self.recent[1:]] + [now]
         for i, ((t, dt, dense), t_new) in enumerate(zip(self.recent, ends)):
-            sizes = read[2 * n * i + n : 2 * n * (i + 1)]
+            sizes = went[2 * n * i + n : 2 * n * (i + 1)]
             spans = list(zip(starts[i], sizes, starts[i + 1]))  # a rejected step ends where it began
             crossed = [
                 j for j in self.outputs if any((times[j] - a) * h > 0 >= (times[j] - b) * h for a, h, b in spans)
@@ -400,7 +403,7 @@ class AdaptiveLoop:
                 else:  # one step for all: its fraction is a number, and it crossed for every sample
                     self.dense[j] = horner(coefficients, (times[j] - starts[i][0]) / sizes[0])
         self.recent = []
-        behind = min(sign * v for v in read[-n:])
+        behind = min(sign * v for v in arrived)
         self.outputs = [j for j in self.outputs if sign * times[j] > behind]
 
     def crossing(
@@ -454,21 +457,21 @@ class AdaptiveLoop:
         while True:
             for _ in range(self.every):
                 p = self.step(call, sign, b, p)
-            stuck = ~p.done & (p.t + sign * p.h == p.t)
-            flags = torch.stack((p.done.all(), stuck.any(), self.finite))
-            # the one read-back per check_every steps: whether it is done, its statistics, and
-            # where the steps since the last check went when there are output times to interpolate
-            went = [torch.cat((t, dt)) for t, dt, _ in self.recent] + [p.t] if self.recent else []
-            back, n = torch.cat((flags.double(), self.counts.flatten().double(), *went)).tolist(), self.samples
-            done, underflow, finite = back[:3]
-            self.read = [[int(c) for c in back[3 + i * n : 3 + (i + 1) * n]] for i in range(3)]
+            # the one read-back per check_every steps: whether y0 was finite, each sample's state of
+            # progress (done, time, next step size), the statistics, and where the steps since the
+            # last check went when there are output times to interpolate
+            went = [torch.cat((t, dt)) for t, dt, _ in self.recent]
+            back = torch.cat((self.finite, p.done.double(), p.t, p.h, self.counts.view(-1), *went)).tolist()
+            n = self.samples
+            finished, times, sizes, *counts = (back[1 + i * n : 1 + (i + 1) * n] for i in range(6))
+            self.read = [[int(c) for c in chunk] for chunk in counts]
             if self.recent:
-                self.interpolate(sign, back[3 + 3 * n :], p.t)
-            if not finite:
+                self.interpolate(sign, back[1 + 6 * n :], times, p.t)
+            if not back[0]:
                 raise ValueError("y0 must be finite; it contains NaN or inf")
-            if done:
+            if all(finished):
                 return p.state, p.h, p.k1
-            if underflow:
+            if any(not d and v + sign * s == v for d, v, s in zip(finished, times, sizes)):  # the step underflowed
                 raise IntegrationError(
                     f"{self.solver.name}: the step size underflowed before t={b:g} "
                     "(the dynamics may be stiff or not finite); loosen rtol/atol"
@@ -479,7 +482,7 @@ class AdaptiveLoop:
         y = self.scheme.solution(p.state)
         remaining = (b - p.t).abs()
         reach = p.h >= remaining
-        size = torch.where(p.done, torch.zeros_like(p.h), torch.minimum(p.h, remaining))
+        size = torch.where(p.done, 0.0, torch.minimum(p.h, remaining))
         dt = sign * size
         time, calls, k1 = self.broadcast(p.t, y.dtype), 0, p.k1
         if k1 is None and self.tableau.fsal and self.scheme.keeps_stage:
@@ -487,16 +490,17 @@ class AdaptiveLoop:
         attempt = self.scheme.attempt(call, self.tableau, time, self.broadcast(dt, y.dtype), p.state, k1)
         with torch.no_grad():
             ratio = self.error_ratio(attempt.error, attempt.before, attempt.after)
-            accept = (ratio <= 1) & ~p.done
-            self.counts[0] += torch.where(p.done, 0, calls + attempt.calls)
-            self.counts[1] += accept
-            self.counts[2] += ~accept & ~p.done
+            going = ~p.done
+            accept = (ratio <= 1) & going
+            # field calls, accepted and rejected steps (a step is accepted only where it goes on)
+            self.counts += torch.stack((going * (calls + attempt.calls), accept, going ^ accept))
             self.scheme.record(self.field, self.node, p.t, dt, accept)
             proposal = self.solver.controller.next_step(size, ratio, p.last, self.tableau.order)
             # a step cut short to end the interval does not shrink the next one
             h = torch.where(p.done, p.h, torch.where(accept & reach, torch.maximum(p.h, proposal), proposal))
-            last = torch.where(accept, ratio.clamp_min(1e-10), p.last)
-            t = torch.where(accept, torch.where(reach, torch.full_like(p.t, b), p.t + dt), p.t)
+            # the last accepted error ratio steers only a PI rule
+            last = torch.where(accept, ratio.clamp_min(1e-10), p.last) if self.solver.controller.pcoeff else p.last
+            t = torch.where(accept, torch.where(reach, b, p.t + dt), p.t)
         if self.outputs and attempt.dense is not None:  # interpolated at the next check
             self.recent.append((p.t, dt, attempt.dense))
         mask = self.broadcast(accept, torch.bool)
@@ -513,7 +517,7 @@ class AdaptiveLoop:
         # atol + rtol * max(|y0|, |y1|), then err over it, in one buffer
         scale = y0.detach().abs().clamp_min_(y1.detach().abs()).mul_(self.solver.rtol).add_(self.solver.atol)
         ratio = self.norm(torch.div(err.detach(), scale, out=scale)).to(torch.float64)
-        return torch.where(torch.isnan(ratio), torch.full_like(ratio, torch.inf), ratio)
+        return torch.nan_to_num(ratio, nan=math.inf, posinf=math.inf)
 
     def first_step(self, call: Any, t: Tensor, sign: float, y0: Tensor, f0: Tensor) -> Tensor:
         """The first step size per sample: the given one, or the heuristic."""
