@@ -385,8 +385,8 @@ class AdaptiveLoop:
     def interpolate(self, sign: float, went: list[float], arrived: list[float], now: Tensor) -> None:
         """Each output time the steps since the last check crossed, from the dense output of the
         step that crossed it. ``went``: those steps' start times and sizes, ``arrived``: each
-        sample's time ``now``, as read back with the check, so the host knows which step crossed which
-        output and evaluates nothing else."""
+        sample's time ``now``, as read back with the check; so the host knows which step crossed
+        which output and evaluates nothing else."""
         n, times = self.samples, self.problem.times
         starts = [went[2 * n * i : 2 * n * i + n] for i in range(len(self.recent))] + [arrived]
         ends = [t for t, _, _ in self.recent[1:]] + [now]
