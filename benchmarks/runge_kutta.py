@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import argparse
 import copy
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from _timing import classifier_step, interleaved_medians
@@ -117,6 +119,16 @@ def solve_times(args: argparse.Namespace) -> None:
           f"{theirs_alone / ours_alone:.2f}x the field's |")  # fmt: skip
 
 
+def forward_solve(field: Any, y0: torch.Tensor, times: list[float], solver: Any) -> Callable[[], None]:
+    """One solve without a graph, as a timing candidate."""
+
+    def run() -> None:
+        with torch.no_grad():
+            integrate(field, y0, times, solver)
+
+    return run
+
+
 def output_times(args: argparse.Namespace) -> None:
     block, y0 = thesis_block(args)
     solvers = {
@@ -124,14 +136,11 @@ def output_times(args: argparse.Namespace) -> None:
         "torchdiffeq dopri5": TorchDiffEq("dopri5", rtol=args.tol, atol=args.tol),
     }
 
-    def solve(solver, n: int):
-        def run() -> None:
-            with torch.no_grad():
-                integrate(block.field, y0, torch.linspace(0.0, 1.0, n).tolist(), solver)
-
-        return run
-
-    cases = {f"{name}, {n}": solve(solver, n) for n in args.outputs for name, solver in solvers.items()}
+    cases = {
+        f"{name}, {n}": forward_solve(block.field, y0, torch.linspace(0.0, 1.0, n).tolist(), solver)
+        for n in args.outputs
+        for name, solver in solvers.items()
+    }
     times = interleaved_medians(cases, args.repeats)
     print(f"\nOne forward solve of the ODENet block on [0, 1] with n output times (dense output), tol {args.tol:g}")
     print("| n | contham s | torchdiffeq s | torchdiffeq / contham |")
@@ -175,17 +184,10 @@ def small_problem(args: argparse.Namespace) -> None:
         steps = stats.steps_accepted + stats.steps_rejected
         rows[key] = (steps, stats.nfe_forward, (ops.count - stats.nfe_forward * once.count) / steps)
 
-    def solve(solver):
-        def run() -> None:
-            with torch.no_grad():
-                integrate(field, y0, times, solver)
-
-        return run
-
     # one method at a time: a solve of 2,000 steps leaves garbage whose cleanup the next solve pays
     took = {}
     for method in ("dopri5", "adaptive_heun"):
-        pair = {key: solve(solver) for key, solver in solvers.items() if key[0] == method}
+        pair = {key: forward_solve(field, y0, times, solver) for key, solver in solvers.items() if key[0] == method}
         took.update(interleaved_medians(pair, args.repeats))
     print("\nThe loop's own cost: y' = A y, 10 states, one sample, output times 1 to 8")
     print("| method | solver | steps | NFE | operations per step beyond the field's | s per solve | over contham's |")
