@@ -291,6 +291,28 @@ def test_reversible_fixed_steps_pass_gradcheck_and_have_the_methods_order():
         assert math.log2(errors[0] / errors[1]) == pytest.approx(order, abs=0.3)
 
 
+def test_the_last_steps_z_is_kept_not_rebuilt():
+    """z after the last step feeds no step: fixed steps never compute it, and the backward pass
+    starts from the z before the last step, kept by the forward pass, so the last step's
+    ``Phi_{-h}`` is evaluated by neither pass where it would be wasted. Counted field calls (a
+    fixed dopri5 step calls the field 6 times: its seventh stage only estimates the error)."""
+    f, calls = Dense(), []
+    f.register_forward_hook(lambda *_: calls.append(1))
+    y0 = torch.randn(3, 6, dtype=D, requires_grad=True)
+    fixed = {"step_size": 0.1}
+    adaptive = RungeKutta("dopri5", rtol=1e-6, atol=1e-8)
+    for solver, steps in ((RungeKutta("rk4"), fixed), (RungeKutta("dopri5"), fixed), (adaptive, {})):
+        calls.clear()
+        solution = integrate(f, y0, [0.0, 0.6], solver, gradient="reversible", **steps)
+        forward = len(calls)
+        solution.y.sum().backward()
+        taken, stages = solution.stats.steps_accepted, solver.tableau.solution_stages
+        assert (forward, len(calls) - forward) == (solution.stats.nfe_forward, solution.stats.nfe_backward)
+        assert solution.stats.nfe_backward == (2 * taken - 1) * stages
+        if steps:  # six steps of two Phis, less the last Phi_{-h}
+            assert (taken, forward) == (6, 11 * stages)
+
+
 def test_the_reversible_gradient_is_far_closer_to_the_computed_losss_than_the_adjoints():
     """Each strategy against the exact gradient of its own forward map (backprop through it):
     the reversible scheme's is exact up to rounding, the adjoint's only up to its tolerances."""

@@ -9,13 +9,16 @@ on a *pair* of states ``(y, z)``, both starting at ``y0``:
 
 with a coupling ``0 < l < 1`` (0.999 by default, as theirs). Each step is undone exactly, up to
 rounding: ``z = z+ + Phi_{-h}(y+)``, then ``y = (y+ - (1 - l) z - Phi_h(z)) / l``. The forward
-pass keeps the final pair and the step sizes only; the backward pass rebuilds the pair step by
-step, backwards, and backpropagates through each step as it goes (one vector-Jacobian product of
-each Phi). The result is ``y`` at the end: it is *this scheme's* solution, which has the order of
-the underlying method (their Theorem 2.3) but is not the plain method's numbers. Adaptive steps are
-controlled by the error estimate of ``Phi_h(z)``. Costs: a forward step evaluates both Phis (a
-dopri5 step: 7 + 6 calls instead of 6); the backward pass evaluates them again with their
-products. Memory: two states, whatever the number of steps.
+pass keeps the final y, the z before the last step (the final z only feeds steps that are not
+taken) and the step sizes; the backward pass rebuilds the pair step by step, backwards, and
+backpropagates through each step as it goes (one vector-Jacobian product of each Phi, of Phi_h
+alone on the last step, where nothing flows back into z). The result is ``y`` at the end: it is
+*this scheme's* solution, which has the order of the underlying method (their Theorem 2.3) but is
+not the plain method's numbers. Adaptive steps are controlled by the error estimate of
+``Phi_h(z)``. Costs: a forward step evaluates both Phis (a dopri5 step: 7 + 6 calls instead of 6;
+fixed steps skip the last step's ``Phi_{-h}``); the backward pass evaluates them again with their
+products. Memory: two states after the forward pass, whatever the number of steps (three during
+an adaptive one).
 
 The scheme is linearly stable where the method is (their Theorem 2.4, for ``l`` close to 1), so it
 does not trade the method's stability region for reversibility, unlike asynchronous leapfrog
@@ -42,7 +45,8 @@ COUPLING = 0.999
 
 
 class Coupled(Scheme):
-    """The forward pass of the reversible pair: steps recorded as ``(field, node, t, dt, accept)``."""
+    """The forward pass of the reversible pair. Its state is ``(y, z, z before the last accepted
+    step)``; steps are recorded as ``(field, node, t, dt, accept)``."""
 
     keeps_stage = False  # the stages are read on z and y+, never at the next step's start
 
@@ -50,23 +54,27 @@ class Coupled(Scheme):
         self.coupling = coupling
         self.steps: list[tuple[Any, int | None, Any, Any, Tensor | None]] = []
 
-    def start(self, f: Any, y0: Tensor) -> tuple[Tensor, Tensor]:
-        return y0, y0
+    def start(self, f: Any, y0: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return y0, y0, y0
 
     def solution(self, state: Any) -> Tensor:
         return state[0]
 
     def attempt(self, f: Any, tableau: Tableau, t: Any, dt: Any, state: Any, k1: Tensor | None) -> Attempt:
-        y, z = state
+        y, z, _ = state
         phi, err = rk_increment(f, tableau, t, dt, z, error=True)
         assert err is not None
-        y1, z1 = self.advance(f, tableau, t, dt, y, z, phi)
-        return Attempt((y1, z1), err, z, z + phi, None, tableau.stages + tableau.solution_stages, None)
+        y1 = self.couple(y, z, phi)
+        new = (y1, self.pull(f, tableau, t, dt, y1, z), z)
+        return Attempt(new, err, z, z + phi, None, tableau.stages + tableau.solution_stages, None)
 
-    def advance(self, f: Any, tableau: Tableau, t: Any, dt: Any, y: Tensor, z: Tensor, phi: Tensor):
-        """The pair after a step whose ``Phi_h(z)`` is ``phi``."""
-        y1 = self.coupling * y + (1 - self.coupling) * z + phi
-        return y1, z - rk_increment(f, tableau, t + dt, -dt, y1)[0]
+    def couple(self, y: Tensor, z: Tensor, phi: Tensor) -> Tensor:
+        """y+ of a step whose ``Phi_h(z)`` is ``phi``."""
+        return self.coupling * y + (1 - self.coupling) * z + phi
+
+    def pull(self, f: Any, tableau: Tableau, t: Any, dt: Any, y1: Tensor, z: Tensor) -> Tensor:
+        """z+ of the step from t by dt that took z to ``y1`` (only a next step reads it)."""
+        return z - rk_increment(f, tableau, t + dt, -dt, y1)[0]
 
     def select(self, accept: Tensor, new: Any, old: Any) -> Any:
         return tuple(torch.where(accept, n, o) for n, o in zip(new, old))
@@ -106,29 +114,50 @@ class Walk:
         self.times, self.stats = times, stats
 
     def back(self, y: Tensor, z: Tensor, a_y: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
-        """The adjoints of y0 (as y and as z) and of the parameters, from those of the final y."""
-        l, tableau = self.scheme.coupling, self.tableau  # noqa: E741 (the paper's name)
-        steps = _taken(self.scheme.steps)
+        """The adjoints of y0 (as y and as z) and of the parameters, from those of the final y;
+        ``z`` is each sample's z before its last step."""
+        steps, rebuilds = _taken(self.scheme.steps)
         with torch.enable_grad():
             weights = self.field.step_weights() if any(node is not None for _, node, *_ in steps) else []
         a_z = torch.zeros_like(a_y)
         totals = [torch.zeros_like(p) for p in self.params]
-        for f, node, t, dt, accept in reversed(steps):
+        walked = None  # the samples whose last step is behind (None: all, or none yet)
+        for (f, node, t, dt, accept), rebuild in zip(reversed(steps), reversed(rebuilds)):
             if node is not None:  # the weights again, now in autograd's graph
                 f = FrozenField(self.field, weights[node])
             time, step, mask = self.times(t, dt, accept)
-            # z = z+ + Phi_{-h}(y+); the adjoint of z+ reaches y+ and the weights through Phi_{-h}
-            q, g_y, g_q = self.vjp(lambda v: rk_increment(f, tableau, time + step, -step, v)[0], y, _only(mask, a_z))  # noqa: B023
-            a_y1 = a_y - g_y
-            z0 = _where(mask, z + q, z)
-            # y = (y+ - (1 - l) z - Phi_h(z)) / l; the adjoint of y+ reaches y, z and the weights
-            p, g_z, g_p = self.vjp(lambda v: rk_increment(f, tableau, time, step, v)[0], z0, _only(mask, a_y1))  # noqa: B023
-            y = _where(mask, (y - (1 - l) * z0 - p) / l, y)
-            a_y, a_z, z = _where(mask, l * a_y1, a_y), _where(mask, a_z + (1 - l) * a_y1 + g_z, a_z), z0
-            for total, gp, gq in zip(totals, g_p, g_q):
-                total += gp - gq
-            self.stats.nfe_backward += 2 * tableau.solution_stages
+            if rebuild:  # the forward pass kept z only before each sample's last step
+                pulled = mask if walked is None else walked & mask
+                z, a_y = self.unpull((f, time, step), mask, pulled, y, z, a_y, a_z, totals)
+            walked = mask if walked is None or mask is None else walked | mask
+            y, a_y, a_z = self.uncouple((f, time, step), mask, y, z, a_y, a_z, totals)
+            self.stats.nfe_backward += (1 + rebuild) * self.tableau.solution_stages
         return a_y, a_z, totals
+
+    def unpull(
+        self, at: tuple, mask: Any, pulled: Any, y: Tensor, z: Tensor, a_y: Tensor, a_z: Tensor, totals: list
+    ) -> tuple[Tensor, Tensor]:
+        """Undo ``z+ = z - Phi_{-h}(y+)`` of the step ``at`` ``(f, t, h)`` where ``pulled``:
+        z, and the adjoint of y+, which that of z+ reaches through Phi_{-h} (as it reaches the
+        weights, added to ``totals``) on the samples of ``mask``."""
+        f, time, step = at
+        q, g_y, g_q = self.vjp(lambda v: rk_increment(f, self.tableau, time + step, -step, v)[0], y, _only(mask, a_z))
+        for total, g in zip(totals, g_q):
+            total -= g
+        return _where(pulled, z + q, z), a_y - g_y
+
+    def uncouple(
+        self, at: tuple, mask: Any, y: Tensor, z: Tensor, a_y: Tensor, a_z: Tensor, totals: list
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Undo ``y+ = l y + (1 - l) z + Phi_h(z)`` of the step ``at`` on the samples of
+        ``mask``: y, and the adjoints of y and z, which that of y+ reaches (as it reaches the
+        weights, added to ``totals``)."""
+        (f, time, step), l = at, self.scheme.coupling  # noqa: E741 (the paper's name)
+        p, g_z, g_p = self.vjp(lambda v: rk_increment(f, self.tableau, time, step, v)[0], z, _only(mask, a_y))
+        for total, g in zip(totals, g_p):
+            total += g
+        y = _where(mask, (y - (1 - l) * z - p) / l, y)
+        return y, _where(mask, l * a_y, a_y), _where(mask, a_z + (1 - l) * a_y + g_z, a_z)
 
     def vjp(self, fn: Any, x: Tensor, v: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
         """``fn(x)`` and the products of ``v`` with its Jacobians in x and in the parameters."""
@@ -142,13 +171,22 @@ class Walk:
         return out.detach(), g_x, g_params
 
 
-def _taken(steps: list) -> list:
-    """The recorded steps some sample took (one read-back of the accept flags for all)."""
-    flags = [accept for *_, accept in steps if accept is not None]
-    if not flags:
-        return steps
-    taken = torch.stack([a.any() for a in flags]).tolist()
-    return [s for s, keep in zip(steps, taken) if keep]
+def _taken(steps: list) -> tuple[list, list[bool]]:
+    """The recorded steps some sample took, and for each whether some sample that took it took a
+    later one too (its z+ is then rebuilt; the forward pass kept the others'): one read-back of
+    the accept flags for all."""
+    if not steps or steps[0][-1] is None:  # fixed steps, all taken by all
+        return steps, [True] * (len(steps) - 1) + [False]
+    taken: list = []
+    rebuilds: list[bool] = []
+    accepted = torch.stack([accept for *_, accept in steps]).tolist()
+    later = [False] * len(accepted[0])
+    for step, row in zip(reversed(steps), reversed(accepted)):
+        if any(row):
+            taken.append(step)
+            rebuilds.append(any(a and b for a, b in zip(row, later)))
+            later = [a or b for a, b in zip(row, later)]
+    return taken[::-1], rebuilds[::-1]
 
 
 def _where(mask: Tensor | None, new: Tensor, old: Tensor) -> Tensor:
@@ -166,14 +204,14 @@ def _params(field: Any) -> tuple[Tensor, ...]:
 
 def reversible(field: Any, y0: Tensor, tableau: Tableau, forward: Any, coupling: float) -> Tensor:
     """The final y of ``forward(scheme, y0)``, which runs a `Coupled` scheme from y0 and returns
-    its final pair, the ``times`` function of `Walk` and the `Stats` to count the backward
-    calls in; the backward pass rebuilds the pair."""
+    the final y and each sample's z before its last step, the ``times`` function of `Walk` and
+    the `Stats` to count the backward calls in; the backward pass rebuilds the pair."""
     params = _params(field)
 
     def solve(start: Tensor) -> tuple[tuple[Tensor, Tensor], Walk]:
         scheme = Coupled(coupling)
-        pair, times, stats = forward(scheme, start)
-        return pair, Walk(field, params, tableau, scheme, times, stats)
+        kept, times, stats = forward(scheme, start)
+        return kept, Walk(field, params, tableau, scheme, times, stats)
 
     return _Rebuild.apply(solve, y0, *params)
 
@@ -182,7 +220,7 @@ def adaptive_solve(solver: Any, problem: Problem, coupling: float) -> Solution:
     """An adaptive solve of the Runge-Kutta engine ``solver`` by the reversible scheme."""
     if not wants_grad(problem.field, problem.y0):
         loop = solver.loop(problem, Coupled(coupling))
-        return solution(problem, [y for y, _ in loop.run()], loop.stats)
+        return solution(problem, [y for y, _, _ in loop.run()], loop.stats)
     if len(problem.times) > 2:
         raise ValueError("gradient='reversible' keeps only the final state: pass two times")
     loops = []
@@ -190,7 +228,8 @@ def adaptive_solve(solver: Any, problem: Problem, coupling: float) -> Solution:
     def forward(scheme: Coupled, y0: Tensor) -> Any:
         loop = solver.loop(replace(problem, y0=y0), scheme)
         loops.append(loop)
-        return loop.run()[-1], loop.times, loop.stats
+        y, _, before = loop.run()[-1]
+        return (y, before), loop.times, loop.stats
 
     y = reversible(problem.field, problem.y0, solver.tableau, forward, coupling)
     return solution(problem, [y], loops[0].stats)
@@ -200,23 +239,31 @@ def fixed_steps(tableau: Tableau, schedule: Any, y0: Tensor, stats: Stats, coupl
     """The states at ``schedule.outputs`` of the fixed steps of ``tableau`` by the reversible
     scheme (only the final one when there is a backward pass to come)."""
     field, steps = schedule.field, schedule.steps
-    stats.nfe_forward = len(steps) * (tableau.stages + tableau.solution_stages)
+    stats.nfe_forward = max(2 * len(steps) - 1, 0) * tableau.solution_stages
 
-    def forward(scheme: Coupled, y: Tensor) -> list[tuple[Tensor, Tensor]]:
+    def forward(scheme: Coupled, y: Tensor) -> tuple[list[Tensor], Tensor]:
+        """y at the outputs, and z before the last step."""
         weights = field.step_weights() if schedule.pinned else []
-        z, out = y, []
+        z, out, last = y, [], None
         for i, (s, h, node) in enumerate(steps, 1):
             f = field if node is None else FrozenField(field, weights[node])
-            y, z = scheme.advance(f, tableau, s, h, y, z, rk_increment(f, tableau, s, h, z)[0])
+            if last is not None:  # z+ of the step before, which only this step reads
+                z = scheme.pull(*last)
+            y1 = scheme.couple(y, z, rk_increment(f, tableau, s, h, z)[0])
+            last, y = (f, tableau, s, h, y1, z), y1
             scheme.record(f, node, s, h, None)
             if i in schedule.outputs:
-                out.append((y, z))
-        return out
+                out.append(y)
+        return out, z
 
     stats.nfe_backward = 0  # counted as the backward pass runs
     if not wants_grad(field, y0):
-        return [y for y, _ in forward(Coupled(coupling), y0)]
+        return forward(Coupled(coupling), y0)[0]
     if not schedule.final_only:
         raise ValueError("gradient='reversible' keeps only the final state: pass two times")
-    fixed_times = lambda t, h, accept: (t, h, None)  # noqa: E731
-    return [reversible(field, y0, tableau, lambda scheme, y: (forward(scheme, y)[-1], fixed_times, stats), coupling)]
+
+    def final(scheme: Coupled, y: Tensor) -> tuple[tuple[Tensor, Tensor], Any, Stats]:
+        out, z = forward(scheme, y)
+        return (out[-1], z), lambda t, h, accept: (t, h, None), stats
+
+    return [reversible(field, y0, tableau, final, coupling)]
