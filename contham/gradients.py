@@ -36,7 +36,6 @@ from .solvers.fixed import wants_grad
 from .solvers.fused import FusedPlan, fused_steps, reversible_fused_steps
 from .solvers.reversible import reversible_steps
 from .solvers.reversible_rk import COUPLING
-from .solvers.rk import solution
 from .solvers.tableaus import TABLEAUS
 
 G = TypeVar("G", bound=type[Gradient])
@@ -84,7 +83,7 @@ class Backprop(Gradient):
         loop = solver.loop(problem)
         ys = loop.run()
         _count_backward(ys[-1], loop.stats)
-        return solution(problem, ys, loop.stats)
+        return loop.solution(ys)
 
 
 def _count_backward(y: Tensor, stats: Stats) -> None:

@@ -8,6 +8,7 @@ from functools import partial
 import pytest
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from contham import ODEBlock, ODENetField, integrate
 from contham.experiments import SavedTensors
@@ -150,7 +151,7 @@ def test_each_output_time_is_interpolated_once_by_the_step_that_crossed_it(monke
     times = torch.linspace(0.0, 2.0, 402, dtype=D)
     evaluated: list[int] = []
     evaluate = rk.horner
-    monkeypatch.setattr(rk, "horner", lambda coefficients, x: evaluated.append(1) or evaluate(coefficients, x))
+    monkeypatch.setattr(rk, "horner", lambda *args: evaluated.append(1) or evaluate(*args))
     solves, counts = {}, {}
     for every in (1, 4):
         evaluated.clear()
@@ -167,6 +168,36 @@ def test_each_output_time_is_interpolated_once_by_the_step_that_crossed_it(monke
         with torch.no_grad():
             alone = integrate(Stiffish([rate]), y0[i : i + 1], times, RungeKutta("dopri5", rtol=1e-6, atol=1e-9))
         torch.testing.assert_close(solves[1].ys[:, i : i + 1], alone.ys, rtol=1e-12, atol=1e-12)
+
+
+class FullSize(TorchDispatchMode):
+    """The operations that return a tensor of ``numel`` elements."""
+
+    def __init__(self, numel: int):
+        super().__init__()
+        self.numel, self.ops = numel, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if isinstance(out, torch.Tensor) and out.numel() == self.numel:
+            self.ops.append(func.__name__)
+        return out
+
+
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_output_times_are_written_into_the_solution_in_place(per_sample):
+    """Without a graph to record, each output is evaluated into its row of the solution, which is
+    allocated once: no copy of all the outputs stacked (at 400 outputs of the thesis ODENet block
+    the copy cost as much as the evaluations). The values are those of a solve with a graph."""
+    torch.manual_seed(0)
+    f, y0 = Dense(), torch.randn(4, 6, dtype=D)
+    times = torch.linspace(0.0, 3.0, 16, dtype=D)
+    solver = RungeKutta("dopri5", rtol=1e-6, atol=1e-8, per_sample=per_sample)
+    with torch.no_grad(), FullSize(16 * y0.numel()) as ops:
+        solution = integrate(f, y0, times, solver)
+    assert ops.ops == ["new_empty.default"]
+    graph = integrate(f, y0.requires_grad_(), times, solver)
+    assert graph.ys.requires_grad and torch.equal(solution.ys, graph.ys.detach())
 
 
 def test_step_control_reads_the_host_once_per_check_every_steps(host_syncs):

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from ..fields.base import FrozenField
 from .base import Problem, Solution, Stats
 from .fixed import wants_grad
-from .rk import Attempt, Scheme, rk_increment, solution
+from .rk import Attempt, Scheme, rk_increment
 from .tableaus import Tableau
 
 COUPLING = 0.999
@@ -220,7 +220,7 @@ def adaptive_solve(solver: Any, problem: Problem, coupling: float) -> Solution:
     """An adaptive solve of the Runge-Kutta engine ``solver`` by the reversible scheme."""
     if not wants_grad(problem.field, problem.y0):
         loop = solver.loop(problem, Coupled(coupling))
-        return solution(problem, [y for y, _, _ in loop.run()], loop.stats)
+        return loop.solution([y for y, _, _ in loop.run()])
     if len(problem.times) > 2:
         raise ValueError("gradient='reversible' keeps only the final state: pass two times")
     loops = []
@@ -232,7 +232,7 @@ def adaptive_solve(solver: Any, problem: Problem, coupling: float) -> Solution:
         return (y, before), loop.times, loop.stats
 
     y = reversible(problem.field, problem.y0, solver.tableau, forward, coupling)
-    return solution(problem, [y], loops[0].stats)
+    return loops[0].solution([y])
 
 
 def fixed_steps(tableau: Tableau, schedule: Any, y0: Tensor, stats: Stats, coupling: float) -> list[Tensor]:

@@ -36,7 +36,7 @@ from .._checks import check_bool, check_int, check_nonnegative, check_positive
 from ..fields.base import FrozenField, NodeField
 from .adaptive import TORCHDIFFEQ_METHODS, TorchDiffEq
 from .base import IntegrationError, Problem, Solution, Solver, Stats, outside_compile, register_solver
-from .fixed import FixedStepSolver, plan_steps
+from .fixed import FixedStepSolver, plan_steps, wants_grad
 from .tableaus import TABLEAUS, Tableau, get_tableau
 
 
@@ -131,15 +131,15 @@ def _combine(weights: tuple[float, ...], ks: list[Tensor], dt: Any, start: Tenso
     return total
 
 
-def horner(coefficients: list[Tensor], x: float | Tensor) -> Tensor:
+def horner(coefficients: list[Tensor], x: float | Tensor, out: Tensor | None = None) -> Tensor:
     """The polynomial with these coefficients (highest power first) at x, a number or a tensor
-    that broadcasts against them: one fused multiply-add per power, all into one fresh tensor
-    where autograd records nothing (on the CPU a fresh state-sized tensor can cost more, faulted
-    in page by page, than the arithmetic)."""
+    that broadcasts against them: one fused multiply-add per power, all into ``out`` (where no
+    graph is recorded) or one fresh tensor where autograd records nothing (on the CPU a fresh
+    state-sized tensor can cost more, faulted in page by page, than the arithmetic)."""
     value, *rest = coefficients
     for i, c in enumerate(rest):
-        out = value if i > 0 and not value.requires_grad else None
-        value = torch.addcmul(c, x, value, out=out) if torch.is_tensor(x) else torch.add(c, value, alpha=x, out=out)
+        into = out if i == 0 else None if value.requires_grad else value
+        value = torch.addcmul(c, x, value, out=into) if torch.is_tensor(x) else torch.add(c, value, alpha=x, out=into)
     return value
 
 
@@ -324,6 +324,8 @@ class AdaptiveLoop:
         self.outputs: list[int] = []  # indices of the output times in the interval some sample has not passed
         self.recent: list[tuple[Tensor, Tensor, tuple]] = []  # the steps since the last check: t, dt, dense output
         self.dense: dict[int, Tensor] = {}  # the outputs' values so far
+        # the solution at every output time, written in place where no graph is recorded (else None)
+        self.rows: Tensor | None = None
 
     def broadcast(self, v: Tensor, dtype: torch.dtype) -> Tensor:
         """A ``(samples,)`` tensor (times, step sizes) as the field and the state take it: one
@@ -355,6 +357,9 @@ class AdaptiveLoop:
         output (plain steps of an FSAL method); otherwise every output time ends an interval."""
         p = self.problem
         dense = self.tableau.fsal and self.scheme.keeps_stage and len(p.times) > 2
+        if dense and not wants_grad(p.field, p.y0):
+            self.rows = p.y0.new_empty((len(p.times), *p.y0.shape))
+            self.rows[0] = p.y0
         segments, ends = plan_steps([p.times[0], p.times[-1]] if dense else p.times, p.breaks, None, p.nodes)
         field: Any = p.field
         pinned = isinstance(field, NodeField)  # else a wrapper that exposes its field's nodes
@@ -382,6 +387,16 @@ class AdaptiveLoop:
             self.stats.nfe_per_sample, self.stats.steps_per_sample = nfe, accepted
         return [self.dense[j] for j in range(1, len(p.times) - 1)] + out if dense else out
 
+    def solution(self, ys: list[Tensor]) -> Solution:
+        """The `Solution` from the solutions at the output times after the first (`run`'s, or
+        computed from them): the rows written in place where there are, else ``ys`` stacked."""
+        p = self.problem
+        ts = torch.tensor(p.times, dtype=torch.float64, device=p.y0.device)
+        if self.rows is None:
+            return Solution(ts, torch.stack([p.y0, *ys]), self.stats)
+        self.rows[-1] = ys[-1]
+        return Solution(ts, self.rows, self.stats)
+
     def interpolate(self, sign: float, went: list[float], arrived: list[float], now: Tensor) -> None:
         """Each output time the steps since the last check crossed, from the dense output of the
         step that crossed it. ``went``: those steps' start times and sizes, ``arrived``: each
@@ -398,22 +413,24 @@ class AdaptiveLoop:
             ]
             coefficients = self.polynomial(dt, dense) if crossed else []
             for j in crossed:
+                row = None if self.rows is None else self.rows[j]
                 if self.solver.per_sample:
-                    self.dense[j] = self.crossing(times[j], coefficients, t, dt, t_new, self.dense.get(j, dense[0]))
+                    old = self.dense.get(j, dense[0])
+                    self.dense[j] = self.crossing(times[j], coefficients, t, dt, t_new, old, row)
                 else:  # one step for all: its fraction is a number, and it crossed for every sample
-                    self.dense[j] = horner(coefficients, (times[j] - starts[i][0]) / sizes[0])
+                    self.dense[j] = horner(coefficients, (times[j] - starts[i][0]) / sizes[0], row)
         self.recent = []
         behind = min(sign * v for v in arrived)
         self.outputs = [j for j in self.outputs if sign * times[j] > behind]
 
     def crossing(
-        self, s: float, coefficients: list[Tensor], t: Tensor, dt: Tensor, t_new: Tensor, old: Tensor
+        self, s: float, coefficients: list[Tensor], t: Tensor, dt: Tensor, t_new: Tensor, old: Tensor, row: Any
     ) -> Tensor:
         """The value at time s of the samples whose step from t to t_new crossed it (their own
-        fractions of their own steps); ``old`` for the others."""
+        fractions of their own steps); ``old`` for the others. Written into ``row`` unless None."""
         x = self.broadcast((s - t) / torch.where(dt == 0, torch.ones_like(dt), dt), old.dtype)
         mask = self.broadcast(((s - t) * dt > 0) & ((s - t_new) * dt <= 0), torch.bool)
-        return torch.where(mask, horner(coefficients, x), old)
+        return torch.where(mask, horner(coefficients, x), old, out=row)
 
     def polynomial(self, dt: Tensor, dense: tuple) -> list[Tensor]:
         """The coefficients, highest power first, of a step's dense output in the fraction of the
@@ -549,12 +566,6 @@ def _adaptive(solver: RungeKutta, problem: Problem) -> Solution:
     return problem.gradient.adaptive(solver, problem)
 
 
-def solution(problem: Problem, ys: list[Tensor], stats: Stats) -> Solution:
-    """The `Solution` of ``problem`` from its states at the output times after the first."""
-    ts = torch.tensor(problem.times, dtype=torch.float64, device=problem.y0.device)
-    return Solution(ts, torch.stack([problem.y0, *ys]), stats)
-
-
 __all__ = [
     "AdaptiveLoop",
     "Attempt",
@@ -564,5 +575,4 @@ __all__ = [
     "TableauSteps",
     "rk_increment",
     "rk_step",
-    "solution",
 ]
