@@ -116,8 +116,8 @@ _NODES: dict[tuple, Tensor] = {}  # each tableau's c as a tensor, per device and
 
 
 def _stage_times(tableau: Tableau, t: Any, dt: Any) -> Any:
-    """The stages' times ``t + c_i dt``: for tensors, one fused operation for all stages (views
-    of its result), not two per stage."""
+    """The stages' times ``t + c_i dt``: for tensors, two operations for all stages (each stage
+    reads a view of their result), not two per stage."""
     if not (torch.is_tensor(t) and torch.is_tensor(dt)):
         return [t + c * dt for c in tableau.c]
     key = (tableau.c, dt.device, dt.dtype)
