@@ -6,8 +6,8 @@ steps, one forward solve without a graph: contham's ``RungeKutta("dopri5", per_s
 and torchode's ``Dopri5`` with its ``IntegralController`` (the field as torchode takes it, the
 state flattened per sample), measured side by side (interleaved, medians). Printed: whether every
 sample takes the same number of steps in both, the steps per sample, NFE, the largest difference
-of the final states relative to their largest entry, and seconds per solve. torchode is not a
-dependency of contham: install it (``pip install torchode``) to run this.
+of the final states relative to their largest entry, and seconds per solve. torchode comes with
+the ``dev`` extras; the library does not depend on it.
 
     python benchmarks/torchode_per_sample.py [--tols 1e-3 1e-5] [--repeats 7] [--dtype float32]
 """
@@ -27,7 +27,7 @@ from contham.solvers import RungeKutta
 
 def torchode_solve(field: Any, y0: torch.Tensor, tol: float) -> Any:
     """torchode's dopri5 solve of ``field`` from y0 on [0, 1], each sample its own steps."""
-    import torchode  # not a dependency of contham
+    import torchode  # from the dev extras, not a dependency of the library
 
     shape = y0.shape
 

@@ -83,6 +83,13 @@ def test_odenet_benchmark(tmp_path):
     assert "| ResNet-4 | - | - |" in out and "| ODENet tol=0.1 adjoint |" in out
 
 
+def test_torchode_benchmark_takes_torchodes_steps_per_sample():
+    out = run_script("benchmarks/torchode_per_sample.py", "--tols", 0.1, 1e-3, "--batch", 3, "--repeats", 1)
+    lines = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| 0.")]
+    assert [(tol.strip(), same.strip()) for tol, same, *_ in lines] == [("0.1", "True"), ("0.001", "True")]
+    assert all(float(row[4]) < 1e-4 for row in lines)  # the final states, relative to their largest entry
+
+
 def test_runge_kutta_benchmark_solves_with_torchdiffeq_s_steps(tmp_path):
     out = run_script("benchmarks/runge_kutta.py", "--tol", 0.1, "--batch", 2, "--repeats", 1, "--outputs", 2, 11)
     lines = [line for line in out.splitlines() if line.startswith("| ") and "dopri5" in line]
