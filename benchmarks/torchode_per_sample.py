@@ -18,6 +18,7 @@ import argparse
 from typing import Any
 
 import torch
+import torchode  # from the dev extras, not a dependency of the library
 from _timing import interleaved_medians
 from runge_kutta import thesis_block
 
@@ -27,8 +28,6 @@ from contham.solvers import RungeKutta
 
 def torchode_solve(field: Any, y0: torch.Tensor, tol: float) -> Any:
     """torchode's dopri5 solve of ``field`` from y0 on [0, 1], each sample its own steps."""
-    import torchode  # from the dev extras, not a dependency of the library
-
     shape = y0.shape
 
     def flat(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # torchode: t (batch,), y (batch, n)
