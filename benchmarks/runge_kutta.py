@@ -42,7 +42,7 @@ from contham import ODEBlock, collect_stats, integrate
 from contham.fields import ConcatConv2d
 from contham.gradients import Reversible
 from contham.models import build
-from contham.solvers import Problem, RungeKutta, TorchDiffEq
+from contham.solvers import Problem, RungeKutta, Solution, TorchDiffEq
 from contham.solvers.reversible_rk import Coupled
 
 
@@ -119,12 +119,12 @@ def solve_times(args: argparse.Namespace) -> None:
           f"{theirs_alone / ours_alone:.2f}x the field's |")  # fmt: skip
 
 
-def forward_solve(field: Any, y0: torch.Tensor, times: list[float], solver: Any) -> Callable[[], None]:
-    """One solve without a graph, as a timing candidate."""
+def forward_solve(field: Any, y0: torch.Tensor, times: list[float], solver: Any) -> Callable[[], Solution]:
+    """One solve without a graph, as a timing candidate (it returns the solution)."""
 
-    def run() -> None:
+    def run() -> Solution:
         with torch.no_grad():
-            integrate(field, y0, times, solver)
+            return integrate(field, y0, times, solver)
 
     return run
 

@@ -20,9 +20,8 @@ from typing import Any
 import torch
 import torchode  # from the dev extras, not a dependency of the library
 from _timing import interleaved_medians
-from runge_kutta import thesis_block
+from runge_kutta import forward_solve, thesis_block
 
-from contham import integrate
 from contham.solvers import RungeKutta
 
 
@@ -47,16 +46,6 @@ def torchode_solve(field: Any, y0: torch.Tensor, tol: float) -> Any:
     return solve
 
 
-def contham_solve(field: Any, y0: torch.Tensor, tol: float) -> Any:
-    solver = RungeKutta("dopri5", rtol=tol, atol=tol, per_sample=True)
-
-    def solve() -> Any:
-        with torch.no_grad():
-            return integrate(field, y0, [0.0, 1.0], solver)
-
-    return solve
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tols", type=float, nargs="+", default=[1e-3, 1e-5])
@@ -72,7 +61,8 @@ def main() -> None:
           "largest difference | contham s | torchode s | torchode / contham |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|")
     for tol in args.tols:
-        ours, theirs = contham_solve(field, y0, tol), torchode_solve(field, y0, tol)
+        solver = RungeKutta("dopri5", rtol=tol, atol=tol, per_sample=True)
+        ours, theirs = forward_solve(field, y0, [0.0, 1.0], solver), torchode_solve(field, y0, tol)
         a, b = ours(), theirs()
         steps = a.stats.steps_per_sample
         same = steps == b.stats["n_steps"].tolist()
