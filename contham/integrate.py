@@ -37,7 +37,10 @@ def integrate(
             backwards in time.
         solver: a registered name (see `contham.solvers.get_solver`) or a solver object.
         gradient: how gradients are computed (`contham.gradients`): ``"backprop"``,
-            ``"reversible"`` (split fixed-step solvers), ``"adjoint"`` (torchdiffeq's methods),
+            ``"reversible"`` (split fixed-step solvers, and every explicit Runge-Kutta method,
+            fixed or adaptive, by McCallum & Foster's coupled scheme), ``"adjoint"``
+            (torchdiffeq's adjoint: its methods, and contham's adaptive methods torchdiffeq
+            also has, with shared steps and its step rule),
             or a `Backprop`/``Reversible``/``Adjoint`` object with
             options (adjoint tolerances, seminorm).
         step_size: fixed-step solvers only: the largest step; each interval between output

@@ -12,6 +12,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from contham import ODEBlock, ODENetField, integrate
 from contham.experiments import SavedTensors
+from contham.fields import TwoLayerField
 from contham.gradients import Adjoint, Reversible
 from contham.models import build
 from contham.solvers import (
@@ -21,13 +22,15 @@ from contham.solvers import (
     Tableau,
     TorchDiffEq,
     get_solver,
+    reversible_rk,
     rk,
     rk_step,
 )
-from contham.solvers.base import Problem
-from contham.solvers.reversible_rk import Coupled
+from contham.solvers.base import Problem, Stats
+from contham.solvers.fixed import Schedule, plan_steps
+from contham.solvers.reversible_rk import COUPLING, Coupled
 from contham.solvers.rk import Progress, rk_increment
-from contham.solvers.tableaus import midpoint_weights
+from contham.solvers.tableaus import RK4, midpoint_weights
 
 D = torch.float64
 
@@ -212,6 +215,34 @@ def test_output_times_are_written_into_the_solution_in_place(per_sample):
     assert ops.ops == ["new_empty.default"]
     graph = integrate(f, y0.requires_grad_(), times, solver)
     assert graph.ys.requires_grad and torch.equal(solution.ys, graph.ys.detach())
+
+
+@pytest.mark.parametrize(
+    ("solver", "gradient", "split"),
+    [("rk4", "backprop", False), ("rk4", "reversible", False), ("symplectic_euler", "backprop", True)]
+    + [("verlet", "reversible", True)],
+)
+def test_fixed_step_outputs_are_written_into_the_solution_in_place(solver, gradient, split):
+    """Fixed steps likewise: each output state is written into its row as the steps reach it
+    (plain steps, the reversible Runge-Kutta pair, split steps carried as halves), the same
+    values as the solve with a graph, whose outputs are stacked."""
+    torch.manual_seed(0)
+    f = TwoLayerField(6, "tanh", n_nodes=3, dt=0.5).double() if split else Dense()
+    y0 = torch.randn(4, 6, dtype=D)
+    times = torch.linspace(0.0, 1.5, 16, dtype=D)
+    with torch.no_grad(), FullSize(16 * y0.numel()) as ops:
+        solution = integrate(f, y0, times, solver, step_size=0.05, gradient=gradient)
+    assert ops.ops == ["new_empty.default"]
+    graph = integrate(f, y0.requires_grad_(), times, solver, step_size=0.05, gradient="backprop")
+    if gradient == "backprop" or split:  # a split solver's reversible pass keeps its forward map
+        assert graph.ys.requires_grad and torch.equal(solution.ys, graph.ys.detach())
+    else:  # the coupled pair's outputs kept as they come
+        steps, outputs = plan_steps(times.tolist(), [], 0.05)
+        with torch.no_grad():
+            pair = reversible_rk.fixed_steps(
+                RK4, Schedule(f, get_solver("rk4"), steps, outputs), y0, Stats("rk4"), COUPLING
+            )
+        assert torch.equal(solution.ys, torch.stack([y0, *pair]))
 
 
 def test_step_control_reads_the_host_once_per_check_every_steps(host_syncs):

@@ -61,13 +61,26 @@ class Schedule:
     """The steps of one fixed-step solve and where its outputs are, with what is worked out
     once for them: whether only the final state is wanted, whether every step uses one weight
     node, and the fused plan (None where the fused path does not apply: it returns the final
-    state only)."""
+    state only). ``rows``, where given, is the solution to fill: row 0 holds the start, and
+    the state after step ``outputs[k]`` is written into row k + 1 as the steps reach it."""
 
-    def __init__(self, field: nn.Module, solver: FixedStepSolver, steps: list[Step], outputs: list[int]):
-        self.field, self.steps, self.outputs = field, steps, outputs
+    def __init__(
+        self,
+        field: nn.Module,
+        solver: FixedStepSolver,
+        steps: list[Step],
+        outputs: list[int],
+        rows: Tensor | None = None,
+    ):
+        self.field, self.steps, self.outputs, self.rows = field, steps, outputs, rows
+        self.row = {step: k for k, step in enumerate(outputs, 1)}  # the row of the state after each output step
         self.final_only = outputs == [len(steps)]
         self.pinned = all(node is not None for _, _, node in steps)
         self.fused: FusedPlan | None = fused_plan(field, solver.kicks(field), steps) if self.final_only else None
+
+    def write(self, k: int, y: Tensor) -> Tensor:
+        """The output ``y``: written into its row ``k`` where there are rows."""
+        return y if self.rows is None else self.rows[k].copy_(y)
 
 
 class FixedStepSolver(Solver):
@@ -98,10 +111,15 @@ class FixedStepSolver(Solver):
         if len(steps) * self.evals_per_step > problem.max_nfe:
             raise IntegrationError(f"{len(steps)} steps of {self.name} exceed max_nfe={problem.max_nfe}")
         stats = Stats(self.name)
-        schedule = Schedule(problem.field, self, steps, outputs)
-        ys = self.run(schedule, problem.y0, problem.gradient, stats)
-        ts = torch.tensor(problem.times, dtype=torch.float64, device=problem.y0.device)
-        return Solution(ts, torch.stack([problem.y0, *ys]), stats)
+        y0 = problem.y0
+        rows = None
+        if len(outputs) > 1 and not wants_grad(problem.field, y0):  # no graph to record: fill the solution
+            rows = y0.new_empty((len(outputs) + 1, *y0.shape))
+            rows[0] = y0
+        schedule = Schedule(problem.field, self, steps, outputs, rows)
+        ys = self.run(schedule, y0, problem.gradient, stats)
+        ts = torch.tensor(problem.times, dtype=torch.float64, device=y0.device)
+        return Solution(ts, torch.stack([y0, *ys]) if rows is None else rows, stats)
 
     def run(self, schedule: Schedule, y: Tensor, gradient: Gradient, stats: Stats) -> list[Tensor]:
         """The states at ``schedule.outputs`` from ``y``, computed as ``gradient`` says
@@ -121,8 +139,8 @@ class FixedStepSolver(Solver):
         out = []
         for i, (s, h, node) in enumerate(schedule.steps, 1):
             state = self.advance(field if node is None else frozen[node], s, h, state)
-            if i in schedule.outputs:
-                out.append(self.leave(field, state))
+            if i in schedule.row:
+                out.append(schedule.write(schedule.row[i], self.leave(field, state)))
         return out
 
     def enter(self, field: Any, y: Tensor) -> Any:

@@ -252,8 +252,8 @@ def fixed_steps(tableau: Tableau, schedule: Any, y0: Tensor, stats: Stats, coupl
             y1 = scheme.couple(y, z, rk_increment(f, tableau, s, h, z)[0])
             last, y = (f, tableau, s, h, y1, z), y1
             scheme.record(f, node, s, h, None)
-            if i in schedule.outputs:
-                out.append(y)
+            if i in schedule.row:
+                out.append(schedule.write(schedule.row[i], y))
         return out, z
 
     stats.nfe_backward = 0  # counted as the backward pass runs
