@@ -219,8 +219,12 @@ def test_output_times_are_written_into_the_solution_in_place(per_sample):
 
 @pytest.mark.parametrize(
     ("solver", "gradient", "split"),
-    [("rk4", "backprop", False), ("rk4", "reversible", False), ("symplectic_euler", "backprop", True)]
-    + [("verlet", "reversible", True)],
+    [
+        ("rk4", "backprop", False),
+        ("rk4", "reversible", False),
+        ("symplectic_euler", "backprop", True),
+        ("verlet", "reversible", True),
+    ],
 )
 def test_fixed_step_outputs_are_written_into_the_solution_in_place(solver, gradient, split):
     """Fixed steps likewise: each output state is written into its row as the steps reach it

@@ -105,7 +105,7 @@ class Gradient(ABC):
 
     @abstractmethod
     def fixed_steps(self, solver: Any, schedule: Any, y: Tensor, stats: Stats) -> list[Tensor]:
-        """The states at ``schedule.outputs`` of a fixed-step ``solver`` from ``y`` (``stats``
+        """The states after the output steps (``schedule.row``) of a fixed-step ``solver`` from ``y`` (``stats``
         as `FixedStepSolver.run` filled them, for a strategy that calls the field otherwise)."""
 
     @abstractmethod

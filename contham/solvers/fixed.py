@@ -61,8 +61,9 @@ class Schedule:
     """The steps of one fixed-step solve and where its outputs are, with what is worked out
     once for them: whether only the final state is wanted, whether every step uses one weight
     node, and the fused plan (None where the fused path does not apply: it returns the final
-    state only). ``rows``, where given, is the solution to fill: row 0 holds the start, and
-    the state after step ``outputs[k]`` is written into row k + 1 as the steps reach it."""
+    state only). ``row[i]`` is the row of the solution that holds the state after ``i`` steps,
+    for the output steps ``i``; ``rows``, where given, is that solution to fill as the steps
+    reach them (row 0 holds the start)."""
 
     def __init__(
         self,
@@ -72,15 +73,15 @@ class Schedule:
         outputs: list[int],
         rows: Tensor | None = None,
     ):
-        self.field, self.steps, self.outputs, self.rows = field, steps, outputs, rows
-        self.row = {step: k for k, step in enumerate(outputs, 1)}  # the row of the state after each output step
+        self.field, self.steps, self.rows = field, steps, rows
+        self.row = {step: k for k, step in enumerate(outputs, 1)}
         self.final_only = outputs == [len(steps)]
         self.pinned = all(node is not None for _, _, node in steps)
         self.fused: FusedPlan | None = fused_plan(field, solver.kicks(field), steps) if self.final_only else None
 
-    def write(self, k: int, y: Tensor) -> Tensor:
-        """The output ``y``: written into its row ``k`` where there are rows."""
-        return y if self.rows is None else self.rows[k].copy_(y)
+    def write(self, i: int, y: Tensor) -> Tensor:
+        """The output ``y``, the state after ``i`` steps: written into its row where there are rows."""
+        return y if self.rows is None else self.rows[self.row[i]].copy_(y)
 
 
 class FixedStepSolver(Solver):
@@ -122,7 +123,7 @@ class FixedStepSolver(Solver):
         return Solution(ts, torch.stack([y0, *ys]) if rows is None else rows, stats)
 
     def run(self, schedule: Schedule, y: Tensor, gradient: Gradient, stats: Stats) -> list[Tensor]:
-        """The states at ``schedule.outputs`` from ``y``, computed as ``gradient`` says
+        """The states after the output steps (``schedule.row``) from ``y``, computed as ``gradient`` says
         (`fixed_steps`); fills ``stats``."""
         field = schedule.field
         stats.nfe_forward = len(schedule.steps) * self.evals_per_step
@@ -131,7 +132,7 @@ class FixedStepSolver(Solver):
         return gradient.fixed_steps(self, schedule, y, stats)
 
     def march(self, schedule: Schedule, y: Tensor) -> list[Tensor]:
-        """The steps one by one, through autograd: the states at ``schedule.outputs``. The
+        """The steps one by one, through autograd: the states after the output steps (``schedule.row``). The
         steps carry the state in the form `enter` gives it and `leave` takes it back from."""
         field: Any = schedule.field  # a NodeField wherever a step names a node
         frozen = [FrozenField(field, w) for w in field.step_weights()] if schedule.pinned else []
@@ -140,7 +141,7 @@ class FixedStepSolver(Solver):
         for i, (s, h, node) in enumerate(schedule.steps, 1):
             state = self.advance(field if node is None else frozen[node], s, h, state)
             if i in schedule.row:
-                out.append(schedule.write(schedule.row[i], self.leave(field, state)))
+                out.append(schedule.write(i, self.leave(field, state)))
         return out
 
     def enter(self, field: Any, y: Tensor) -> Any:

@@ -236,7 +236,7 @@ def adaptive_solve(solver: Any, problem: Problem, coupling: float) -> Solution:
 
 
 def fixed_steps(tableau: Tableau, schedule: Any, y0: Tensor, stats: Stats, coupling: float) -> list[Tensor]:
-    """The states at ``schedule.outputs`` of the fixed steps of ``tableau`` by the reversible
+    """The states after the output steps (``schedule.row``) of the fixed steps of ``tableau`` by the reversible
     scheme (only the final one when there is a backward pass to come)."""
     field, steps = schedule.field, schedule.steps
     stats.nfe_forward = max(2 * len(steps) - 1, 0) * tableau.solution_stages
@@ -253,7 +253,7 @@ def fixed_steps(tableau: Tableau, schedule: Any, y0: Tensor, stats: Stats, coupl
             last, y = (f, tableau, s, h, y1, z), y1
             scheme.record(f, node, s, h, None)
             if i in schedule.row:
-                out.append(schedule.write(schedule.row[i], y))
+                out.append(schedule.write(i, y))
         return out, z
 
     stats.nfe_backward = 0  # counted as the backward pass runs
