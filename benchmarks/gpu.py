@@ -379,14 +379,14 @@ def bandwidth(args: argparse.Namespace, device: torch.device) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--small", action="store_true", help="CPU-sized: batches 4 and 16, a quarter image's pixels")
+    parser.add_argument("--small", action="store_true", help="CPU-sized: batches 4 and 16, 49 pixels")
     parser.add_argument("--networks", nargs="+", default=NETWORKS)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--root", help="a torchvision root that holds MNIST, for the epoch times")
     parser.add_argument("--reference", help="a checkout of the papers' code (DecodEPFL/HamiltonianNet)")
     args = parser.parse_args()
     # the per-pixel state's rows: 2,500 MNIST images; on the CPU the interpreter runs each block of rows in turn
-    args.batches, args.rows = ([4, 16], 196) if args.small else ([128, 1024], 2500 * 784)
+    args.batches, args.rows = ([4, 16], 49) if args.small else ([128, 1024], 2500 * 784)
     device = torch.device("cuda" if CUDA else "cpu")
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name() if CUDA else 'CPU'}")
     throughput(args, device)
