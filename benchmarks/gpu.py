@@ -5,8 +5,9 @@ synchronised).
 1. Images per second of one training step (forward, cross-entropy, backward, SGD step; random
    inputs of each network's own data) per network at two batch sizes: eager; on CUDA also the
    whole step replayed from one CUDA graph (`contham.experiments.graphs.Captured`, as the
-   training loop's ``cuda_graphs`` does it) and ``torch.compile(mode="reduce-overhead")`` (CUDA
-   graphs of the pieces it traces: the backward call is a graph break); with the per-image cost of
+   training loop's ``cuda_graphs`` does it) and, at the small batch, ``torch.compile(mode=
+   "reduce-overhead")`` (CUDA graphs of the pieces it traces: the backward call is a graph
+   break); a case whose warm-up fails is left out with its reason; with the per-image cost of
    the small batch against the large one (1.0: the host does not set the pace).
 2. Checks that fail loudly (``SystemExit``) when they do not hold:
    - on CUDA, a fixed-step network's training step under
@@ -34,6 +35,10 @@ synchronised).
    through ``RunConfig`` and ``run`` with the defaults (``cuda_graphs=auto``) and with
    ``cuda_graphs=false`` (``--small``: the offline digits instead, without ``--root``).
 
+A section that fails (an error, or a check) is reported where it failed and the next one runs,
+so that one run measures all that works; the script then exits with status 1 and lists the
+failures. ``--only`` runs some sections (by the names in `SECTIONS`), to redo one.
+
     python benchmarks/gpu.py --root ~/data [--reference ../HamiltonianNet]   # on CUDA, under 5 minutes
     python benchmarks/gpu.py --small         # on the CPU: small batches, the interpreter's checks
 """
@@ -49,6 +54,8 @@ import os
 import sys
 import tempfile
 import time
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -120,25 +127,43 @@ def training_step(name: str, batch: int, device: torch.device, mode: str):
     return functools.partial(step, x, labels)
 
 
+def runnable(cases: dict, calls: int) -> dict:
+    """The cases that run ``calls`` times without an error (the warm-up: graphs record, compilers
+    compile), each alone; a case that fails is left out of the table with the reason printed."""
+    kept = {}
+    for key, case in cases.items():
+        try:
+            for _ in range(calls):
+                case()
+        except Exception as error:  # a compiler or a capture can fail in many ways
+            print(f"left out {key}: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
+        else:
+            kept[key] = case
+    return kept
+
+
 def throughput(args: argparse.Namespace, device: torch.device) -> None:
     modes = ["eager", "graph", "reduce-overhead"] if CUDA else ["eager"]
+    small, large = args.batches
     cases = {
         (name, batch, mode): synchronised(training_step(name, batch, device, mode))
         for name in args.networks
         for batch in args.batches
         for mode in modes
-        if mode == "eager" or name != "thesis_odenet"  # an adaptive solve reads the host: not captured
+        # an adaptive solve reads the host: not captured; compiled at the small batch only (the baseline)
+        if mode == "eager" or (name != "thesis_odenet" and (mode == "graph" or batch == small))
     }
-    times = interleaved_medians(cases, args.repeats, warmup=WARMUP + 1)  # type: ignore[arg-type]  # (graphs record)
-    small, large = args.batches
+    times = interleaved_medians(runnable(cases, WARMUP + 1), args.repeats)  # type: ignore[arg-type]
     print(f"\nTraining step, images per second ({device}, median of {args.repeats})")
     print(f"| network | mode | batch {small} | batch {large} | per image, {small} / {large} |")
     print("|---|---|---|---|---|")
     for name in args.networks:
         for mode in modes:
-            if (name, small, mode) in times:
-                a, b = times[name, small, mode], times[name, large, mode]
-                print(f"| {name} | {mode} | {small / a:,.0f} | {large / b:,.0f} | {(a / small) / (b / large):.2f}x |")
+            a, b = times.get((name, small, mode)), times.get((name, large, mode))
+            cells = [f"{n / t:,.0f}" if t else "-" for n, t in ((small, a), (large, b))]
+            ratio = f"{(a / small) / (b / large):.2f}x" if a and b else "-"
+            if a or b:
+                print(f"| {name} | {mode} | {cells[0]} | {cells[1]} | {ratio} |")
 
 
 def no_host_sync(device: torch.device) -> None:
@@ -377,6 +402,25 @@ def bandwidth(args: argparse.Namespace, device: torch.device) -> None:
           f"{times['rebuilt'] / times['stored']:.2f}x)")  # fmt: skip
 
 
+def no_args(section: Callable[[torch.device], None]) -> Callable[[argparse.Namespace, torch.device], None]:
+    return lambda _, device: section(device)
+
+
+SECTIONS: dict[str, Callable[[argparse.Namespace, torch.device], None]] = {
+    "throughput": throughput,
+    "sync": no_args(no_host_sync),
+    "captured": no_args(captured_equals_eager),
+    "inner-fits": no_args(inner_fits_captured_equals_eager),
+    "kernels": no_args(kernels_equal_autograd),
+    "bandwidth": bandwidth,
+    "blocks": blocks_vs_basic_blocks,
+    "profiles": block_profiles,
+    "hdnn": hdnn_steps,
+    "epochs": epoch_seconds,
+}
+"""The script's sections, in the order they run (``--only`` picks some)."""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small", action="store_true", help="CPU-sized: batches 4 and 16, 49 pixels")
@@ -384,21 +428,37 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--root", help="a torchvision root that holds MNIST, for the epoch times")
     parser.add_argument("--reference", help="a checkout of the papers' code (DecodEPFL/HamiltonianNet)")
+    parser.add_argument("--only", nargs="+", choices=list(SECTIONS), default=list(SECTIONS),
+                        help="the sections to run (all by default)")  # fmt: skip
     args = parser.parse_args()
+    if args.reference and not (Path(args.reference) / "examples" / "run_MNIST.py").is_file():
+        parser.error(f"--reference {args.reference} holds no examples/run_MNIST.py (DecodEPFL/HamiltonianNet's)")
     # the per-pixel state's rows: 2,500 MNIST images; on the CPU the interpreter runs each block of rows in turn
     args.batches, args.rows = ([4, 16], 49) if args.small else ([128, 1024], 2500 * 784)
     device = torch.device("cuda" if CUDA else "cpu")
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # each line out as it comes (into a pipe)
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name() if CUDA else 'CPU'}")
-    throughput(args, device)
-    no_host_sync(device)
-    captured_equals_eager(device)
-    inner_fits_captured_equals_eager(device)
-    kernels_equal_autograd(device)
-    bandwidth(args, device)
-    blocks_vs_basic_blocks(args, device)
-    block_profiles(args, device)
-    hdnn_steps(args, device)
-    epoch_seconds(args, device)
+    failures = run_sections({name: functools.partial(SECTIONS[name], args, device) for name in args.only})
+    if failures:
+        raise SystemExit("FAILED:\n" + "\n".join(failures))
+
+
+def run_sections(sections: dict[str, Callable[[], None]]) -> list[str]:
+    """Run each section in turn, with its time; one that fails (an error, or a check's
+    ``SystemExit``) is reported and the next runs, so that one run measures all that works.
+    Returns the failures, a line each."""
+    failures = []
+    for name, section in sections.items():
+        start = time.perf_counter()
+        try:
+            section()
+        except (Exception, SystemExit) as error:
+            if not isinstance(error, SystemExit):
+                traceback.print_exc()
+            failures.append(f"{name}: {str(error).splitlines()[0] if str(error) else type(error).__name__}")
+            print(f"\n{failures[-1]}")
+        print(f"[{name}: {time.perf_counter() - start:.1f} s]", flush=True)
+    return failures
 
 
 if __name__ == "__main__":

@@ -118,6 +118,18 @@ def test_gpu_benchmark_runs_small_on_the_cpu_and_checks_the_kernels(tmp_path):
     assert "| hdnn_mnist |" in epochs and "| thesis_resnet2 |" in epochs
 
 
+def test_gpu_benchmark_reports_a_failing_section_runs_the_next_and_exits_with_1(tmp_path):
+    """One run measures all that works: here the epoch times fail (the root holds no MNIST)."""
+    args = ["--small", "--repeats", 1, "--only", "epochs", "hdnn", "--networks", "hdnn_mnist", "--root", tmp_path]
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks/gpu.py"), *map(str, args)],
+                            capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 1
+    assert "[epochs: " in result.stdout and "2-D H-DNN training step" in result.stdout.split("[epochs: ")[1]
+    failed, listed = result.stderr.splitlines()[-2:]
+    assert failed == "FAILED:" and listed.startswith("epochs: dataset='mnist' not found") and listed in result.stdout
+    assert "Traceback" in result.stderr and "Training step" not in result.stdout  # --only: no other section
+
+
 @pytest.mark.parametrize("nf", [4, 8])
 def test_dense_benchmark_checks_equal_outputs(tmp_path, nf):
     out = run_script("benchmarks/dense.py", "--nf", nf, "--layers", 8, "--batch", 5, "--repeats", 1)
