@@ -5,10 +5,11 @@ synchronised).
 1. Images per second of one training step (forward, cross-entropy, backward, SGD step; random
    inputs of each network's own data) per network at two batch sizes: eager; on CUDA also the
    whole step replayed from one CUDA graph (`contham.experiments.graphs.Captured`, as the
-   training loop's ``cuda_graphs`` does it) and, at the small batch, ``torch.compile(mode=
-   "reduce-overhead")`` (CUDA graphs of the pieces it traces: the backward call is a graph
-   break); a case whose warm-up fails is left out with its reason; with the per-image cost of
-   the small batch against the large one (1.0: the host does not set the pace).
+   training loop's ``cuda_graphs`` does it); a case whose warm-up fails is left out with its
+   reason; with the per-image cost of the small batch against the large one (1.0: the host does
+   not set the pace). Last, on CUDA, at the small batch: eager, captured and
+   ``torch.compile(mode="reduce-overhead")`` (CUDA graphs of the pieces it traces: the backward
+   call is a graph break), last because each compilation takes tens of seconds.
 2. Checks that fail loudly (``SystemExit``) when they do not hold:
    - on CUDA, a fixed-step network's training step under
      ``torch.cuda.set_sync_debug_mode("error")`` (no host synchronisation; the CPU path's reads
@@ -142,18 +143,23 @@ def runnable(cases: dict, calls: int) -> dict:
     return kept
 
 
-def throughput(args: argparse.Namespace, device: torch.device) -> None:
-    modes = ["eager", "graph", "reduce-overhead"] if CUDA else ["eager"]
-    small, large = args.batches
+def step_times(args: argparse.Namespace, device: torch.device, batches: list[int], modes: list[str]) -> dict:
+    """Seconds per training step by (network, batch, mode), interleaved medians; the cases that
+    fail their warm-up are left out."""
     cases = {
         (name, batch, mode): synchronised(training_step(name, batch, device, mode))
         for name in args.networks
-        for batch in args.batches
+        for batch in batches
         for mode in modes
-        # an adaptive solve reads the host: not captured; compiled at the small batch only (the baseline)
-        if mode == "eager" or (name != "thesis_odenet" and (mode == "graph" or batch == small))
+        if mode == "eager" or name != "thesis_odenet"  # an adaptive solve reads the host: not captured
     }
-    times = interleaved_medians(runnable(cases, WARMUP + 1), args.repeats)  # type: ignore[arg-type]
+    return interleaved_medians(runnable(cases, WARMUP + 1), args.repeats)
+
+
+def throughput(args: argparse.Namespace, device: torch.device) -> None:
+    modes = ["eager", "graph"] if CUDA else ["eager"]
+    small, large = args.batches
+    times = step_times(args, device, args.batches, modes)
     print(f"\nTraining step, images per second ({device}, median of {args.repeats})")
     print(f"| network | mode | batch {small} | batch {large} | per image, {small} / {large} |")
     print("|---|---|---|---|---|")
@@ -164,6 +170,22 @@ def throughput(args: argparse.Namespace, device: torch.device) -> None:
             ratio = f"{(a / small) / (b / large):.2f}x" if a and b else "-"
             if a or b:
                 print(f"| {name} | {mode} | {cells[0]} | {cells[1]} | {ratio} |")
+
+
+def compiled(args: argparse.Namespace, device: torch.device) -> None:
+    """The captured step against ``torch.compile(mode="reduce-overhead")`` at the small batch (the
+    last section: each compilation takes tens of seconds)."""
+    if not CUDA:
+        print("\ntorch.compile(mode='reduce-overhead'): CUDA only here")
+        return
+    batch, modes = args.batches[0], ["eager", "graph", "reduce-overhead"]
+    times = step_times(args, device, [batch], modes)
+    print(f"\nTraining step at batch {batch}, images per second (median of {args.repeats})")
+    print(f"| network | {' | '.join(modes)} |")
+    print("|---|---|---|---|")
+    for name in args.networks:
+        cells = [f"{batch / times[name, batch, m]:,.0f}" if (name, batch, m) in times else "-" for m in modes]
+        print(f"| {name} | {' | '.join(cells)} |")
 
 
 def no_host_sync(device: torch.device) -> None:
@@ -417,6 +439,7 @@ SECTIONS: dict[str, Callable[[argparse.Namespace, torch.device], None]] = {
     "profiles": block_profiles,
     "hdnn": hdnn_steps,
     "epochs": epoch_seconds,
+    "compiled": compiled,
 }
 """The script's sections, in the order they run (``--only`` picks some)."""
 

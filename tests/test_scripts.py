@@ -114,6 +114,7 @@ def test_gpu_benchmark_runs_small_on_the_cpu_and_checks_the_kernels(tmp_path):
     assert "GB/s at the least" in out and "rebuilt (gradient='reversible'" in out
     assert out.count("the operations that took the most time") == 2
     assert "| 112 | 8x8 |" in out and "2-D H-DNN training step (H1_J1, nf 4, 64 layers, batch 125, Adam): eager" in out
+    assert out.rstrip().splitlines()[-1].startswith("[compiled: ")  # the last section, CUDA only
     epochs = out.split("One epoch through RunConfig + run (digits, cpu)")[1]
     assert "| hdnn_mnist |" in epochs and "| thesis_resnet2 |" in epochs
 
