@@ -94,8 +94,8 @@ def test_symplectic_flag_is_true_to_the_method(problem, name):
 @pytest.fixture(scope="module")
 def flow():
     """A time-dependent two-layer field, a start and a weighting of the end state, and the
-    gradients of the weighted end state by the exact flow (rk4 at h = 1/256: the rk4 case of
-    `test_gradients` gradchecks the same steps)."""
+    gradients of the weighted end state by the exact flow (rk4 at h = 1/256; the rk4 case of
+    `test_gradients` gradchecks rk4's steps, at h = 1/8)."""
     torch.manual_seed(1)
     field = TwoLayerField(4, "tanh", n_nodes=2, dt=0.25, time_mode="linear").double()
     y0 = torch.randn(2, 4, dtype=D, requires_grad=True)
