@@ -274,10 +274,10 @@ def reversible_fused_steps(plan: FusedPlan, x: Tensor) -> Tensor:
 
 def _on_kernels(plan: FusedPlan, x: Tensor) -> bool:
     """Whether the Triton kernels (`contham.solvers.fused_triton`) run ``plan`` on ``x``: on CUDA,
-    outside ``torch.compile``, with Triton installed, where they support the plan (Triton is
-    imported only then)."""
+    outside ``torch.compile``, with Triton installed, where they support the plan and x's dtype
+    (Triton is imported only then)."""
     if not x.is_cuda or torch.compiler.is_compiling() or importlib.util.find_spec("triton") is None:
         return False
     from .fused_triton import supports
 
-    return supports(plan)
+    return supports(plan, x.dtype)

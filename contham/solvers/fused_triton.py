@@ -19,11 +19,12 @@ does not depend on scheduling (no atomics) and runs are deterministic.
 
 Feature counts and widths are padded with zeros to powers of two (at least 16, what ``tl.dot``
 takes) up to `MAX_FEATURES`; padded rows of K, b and M are zero, so they add nothing. Tested on
-the CPU with Triton's interpreter (``TRITON_INTERPRET=1``) against the fused path.
+the CPU with Triton's interpreter (``TRITON_INTERPRET=1``) against the fused path. The module
+keeps its annotations evaluated (no ``from __future__ import annotations``): the interpreters of
+Triton 3.1 and 3.2 recognise a ``tl.constexpr`` parameter by its evaluated annotation only.
 """
 
-from __future__ import annotations
-
+import re
 import weakref
 from typing import Any
 
@@ -43,6 +44,12 @@ ACTIVATIONS = {"relu": 0, "tanh": 1, "sigmoid": 2, "softplus": 3, "identity": 4}
 
 BLOCK = 32
 """Columns per program."""
+
+SINCE = {torch.float32: (3, 2), torch.float64: (3, 5)}
+"""The first Triton version whose build of the kernels runs each state dtype, as found under its
+interpreter (Triton 3.1, 3.2, 3.4, 3.5, 3.6 and 3.8 tried): 3.1 gives wrong float32 results, and
+``tl.dot`` takes float64 from 3.5 on (3.4 and before reject it when they compile). Other dtypes
+(float16, bfloat16) are not checked, so the fused path runs them itself."""
 
 
 @triton.jit
@@ -155,12 +162,19 @@ def _padded(n: int) -> int:
     return max(16, triton.next_power_of_2(n))
 
 
-def supports(plan: FusedPlan) -> bool:
-    """True when the kernels can run ``plan``: a named activation they compute and halves and
-    widths of at most `MAX_FEATURES`."""
+def supports(plan: FusedPlan, dtype: torch.dtype) -> bool:
+    """True when the kernels can run ``plan`` on a state of ``dtype`` (one of `kernel_dtypes`),
+    a named activation they compute and halves and widths of at most `MAX_FEATURES`."""
     field = plan.field
     sizes = [size for shape in field.kick_shapes().values() for size in shape]
-    return field.activation.name in ACTIVATIONS and max(sizes) <= MAX_FEATURES
+    return dtype in kernel_dtypes() and field.activation.name in ACTIVATIONS and max(sizes) <= MAX_FEATURES
+
+
+def kernel_dtypes() -> set[torch.dtype]:
+    """The state dtypes the kernels run with the installed Triton (see `SINCE`)."""
+    found = re.match(r"(\d+)\.(\d+)", triton.__version__)
+    version = (int(found[1]), int(found[2])) if found else (0, 0)
+    return {dtype for dtype, first in SINCE.items() if version >= first}
 
 
 def half_index(plan: FusedPlan) -> dict[str, int]:
