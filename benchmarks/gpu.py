@@ -128,6 +128,11 @@ def training_step(name: str, batch: int, device: torch.device, mode: str):
     return functools.partial(step, x, labels)
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message ("" for none)."""
+    return next(iter(str(error).splitlines()), "")
+
+
 def runnable(cases: dict, calls: int) -> dict:
     """The cases that run ``calls`` times without an error (the warm-up: graphs record, compilers
     compile), each alone; a case that fails is left out of the table with the reason printed."""
@@ -137,7 +142,7 @@ def runnable(cases: dict, calls: int) -> dict:
             for _ in range(calls):
                 case()
         except Exception as error:  # a compiler or a capture can fail in many ways
-            print(f"left out {key}: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
+            print(f"left out {key}: {type(error).__name__}: {first_line(error)}")
         else:
             kept[key] = case
     return kept
@@ -182,7 +187,7 @@ def compiled(args: argparse.Namespace, device: torch.device) -> None:
     times = step_times(args, device, [batch], modes)
     print(f"\nTraining step at batch {batch}, images per second (median of {args.repeats})")
     print(f"| network | {' | '.join(modes)} |")
-    print("|---|---|---|---|")
+    print("|---" * (len(modes) + 1) + "|")
     for name in args.networks:
         cells = [f"{batch / times[name, batch, m]:,.0f}" if (name, batch, m) in times else "-" for m in modes]
         print(f"| {name} | {' | '.join(cells)} |")
@@ -478,7 +483,7 @@ def run_sections(sections: dict[str, Callable[[], None]]) -> list[str]:
         except (Exception, SystemExit) as error:
             if not isinstance(error, SystemExit):
                 traceback.print_exc()
-            failures.append(f"{name}: {str(error).splitlines()[0] if str(error) else type(error).__name__}")
+            failures.append(f"{name}: {first_line(error) or type(error).__name__}")
             print(f"\n{failures[-1]}")
         print(f"[{name}: {time.perf_counter() - start:.1f} s]", flush=True)
     return failures
