@@ -9,8 +9,10 @@ side in one run (interleaved, medians):
    channel concatenated), with the field calls (NFE) of each, and the time of those field calls
    alone (no solver: the floor of any solver's time);
 2. one training step of the whole network (forward, cross-entropy, backward) with
-   ``gradient="backprop"``, ``"adjoint"`` and ``"reversible"`` (McCallum & Foster): seconds, the
-   ratio to backprop, NFE forward/backward;
+   ``gradient="backprop"``, ``"adjoint"`` and ``"reversible"`` (McCallum & Foster), and with
+   torchdiffeq's dopri5 and backprop: seconds, the ratio to backprop, NFE forward/backward and
+   the tensor operations of one step (the host's work: ``--batch 1`` times a step where the
+   host sets the pace, as on a GPU);
 3. with ``--outputs N ...``: one forward solve with N output times on [0, 1] (read from the dense
    output), contham's dopri5 vs torchdiffeq's;
 4. the loop's own cost on a small problem (``y' = A y``, 10 states, ``A`` skew as in torchdiffeq's
@@ -204,16 +206,26 @@ def training_steps(args: argparse.Namespace) -> None:
         gradient: build("thesis_odenet", in_channels=1, rtol=args.tol, atol=args.tol, gradient=gradient)
         for gradient in ("backprop", "adjoint", "reversible")
     }
+    models["torchdiffeq backprop"] = copy.deepcopy(models["backprop"])
+    ode = next(m for m in models["torchdiffeq backprop"].modules() if isinstance(m, ODEBlock))
+    ode.solver = TorchDiffEq("dopri5", rtol=args.tol, atol=args.tol)
     for model in models.values():
         model.load_state_dict(models["backprop"].state_dict())
+    steps = {name: classifier_step(m, x, labels) for name, m in models.items()}
+    operations = {}
+    for name, step in steps.items():
+        with Operations() as ops:
+            step()
+        operations[name] = ops.count
 
-    times = interleaved_medians({name: classifier_step(m, x, labels) for name, m in models.items()}, args.repeats)
-    print(f"\nTraining step of thesis_odenet, batch {args.batch}, dopri5 at tol {args.tol:g}")
-    print("| gradient | NFE forward | NFE backward | s per step | vs backprop |")
-    print("|---|---|---|---|---|")
+    times = interleaved_medians(steps, args.repeats)
+    print(f"\nTraining step of thesis_odenet, batch {args.batch}, dopri5 at tol {args.tol:g} (contham's unless named;")
+    print("operations: tensor operations of the step, views excluded; on a GPU each launches a kernel)")
+    print("| gradient | NFE forward | NFE backward | operations | s per step | vs backprop |")
+    print("|---|---|---|---|---|---|")
     for name, model in models.items():
         stats = collect_stats(model)[0]
-        print(f"| {name} | {stats.nfe_forward} | {stats.nfe_backward} | {times[name]:.3f} | "
+        print(f"| {name} | {stats.nfe_forward} | {stats.nfe_backward} | {operations[name]} | {times[name]:.3f} | "
               f"{times[name] / times['backprop']:.2f}x |")  # fmt: skip
 
 

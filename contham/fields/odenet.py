@@ -32,10 +32,11 @@ class ConcatConv2d(nn.Module):
 
     def forward(self, t: float | Tensor, x: Tensor) -> Tensor:
         """The convolution of ``[t, x]``."""
-        conv, weight = self.conv, self.conv.weight
+        conv = self.conv
+        w_time, w_x = conv.weight.split((1, conv.in_channels - 1), 1)  # one gradient op for both, not two scatters
         ones = x.new_ones(1, 1, *x.shape[2:])
-        time = F.conv2d(ones, weight[:, :1], None, conv.stride, conv.padding)
-        out = F.conv2d(x, weight[:, 1:], conv.bias, conv.stride, conv.padding)
+        time = F.conv2d(ones, w_time, None, conv.stride, conv.padding)
+        out = F.conv2d(x, w_x, conv.bias, conv.stride, conv.padding)
         return out.addcmul_(time, t) if isinstance(t, Tensor) else out.add_(time * t)  # one kernel for a tensor t
 
 
