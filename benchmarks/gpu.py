@@ -9,7 +9,9 @@ synchronised).
    reason; with the per-image cost of the small batch against the large one (1.0: the host does
    not set the pace). Last, on CUDA, at the small batch: eager, captured and
    ``torch.compile(mode="reduce-overhead")`` (CUDA graphs of the pieces it traces: the backward
-   call is a graph break), last because each compilation takes tens of seconds.
+   call is a graph break), and the ODENet with its adaptive steps compiled
+   (`contham.compile_steps`), then with ``--root`` its MNIST epochs with ``compile=true``; last
+   because each compilation takes tens of seconds.
 2. Checks that fail loudly (``SystemExit``) when they do not hold:
    - on CUDA, a fixed-step network's training step under
      ``torch.cuda.set_sync_debug_mode("error")`` (no host synchronisation; the CPU path's reads
@@ -77,6 +79,7 @@ from contham import (  # noqa: E402
     HamiltonianField,
     SymmetricField,
     TwoLayerField,
+    compile_steps,
     smoothness,
 )
 from contham.data import input_shape, load_image_set  # noqa: E402
@@ -100,11 +103,23 @@ def synchronised(fn):
     return run
 
 
+ADAPTIVE = {"thesis_odenet"}
+"""Networks with an adaptive solve: not captured (its loop reads the host); their steps compile."""
+
+
+def applies(name: str, mode: str) -> bool:
+    """Whether a training step of network ``name`` runs in ``mode``."""
+    return mode in ("eager", "compiled steps") if name in ADAPTIVE else mode != "compiled steps"
+
+
 def training_step(name: str, batch: int, device: torch.device, mode: str):
     """One SGD training step of network ``name`` on a fixed random batch of its own data: eager,
-    replayed from one CUDA graph ("graph") or compiled ("reduce-overhead")."""
+    replayed from one CUDA graph ("graph"), compiled ("reduce-overhead"), or eager around
+    adaptive solves whose steps are compiled ("compiled steps", `contham.compile_steps`)."""
     shape = input_shape(*default_data(name))
     model = build(name).to(device)
+    if mode == "compiled steps":
+        compile_steps(model, True)
     x = torch.randn(batch, shape["in_channels"], shape["image_size"], shape["image_size"], device=device)
     labels = torch.randint(0, shape["num_classes"], (batch,), device=device)
     if mode == "graph":  # fused, with the lr on the device, as the training loop makes it for capture
@@ -156,7 +171,7 @@ def step_times(args: argparse.Namespace, device: torch.device, batches: list[int
         for name in args.networks
         for batch in batches
         for mode in modes
-        if mode == "eager" or name != "thesis_odenet"  # an adaptive solve reads the host: not captured
+        if applies(name, mode)
     }
     return interleaved_medians(runnable(cases, WARMUP + 1), args.repeats)
 
@@ -178,12 +193,13 @@ def throughput(args: argparse.Namespace, device: torch.device) -> None:
 
 
 def compiled(args: argparse.Namespace, device: torch.device) -> None:
-    """The captured step against ``torch.compile(mode="reduce-overhead")`` at the small batch (the
-    last section: each compilation takes tens of seconds)."""
+    """The captured step against ``torch.compile(mode="reduce-overhead")`` at the small batch, and
+    an adaptive solve's steps compiled (the last section: each compilation takes tens of seconds);
+    with ``--root``, the MNIST epochs of the adaptive networks with ``compile=true``."""
     if not CUDA:
-        print("\ntorch.compile(mode='reduce-overhead'): CUDA only here")
+        print("\ntorch.compile(mode='reduce-overhead') and compiled steps: CUDA only here")
         return
-    batch, modes = args.batches[0], ["eager", "graph", "reduce-overhead"]
+    batch, modes = args.batches[0], ["eager", "graph", "reduce-overhead", "compiled steps"]
     times = step_times(args, device, [batch], modes)
     print(f"\nTraining step at batch {batch}, images per second (median of {args.repeats})")
     print(f"| network | {' | '.join(modes)} |")
@@ -191,6 +207,19 @@ def compiled(args: argparse.Namespace, device: torch.device) -> None:
     for name in args.networks:
         cells = [f"{batch / times[name, batch, m]:,.0f}" if (name, batch, m) in times else "-" for m in modes]
         print(f"| {name} | {' | '.join(cells)} |")
+    if args.root:
+        print("\nMNIST epochs with compile=true (the first one compiles): seconds training, each epoch")
+        for model in ADAPTIVE & set(args.networks):
+            seconds = [entry["seconds"] for entry in epochs(model, {"root": args.root}, device, epochs=2, compile=True)]
+            print(f"| {model} | {' | '.join(f'{s:.2f} s' for s in seconds)} |")
+
+
+def epochs(model: str, data: dict, device: torch.device, **fields) -> list[dict]:
+    """The per-epoch history of a run of ``model`` through `RunConfig` and `run`."""
+    config = RunConfig(model=model, device=str(device), **data, **fields)
+    with tempfile.TemporaryDirectory() as folder:
+        run(config, folder, progress=False)
+        return json.loads((Path(folder) / "history.json").read_text())
 
 
 def no_host_sync(device: torch.device) -> None:
@@ -350,13 +379,9 @@ def epoch_seconds(args: argparse.Namespace, device: torch.device) -> None:
             continue
         cells = []
         for cuda_graphs in ("auto", False):
-            config = RunConfig(model=model, epochs=1, device=str(device), cuda_graphs=cuda_graphs, **data)
-            with tempfile.TemporaryDirectory() as folder:
-                start = time.perf_counter()
-                run(config, folder, progress=False)
-                total = time.perf_counter() - start
-                (entry,) = json.loads((Path(folder) / "history.json").read_text())
-            cells.append(f"{entry['seconds']:.2f} s, {total:.2f} s")
+            start = time.perf_counter()
+            (entry,) = epochs(model, data, device, epochs=1, cuda_graphs=cuda_graphs)
+            cells.append(f"{entry['seconds']:.2f} s, {time.perf_counter() - start:.2f} s")
         print(f"| {model} | {' | '.join(cells)} |")
 
 

@@ -12,7 +12,8 @@ side in one run (interleaved, medians):
    ``gradient="backprop"``, ``"adjoint"`` and ``"reversible"`` (McCallum & Foster), and with
    torchdiffeq's dopri5 and backprop: seconds, the ratio to backprop, NFE forward/backward and
    the tensor operations of one step (the host's work: ``--batch 1`` times a step where the
-   host sets the pace, as on a GPU);
+   host sets the pace, as on a GPU); with ``--compile``, also backprop with the adaptive steps
+   compiled by inductor (`contham.compile_steps`; the warm-up round compiles);
 3. with ``--outputs N ...``: one forward solve with N output times on [0, 1] (read from the dense
    output), contham's dopri5 vs torchdiffeq's;
 4. the loop's own cost on a small problem (``y' = A y``, 10 states, ``A`` skew as in torchdiffeq's
@@ -24,7 +25,8 @@ side in one run (interleaved, medians):
    of the reversible scheme and of the adjoint against the exact gradient of each one's computed
    loss.
 
-    python benchmarks/runge_kutta.py [--tol 1e-3] [--batch 128] [--repeats 5] [--tests DIR] [--outputs 2 101 401]
+    python benchmarks/runge_kutta.py [--tol 1e-3] [--batch 128] [--repeats 5] [--tests DIR]
+                                     [--outputs 2 101 401] [--compile]
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from _timing import classifier_step, interleaved_medians
 from torch.utils._python_dispatch import TorchDispatchMode
 from torchdiffeq_problems import load
 
-from contham import ODEBlock, collect_stats, integrate
+from contham import ODEBlock, collect_stats, compile_steps, integrate
 from contham.fields import ConcatConv2d
 from contham.gradients import Reversible
 from contham.models import build
@@ -209,14 +211,18 @@ def training_steps(args: argparse.Namespace) -> None:
     models["torchdiffeq backprop"] = copy.deepcopy(models["backprop"])
     ode = next(m for m in models["torchdiffeq backprop"].modules() if isinstance(m, ODEBlock))
     ode.solver = TorchDiffEq("dopri5", rtol=args.tol, atol=args.tol)
+    if args.compile:
+        models["backprop, compiled steps"] = copy.deepcopy(models["backprop"])
+        compile_steps(models["backprop, compiled steps"], True)
     for model in models.values():
         model.load_state_dict(models["backprop"].state_dict())
     steps = {name: classifier_step(m, x, labels) for name, m in models.items()}
     operations = {}
     for name, step in steps.items():
-        with Operations() as ops:
-            step()
-        operations[name] = ops.count
+        if "compiled" not in name:  # the compiled kernels run outside the dispatcher that counts
+            with Operations() as ops:
+                step()
+            operations[name] = ops.count
 
     times = interleaved_medians(steps, args.repeats)
     print(f"\nTraining step of thesis_odenet, batch {args.batch}, dopri5 at tol {args.tol:g} (contham's unless named;")
@@ -225,7 +231,8 @@ def training_steps(args: argparse.Namespace) -> None:
     print("|---|---|---|---|---|---|")
     for name, model in models.items():
         stats = collect_stats(model)[0]
-        print(f"| {name} | {stats.nfe_forward} | {stats.nfe_backward} | {operations[name]} | {times[name]:.3f} | "
+        count = operations.get(name, "-")
+        print(f"| {name} | {stats.nfe_forward} | {stats.nfe_backward} | {count} | {times[name]:.3f} | "
               f"{times[name] / times['backprop']:.2f}x |")  # fmt: skip
 
 
@@ -285,6 +292,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--tests", type=Path, default=None, help="torchdiffeq's tests/ folder")
     parser.add_argument("--outputs", type=int, nargs="*", default=[], help="output time counts to time solves with")
+    parser.add_argument("--compile", action="store_true", help="also train with the adaptive steps compiled (inductor)")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {args.repeats}")
     solve_times(args)

@@ -9,7 +9,7 @@ of `contham.config`.
 """
 
 from . import config, fields, gradients, models, solvers
-from .blocks import HamiltonianBlock, ODEBlock, collect_stats
+from .blocks import HamiltonianBlock, ODEBlock, collect_stats, compile_steps
 from .config import HamiltonianParameters, LearningParameters, NetworkParameters, Preset
 from .fields import (
     AntisymmetricField,
@@ -48,6 +48,7 @@ __all__ = [
     "TimeNodes",
     "TwoLayerField",
     "collect_stats",
+    "compile_steps",
     "config",
     "fields",
     "get_solver",

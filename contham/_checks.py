@@ -6,6 +6,8 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
+import torch
+
 
 def check_choice(name: str, value: Any, allowed: Iterable[str]) -> str:
     allowed = tuple(allowed)
@@ -58,3 +60,13 @@ def check_nonnegative(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
         raise ValueError(f"{name} must be a finite number >= 0; got {value!r}")
     return float(value)
+
+
+def check_backend(name: str, value: Any) -> bool | str:
+    """A ``torch.compile`` switch checked: False, True (the default backend) or a backend name."""
+    if isinstance(value, bool):
+        return value
+    backends = torch.compiler.list_backends(exclude_tags=())
+    if not isinstance(value, str) or value not in backends:
+        raise ValueError(f"{name} must be true, false or a backend among {', '.join(backends)}; got {value!r}")
+    return value

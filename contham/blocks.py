@@ -205,6 +205,15 @@ def field_precision(field: nn.Module, y: Tensor, name: str = "y") -> tuple[conte
     return torch.autocast(y.device.type, enabled=False), y if like is None else y.to(like.dtype)
 
 
+def compile_steps(model: nn.Module, backend: bool | str) -> None:
+    """Compile, with ``backend`` (True: the default one), the steps that ``torch.compile(model)``
+    leaves out of its graph: those of each `ODEBlock`'s adaptive solve, whose loop reads back on
+    the host (`Solver.compiled`: contham's Runge-Kutta engine compiles each step attempt)."""
+    for m in model.modules():
+        if isinstance(m, ODEBlock):
+            m.solver = m.solver.compiled(backend)
+
+
 def collect_stats(model: nn.Module) -> list[Stats]:
     """The ``last_stats`` of every `HamiltonianBlock` and `ODEBlock` in ``model``
     (in module order) that has run: field evaluations and steps of the latest forward, and for

@@ -22,6 +22,9 @@ OPTIONS = {
     "channels_last": ({"channels_last": True}, 1e-3),  # adaptive ODE steps move with rounding
     "compile": ({"compile": "aot_eager"}, 1e-5),  # dynamo + AOTAutograd, no code generation
 }
+# compile also compiles the ODENet's adaptive steps, whose decomposed group norms round otherwise
+# in float32 (in float64 one step's gradients agree to 2e-15: tests/test_runge_kutta.py checks 1e-10)
+LOOSER = {("thesis_odenet", "compile"): 1e-4}
 # A dropout mask is drawn in memory order, so in NHWC layout it drops other elements: channels_last
 # is compared on the report network without its dropout (both runs).
 WITHOUT_DROPOUT = {"nominal": {"dropout": None}}
@@ -55,6 +58,7 @@ def fp32(tmp_path_factory):
 @pytest.mark.parametrize("model", MODELS)
 def test_option_trains_like_fp32_eager(model, option, fp32, tmp_path):
     fields, tolerance = OPTIONS[option]
+    tolerance = LOOSER.get((model, option), tolerance)
     common = {"model_options": WITHOUT_DROPOUT.get(model, {})} if option == "channels_last" else {}
     history = train(model, tmp_path, **fields, **common)
     for ours, reference in zip(history, fp32(model, **common), strict=True):

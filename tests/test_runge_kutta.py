@@ -3,14 +3,16 @@ reversible scheme of McCallum & Foster."""
 
 import dataclasses
 import math
+import warnings
 from functools import partial
 
 import pytest
 import torch
 from torch import nn
+from torch._dynamo import register_backend
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from contham import ODEBlock, ODENetField, integrate
+from contham import ODEBlock, ODENetField, compile_steps, integrate
 from contham.experiments import SavedTensors
 from contham.fields import TwoLayerField
 from contham.gradients import Adjoint, Reversible
@@ -275,18 +277,97 @@ def test_an_adaptive_step_compiles_without_a_graph_break():
     loop = RungeKutta("tsit5", rtol=1e-6, atol=1e-8).loop(
         Problem(f, y0, [0.0, 1.0], [], None, Reversible(), None, 10**6)
     )
-    loop.counts, loop.field, loop.node = torch.zeros(3, 1, dtype=torch.int64), f, None
+    counts = torch.zeros(3, 1, dtype=torch.float64)
 
     def step(progress):
-        return loop.step(loop.call(f), 1.0, 1.0, progress)
+        return loop.attempt(f, 1.0, torch.tensor(1.0, dtype=D), progress, counts)
 
     start = Progress(torch.zeros(1, dtype=D), torch.full((1,), 0.1, dtype=D), y0, None, torch.ones(1, dtype=D),
                      torch.zeros(1, dtype=torch.bool))  # fmt: skip
     with torch.no_grad():
         eager = step(start)
         compiled = torch.compile(step, fullgraph=True, backend="aot_eager")(start)
-    for a, b in zip(eager, compiled):
-        torch.testing.assert_close(a, b)
+    assert compiled.calls == eager.calls == 7  # tsit5: its first stage (not known yet) and six more
+    torch.testing.assert_close(compiled.progress, eager.progress)
+    torch.testing.assert_close(compiled.counts, eager.counts)
+
+
+COMPILED: list[int] = []  # graph sizes, one per compilation by the backend below
+
+
+@register_backend
+def contham_test_counting(graph, example_inputs):
+    """Runs dynamo's graph as it is (autograd through its operations), counting compilations."""
+    COMPILED.append(len(graph.graph.nodes))
+    return graph.forward
+
+
+@register_backend
+def contham_test_refusing(graph, example_inputs):
+    raise RuntimeError("this backend compiles nothing")
+
+
+def solve_and_gradients(solver, f, y0, times, gradient="backprop"):
+    """The solution at ``times`` and the gradients of a loss on it (y0 and parameters)."""
+    sol = integrate(f, y0, times, solver, gradient=gradient)
+    weight = torch.linspace(-1, 1, sol.ys.numel(), dtype=sol.ys.dtype).view_as(sol.ys)
+    return sol, torch.autograd.grad((sol.ys * weight).sum(), [y0, *f.parameters()])
+
+
+def test_compiled_steps_equal_eager_steps_and_compile_once_per_kind_of_solve():
+    """``compile``: each step attempt is one graph, compiled once for every step and solve of
+    the same shapes and grad mode; values, gradients and statistics are the eager ones."""
+    torch.manual_seed(0)
+    f, inner = ODENetField(4).double(), [0.0, 0.3, 0.7, 1.0]  # output times inside: the dense output
+    y0 = torch.randn(3, 4, 5, 5, dtype=D, requires_grad=True)
+    torch._dynamo.reset()
+    COMPILED.clear()
+    for options in ({}, {"per_sample": True}):
+        eager = RungeKutta("dopri5", rtol=1e-5, atol=1e-5, **options)
+        compiled = RungeKutta("dopri5", rtol=1e-5, atol=1e-5, compile="contham_test_counting", **options)
+        for gradient, times in (("backprop", inner), ("reversible", [0.0, 1.0])):  # the pair keeps the end only
+            for scale in (1.0, 2.0):  # a second solve, with other steps, compiles nothing new
+                start = (scale * y0).detach().requires_grad_(True)
+                (sol, grads), (ours, our_grads) = (
+                    solve_and_gradients(s, f, start, times, gradient) for s in (eager, compiled)
+                )
+                torch.testing.assert_close(ours.ys, sol.ys, rtol=1e-12, atol=1e-12)
+                for a, b in zip(our_grads, grads, strict=True):
+                    torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+                assert ours.stats == sol.stats and sol.stats.steps_accepted > 3
+    # graphs, for shared and per-sample steps: plain steps with a graph to record; the reversible
+    # pair's steps without one (the backward pass rebuilds them), its first step apart (it starts
+    # from one tensor as y, z and the z before)
+    assert len(COMPILED) == 6, COMPILED
+    assert "compile='contham_test_counting'" in repr(compiled)
+
+
+def test_a_step_that_fails_to_compile_warns_once_and_steps_eagerly():
+    torch.manual_seed(0)
+    f, y0 = Dense(), torch.randn(3, 6, dtype=D, requires_grad=True)
+    eager = solve_and_gradients(RungeKutta("tsit5", rtol=1e-6, atol=1e-8), f, y0, [0.0, 1.0])
+    refused = RungeKutta("tsit5", rtol=1e-6, atol=1e-8, compile="contham_test_refusing")
+    with pytest.warns(RuntimeWarning, match="contham_test_refusing.*failed for an adaptive step.*stepping eagerly"):
+        ours = solve_and_gradients(refused, f, y0, [0.0, 1.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once: the next solve steps eagerly without trying again
+        again = solve_and_gradients(refused, f, y0, [0.0, 1.0])
+    for sol, grads in (ours, again):
+        assert torch.equal(sol.ys, eager[0].ys) and all(map(torch.equal, grads, eager[1]))
+    with pytest.raises(ValueError, match="compile must be true, false or a backend among .*inductor"):
+        RungeKutta("dopri5", compile="fast")
+
+
+def test_compile_steps_compiles_the_adaptive_engines_blocks_only():
+    model = nn.Sequential(
+        ODEBlock(ODENetField(4), solver="dopri5", rtol=1e-3, atol=1e-3),
+        ODEBlock(ODENetField(4), solver=TorchDiffEq("bosh3")),
+        ODEBlock(ODENetField(4), solver="rk4", step_size=0.5),
+    )
+    compile_steps(model, "aot_eager")
+    adaptive, theirs, fixed = (block.solver for block in model)
+    assert adaptive.compile == "aot_eager" and adaptive.rtol == 1e-3 and isinstance(theirs, TorchDiffEq)
+    assert not hasattr(fixed, "compile")  # compiled within a model's graph, as blocks of fixed steps are
 
 
 def test_per_sample_steps_give_each_sample_its_own_solve():

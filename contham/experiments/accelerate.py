@@ -27,7 +27,7 @@ AMP_MODES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 @dataclass(frozen=True)
 class Accelerator:
-    """The accelerator options of one run (checked by `check_amp` and `check_compile`)."""
+    """The accelerator options of one run (checked by `check_amp` and `contham._checks.check_backend`)."""
 
     amp: str | None = None
     channels_last: bool = False
@@ -39,16 +39,6 @@ def check_amp(amp: Any) -> str | None:
     if amp is not None and amp not in AMP_MODES:
         raise ValueError(f"amp must be None (off), 'bf16' or 'fp16'; got {amp!r}")
     return amp
-
-
-def check_compile(compile: Any) -> bool | str:
-    """``compile`` checked: False, True (the default backend) or a backend name."""
-    if isinstance(compile, bool):
-        return compile
-    backends = torch.compiler.list_backends(exclude_tags=())
-    if not isinstance(compile, str) or compile not in backends:
-        raise ValueError(f"compile must be true, false or a backend among {', '.join(backends)}; got {compile!r}")
-    return compile
 
 
 def autocast(device: torch.device, amp: str | None, cache: bool = True) -> contextlib.AbstractContextManager:

@@ -25,8 +25,9 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from .._checks import check_bool, check_int, check_positive
+from .._checks import check_backend, check_bool, check_int, check_positive
 from ..analysis import GradientNorms
+from ..blocks import compile_steps
 from ..config import LearningParameters
 from ..regularization import smoothness
 from . import distributed
@@ -35,7 +36,6 @@ from .accelerate import (
     CompiledOrEager,
     autocast,
     check_amp,
-    check_compile,
     grad_scaler,
     memory_format,
 )
@@ -107,7 +107,7 @@ class Settings:
         if self.max_train_seconds is not None:
             check_positive("max_train_seconds", self.max_train_seconds)
         check_amp(self.amp)
-        check_compile(self.compile)
+        check_backend("compile", self.compile)
         if not (isinstance(self.cuda_graphs, bool) or self.cuda_graphs == "auto"):
             raise ValueError(f"cuda_graphs must be 'auto', true or false; got {self.cuda_graphs!r}")
 
@@ -226,6 +226,8 @@ class Loop:
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, learning.lr_decay_at, learning.lr_decay)
         self.num_classes = num_classes or self._output_width()
         network = self.protocol.network(self.model, distributed.wrap(self.model, self.device, self.ranks))
+        if settings.compile:
+            compile_steps(self.model, settings.compile)  # the adaptive solves' steps, which the graph leaves out
         self.network = CompiledOrEager(network, settings.compile) if settings.compile else network
         self.saved: SavedTensors | None = None  # set for the first batch of an epoch
         self.saved_mb: float | None = None

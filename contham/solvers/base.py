@@ -173,6 +173,13 @@ class Solver(ABC):
     def solve(self, problem: Problem) -> Solution:
         """Integrate ``problem`` and return the states at its times."""
 
+    def compiled(self, backend: bool | str) -> Solver:
+        """This solver with the steps that ``torch.compile`` leaves out of a compiled model (a
+        loop that reads back on the host runs outside the graph) compiled by ``backend`` (True:
+        the default one). Here: itself, whose solves compile within the model's graph or not at
+        all."""
+        return self
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 

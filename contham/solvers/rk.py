@@ -25,14 +25,15 @@ McCallum & Foster (`contham.solvers.reversible_rk`), or torchdiffeq's adjoint.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
-from .._checks import check_bool, check_int, check_nonnegative, check_positive
+from .._checks import check_backend, check_bool, check_int, check_nonnegative, check_positive
 from ..fields.base import FrozenField, NodeField
 from .adaptive import TORCHDIFFEQ_METHODS, TorchDiffEq
 from .base import IntegrationError, Problem, Solution, Solver, Stats, outside_compile, register_solver
@@ -189,6 +190,10 @@ class RungeKutta(Solver):
         check_every: steps between the host's checks for the end of the solve; None: 1 on the
             CPU, 8 elsewhere. Steps taken by samples already at the end change nothing.
         per_sample: give each sample (axis 0) its own step sizes.
+        compile: run each step attempt (its field calls, error estimate and step control, and
+            their backward pass) through ``torch.compile``: True for the default backend, or a
+            backend name. The loop and its checks stay outside the graph; a step that fails to
+            compile warns once and the solve steps eagerly.
     """
 
     method: str | Tableau = "dopri5"
@@ -198,6 +203,7 @@ class RungeKutta(Solver):
     first_step: float | None = None
     check_every: int | None = None
     per_sample: bool = False
+    compile: bool | str = False
     tableau: Tableau = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -209,6 +215,7 @@ class RungeKutta(Solver):
         if self.check_every is not None:
             check_int("check_every", self.check_every)
         check_bool("per_sample", self.per_sample)
+        check_backend("compile", self.compile)
         if not isinstance(self.controller, PIController):
             raise ValueError(f"controller must be a PIController; got {self.controller!r}")
         self.name, self.order = self.tableau.name, self.tableau.order
@@ -222,9 +229,8 @@ class RungeKutta(Solver):
         return cls(name, default.rtol if rtol is None else rtol, default.atol if atol is None else atol)
 
     def __repr__(self) -> str:
-        options = "".join(
-            f", {k}={getattr(self, k)!r}" for k in ("first_step", "check_every", "per_sample") if getattr(self, k)
-        )
+        shown = ("first_step", "check_every", "per_sample", "compile")
+        options = "".join(f", {k}={getattr(self, k)!r}" for k in shown if getattr(self, k))
         return f"RungeKutta({self.tableau.name!r}, rtol={self.rtol:g}, atol={self.atol:g}{options})"
 
     @property
@@ -239,6 +245,10 @@ class RungeKutta(Solver):
         if self.first_step is not None:
             options["first_step"] = self.first_step
         return TorchDiffEq(self.name, self.rtol, self.atol, options)
+
+    def compiled(self, backend: bool | str) -> RungeKutta:
+        """This solver with ``compile=backend``: each adaptive step attempt compiled."""
+        return replace(self, compile=backend)
 
     def fixed(self) -> TableauSteps:
         """The fixed-step solver of this tableau."""
@@ -324,6 +334,19 @@ class Progress(NamedTuple):
     done: Tensor
 
 
+class Advance(NamedTuple):
+    """One step attempt of an `AdaptiveLoop`: where each sample is now, the counters, the field
+    calls made, the signed step size and acceptance per sample, and the dense output (None:
+    the scheme has none)."""
+
+    progress: Progress
+    counts: Tensor
+    calls: int
+    dt: Tensor
+    accept: Tensor
+    dense: tuple[Tensor, Tensor, list[Tensor]] | None
+
+
 class AdaptiveLoop:
     """One adaptive solve: the intervals between output times and breaks, each stepped to its
     end with the controller on the device."""
@@ -357,15 +380,19 @@ class AdaptiveLoop:
         """``f`` counted, taking the loop's times."""
 
         def counted(t: Tensor, y: Tensor) -> Tensor:
-            self.stats.nfe_forward += 1
-            if self.stats.nfe_forward > self.problem.max_nfe:
-                raise IntegrationError(
-                    f"the forward solve with {self.solver.name} reached max_nfe={self.problem.max_nfe} field calls; "
-                    "the dynamics may be stiff or the tolerances too tight: loosen rtol/atol or raise max_nfe"
-                )
+            self.count(1)
             return f(t, y)
 
         return counted
+
+    def count(self, calls: int) -> None:
+        """Count ``calls`` field calls; raise once they pass the problem's ``max_nfe``."""
+        self.stats.nfe_forward += calls
+        if self.stats.nfe_forward > self.problem.max_nfe:
+            raise IntegrationError(
+                f"the forward solve with {self.solver.name} reached max_nfe={self.problem.max_nfe} field calls; "
+                "the dynamics may be stiff or the tolerances too tight: loosen rtol/atol or raise max_nfe"
+            )
 
     def run(self) -> list[Any]:
         """The scheme's states at the output times after the first; fills ``stats``. Output times
@@ -480,6 +507,7 @@ class AdaptiveLoop:
         sign = 1.0 if b > a else -1.0
         call = self.call(f)
         t = torch.full((self.samples,), a, dtype=torch.float64, device=y.device)
+        end = torch.full((), b, dtype=torch.float64, device=y.device)  # a tensor: a compiled step serves every end
         if h is None:
             k1 = call(self.broadcast(t, y.dtype), y)
             h = self.first_step(call, t, sign, y, k1)
@@ -489,7 +517,7 @@ class AdaptiveLoop:
         p = Progress(t, h, state, k1, torch.ones_like(h), done)
         while True:
             for _ in range(self.every):
-                p = self.step(call, sign, b, p)
+                p = self.step(sign, end, p)
             # the one read-back per check_every steps: whether y0 was finite, each sample's state of
             # progress (done, time, next step size), the statistics, and where the steps since the
             # last check went when there are output times to interpolate
@@ -510,36 +538,58 @@ class AdaptiveLoop:
                     "(the dynamics may be stiff or not finite); loosen rtol/atol"
                 )
 
-    def step(self, call: Any, sign: float, b: float, p: Progress) -> Progress:
-        """One step attempt towards ``b`` of every sample not there yet."""
+    def step(self, sign: float, end: Tensor, p: Progress) -> Progress:
+        """One step attempt towards ``end`` of every sample not there yet: `attempt` (compiled
+        where the solver says so), then what the host keeps of it."""
+        a = self.stepping(self.solver.compile)(self, self.field, sign, end, p, self.counts)
+        self.counts = a.counts
+        self.count(a.calls)
+        self.scheme.record(self.field, self.node, p.t, a.dt, a.accept)
+        if self.outputs and a.dense is not None:  # interpolated at the next check
+            self.recent.append((p.t, a.dt, a.dense))
+        return a.progress
+
+    def stepping(self, backend: bool | str) -> Callable[..., Advance]:
+        """`attempt`, or its compiled version for ``backend`` (one per backend and process; each
+        kind of solve, by shapes, grad mode, field and options, gets its own graph, compiled at
+        its first step), or `attempt` itself after a failed compilation."""
+        if not backend:
+            return AdaptiveLoop.attempt
+        key = "inductor" if backend is True else backend
+        if key not in _COMPILED:
+            _COMPILED[key] = _compiled_or_eager(key)
+        return _COMPILED[key]
+
+    def attempt(self, f: Any, sign: float, end: Tensor, p: Progress, counts: Tensor) -> Advance:
+        """The tensor work of one step attempt, with no effect on the loop (it compiles whole):
+        the scheme's step from ``p``, its error ratio, the decision, the next step size and
+        the counters ``counts`` updated."""
         y = self.scheme.solution(p.state)
-        remaining = (b - p.t).abs()
+        remaining = (end - p.t).abs()
         reach = p.h >= remaining
         size = torch.where(p.done, 0.0, torch.minimum(p.h, remaining))
         dt = sign * size
         time, calls, k1 = self.broadcast(p.t, y.dtype), 0, p.k1
         if k1 is None and self.tableau.fsal and self.scheme.keeps_stage:
-            k1, calls = call(time, y), 1
-        attempt = self.scheme.attempt(call, self.tableau, time, self.broadcast(dt, y.dtype), p.state, k1)
+            k1, calls = f(time, y), 1
+        attempt = self.scheme.attempt(f, self.tableau, time, self.broadcast(dt, y.dtype), p.state, k1)
         with torch.no_grad():
             ratio = self.error_ratio(attempt.error, attempt.before, attempt.after)
             going = ~p.done
             accept = (ratio <= 1) & going
             # field calls, accepted and rejected steps (a step is accepted only where it goes on)
-            self.counts += torch.stack((going * (calls + attempt.calls), accept, going ^ accept))
-            self.scheme.record(self.field, self.node, p.t, dt, accept)
+            counts = counts + torch.stack((going * (calls + attempt.calls), accept, going ^ accept))
             proposal = self.solver.controller.next_step(size, ratio, p.last, self.tableau.order)
             # a step cut short to end the interval does not shrink the next one
             h = torch.where(p.done, p.h, torch.where(accept & reach, torch.maximum(p.h, proposal), proposal))
             # the last accepted error ratio steers only a PI rule
             last = torch.where(accept, ratio.clamp_min(1e-10), p.last) if self.solver.controller.pcoeff else p.last
-            t = torch.where(accept, torch.where(reach, b, p.t + dt), p.t)
-        if self.outputs and attempt.dense is not None:  # interpolated at the next check
-            self.recent.append((p.t, dt, attempt.dense))
+            t = torch.where(accept, torch.where(reach, end, p.t + dt), p.t)
         mask = self.broadcast(accept, torch.bool)
         state = self.scheme.select(mask, attempt.new, p.state)
         k1 = None if attempt.fsal is None or k1 is None else torch.where(mask, attempt.fsal, k1)
-        return Progress(t, h, state, k1, last, p.done | (accept & reach))
+        progress = Progress(t, h, state, k1, last, p.done | (accept & reach))
+        return Advance(progress, counts, calls + attempt.calls, dt, accept, attempt.dense)
 
     def norm(self, x: Tensor) -> Tensor:
         """Root mean square per sample ``(samples,)`` (of everything when the batch shares steps)."""
@@ -572,6 +622,30 @@ class AdaptiveLoop:
 for _name, _tableau in TABLEAUS.items():
     if _tableau.adaptive:
         register_solver(_name)(RungeKutta)
+
+
+_COMPILED: dict[str, Callable[..., Advance]] = {}  # AdaptiveLoop.attempt per torch.compile backend
+
+
+def _compiled_or_eager(backend: str) -> Callable[..., Advance]:
+    """`AdaptiveLoop.attempt` through ``torch.compile``; after a failed compilation (one warning
+    that names the error) the eager attempt, for the rest of the process."""
+    compiled = torch.compile(AdaptiveLoop.attempt, backend=backend)
+
+    def attempt(*args: Any) -> Advance:
+        try:
+            return compiled(*args)
+        except torch._dynamo.exc.TorchDynamoException as error:  # the compiler's, not the field's
+            cause = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
+            warnings.warn(
+                f"torch.compile(backend={backend!r}) failed for an adaptive step ({cause}); stepping eagerly",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            _COMPILED[backend] = AdaptiveLoop.attempt
+            return AdaptiveLoop.attempt(*args)
+
+    return attempt
 
 
 @outside_compile
