@@ -12,8 +12,8 @@ side in one run (interleaved, medians):
    ``gradient="backprop"``, ``"adjoint"`` and ``"reversible"`` (McCallum & Foster), and with
    torchdiffeq's dopri5 and backprop: seconds, the ratio to backprop, NFE forward/backward and
    the tensor operations of one step (the host's work: ``--batch 1`` times a step where the
-   host sets the pace, as on a GPU); with ``--compile``, also backprop with the adaptive steps
-   compiled by inductor (`contham.compile_steps`; the warm-up round compiles);
+   host sets the pace, as on a GPU); with ``--compile``, also backprop and reversible with the
+   adaptive steps compiled by inductor (`contham.compile_steps`; the warm-up round compiles);
 3. with ``--outputs N ...``: one forward solve with N output times on [0, 1] (read from the dense
    output), contham's dopri5 vs torchdiffeq's;
 4. the loop's own cost on a small problem (``y' = A y``, 10 states, ``A`` skew as in torchdiffeq's
@@ -212,8 +212,9 @@ def training_steps(args: argparse.Namespace) -> None:
     ode = next(m for m in models["torchdiffeq backprop"].modules() if isinstance(m, ODEBlock))
     ode.solver = TorchDiffEq("dopri5", rtol=args.tol, atol=args.tol)
     if args.compile:
-        models["backprop, compiled steps"] = copy.deepcopy(models["backprop"])
-        compile_steps(models["backprop, compiled steps"], True)
+        for gradient in ("backprop", "reversible"):
+            models[f"{gradient}, compiled steps"] = copy.deepcopy(models[gradient])
+            compile_steps(models[f"{gradient}, compiled steps"], True)
     for model in models.values():
         model.load_state_dict(models["backprop"].state_dict())
     steps = {name: classifier_step(m, x, labels) for name, m in models.items()}

@@ -28,6 +28,7 @@ tolerances) and to backprop when memory does.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -37,7 +38,7 @@ from torch import Tensor, nn
 from ..fields.base import FrozenField
 from .base import Problem, Solution, Stats
 from .fixed import wants_grad
-from .rk import Attempt, Scheme, rk_increment
+from .rk import Attempt, Scheme, compiled_or_eager, rk_increment
 from .tableaus import Tableau
 
 COUPLING = 0.999
@@ -108,10 +109,17 @@ class Walk:
     handed them to the field and the state; ``stats.nfe_backward`` counts the calls."""
 
     def __init__(
-        self, field: Any, params: tuple[Tensor, ...], tableau: Tableau, scheme: Coupled, times: Any, stats: Any
+        self,
+        field: Any,
+        params: tuple[Tensor, ...],
+        tableau: Tableau,
+        scheme: Coupled,
+        times: Any,
+        stats: Any,
+        increment: Callable[..., tuple[Tensor, Tensor | None]] = rk_increment,
     ):
         self.field, self.params, self.tableau, self.scheme = field, params, tableau, scheme
-        self.times, self.stats = times, stats
+        self.times, self.stats, self.increment = times, stats, increment
 
     def back(self, y: Tensor, z: Tensor, a_y: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
         """The adjoints of y0 (as y and as z) and of the parameters, from those of the final y;
@@ -141,7 +149,7 @@ class Walk:
         z, and the adjoint of y+, which that of z+ reaches through Phi_{-h} (as it reaches the
         weights, added to ``totals``) on the samples of ``mask``."""
         f, time, step = at
-        q, g_y, g_q = self.vjp(lambda v: rk_increment(f, self.tableau, time + step, -step, v)[0], y, _only(mask, a_z))
+        q, g_y, g_q = self.vjp(lambda v: self.increment(f, self.tableau, time + step, -step, v)[0], y, _only(mask, a_z))
         for total, g in zip(totals, g_q):
             total -= g
         return _where(pulled, z + q, z), a_y - g_y
@@ -153,7 +161,7 @@ class Walk:
         ``mask``: y, and the adjoints of y and z, which that of y+ reaches (as it reaches the
         weights, added to ``totals``)."""
         (f, time, step), l = at, self.scheme.coupling  # noqa: E741 (the paper's name)
-        p, g_z, g_p = self.vjp(lambda v: rk_increment(f, self.tableau, time, step, v)[0], z, _only(mask, a_y))
+        p, g_z, g_p = self.vjp(lambda v: self.increment(f, self.tableau, time, step, v)[0], z, _only(mask, a_y))
         for total, g in zip(totals, g_p):
             total += g
         y = _where(mask, (y - (1 - l) * z - p) / l, y)
@@ -202,16 +210,19 @@ def _params(field: Any) -> tuple[Tensor, ...]:
     return tuple(p for p in field.parameters() if p.requires_grad) if isinstance(field, nn.Module) else ()
 
 
-def reversible(field: Any, y0: Tensor, tableau: Tableau, forward: Any, coupling: float) -> Tensor:
+def reversible(
+    field: Any, y0: Tensor, tableau: Tableau, forward: Any, coupling: float, increment: Callable = rk_increment
+) -> Tensor:
     """The final y of ``forward(scheme, y0)``, which runs a `Coupled` scheme from y0 and returns
     the final y and each sample's z before its last step, the ``times`` function of `Walk` and
-    the `Stats` to count the backward calls in; the backward pass rebuilds the pair."""
+    the `Stats` to count the backward calls in; the backward pass rebuilds the pair, with
+    ``increment`` (`rk_increment`, or a compiled version of it)."""
     params = _params(field)
 
     def solve(start: Tensor) -> tuple[tuple[Tensor, Tensor], Walk]:
         scheme = Coupled(coupling)
         kept, times, stats = forward(scheme, start)
-        return kept, Walk(field, params, tableau, scheme, times, stats)
+        return kept, Walk(field, params, tableau, scheme, times, stats, increment)
 
     return _Rebuild.apply(solve, y0, *params)
 
@@ -231,7 +242,8 @@ def adaptive_solve(solver: Any, problem: Problem, coupling: float) -> Solution:
         y, _, before = loop.run()[-1]
         return (y, before), loop.times, loop.stats
 
-    y = reversible(problem.field, problem.y0, solver.tableau, forward, coupling)
+    increment = compiled_or_eager(rk_increment, solver.compile)
+    y = reversible(problem.field, problem.y0, solver.tableau, forward, coupling, increment)
     return loops[0].solution([y])
 
 

@@ -28,7 +28,7 @@ import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import torch
 from torch import Tensor
@@ -39,6 +39,8 @@ from .adaptive import TORCHDIFFEQ_METHODS, TorchDiffEq
 from .base import IntegrationError, Problem, Solution, Solver, Stats, outside_compile, register_solver
 from .fixed import FixedStepSolver, plan_steps, wants_grad
 from .tableaus import TABLEAUS, Tableau, get_tableau
+
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -191,9 +193,10 @@ class RungeKutta(Solver):
             CPU, 8 elsewhere. Steps taken by samples already at the end change nothing.
         per_sample: give each sample (axis 0) its own step sizes.
         compile: run each step attempt (its field calls, error estimate and step control, and
-            their backward pass) through ``torch.compile``: True for the default backend, or a
-            backend name. The loop and its checks stay outside the graph; a step that fails to
-            compile warns once and the solve steps eagerly.
+            their backward pass; with ``gradient="reversible"`` each increment of its backward
+            pass too) through ``torch.compile``: True for the default backend, or a backend
+            name. The loop and its checks stay outside the graph; a step that fails to compile
+            warns once and the solves step eagerly.
     """
 
     method: str | Tableau = "dopri5"
@@ -541,24 +544,13 @@ class AdaptiveLoop:
     def step(self, sign: float, end: Tensor, p: Progress) -> Progress:
         """One step attempt towards ``end`` of every sample not there yet: `attempt` (compiled
         where the solver says so), then what the host keeps of it."""
-        a = self.stepping(self.solver.compile)(self, self.field, sign, end, p, self.counts)
+        a = compiled_or_eager(AdaptiveLoop.attempt, self.solver.compile)(self, self.field, sign, end, p, self.counts)
         self.counts = a.counts
         self.count(a.calls)
         self.scheme.record(self.field, self.node, p.t, a.dt, a.accept)
         if self.outputs and a.dense is not None:  # interpolated at the next check
             self.recent.append((p.t, a.dt, a.dense))
         return a.progress
-
-    def stepping(self, backend: bool | str) -> Callable[..., Advance]:
-        """`attempt`, or its compiled version for ``backend`` (one per backend and process; each
-        kind of solve, by shapes, grad mode, field and options, gets its own graph, compiled at
-        its first step), or `attempt` itself after a failed compilation."""
-        if not backend:
-            return AdaptiveLoop.attempt
-        key = "inductor" if backend is True else backend
-        if key not in _COMPILED:
-            _COMPILED[key] = _compiled_or_eager(key)
-        return _COMPILED[key]
 
     def attempt(self, f: Any, sign: float, end: Tensor, p: Progress, counts: Tensor) -> Advance:
         """The tensor work of one step attempt, with no effect on the loop (it compiles whole):
@@ -624,28 +616,35 @@ for _name, _tableau in TABLEAUS.items():
         register_solver(_name)(RungeKutta)
 
 
-_COMPILED: dict[str, Callable[..., Advance]] = {}  # AdaptiveLoop.attempt per torch.compile backend
+_COMPILED: dict[tuple[Callable, str], Callable] = {}  # by function and torch.compile backend
 
 
-def _compiled_or_eager(backend: str) -> Callable[..., Advance]:
-    """`AdaptiveLoop.attempt` through ``torch.compile``; after a failed compilation (one warning
-    that names the error) the eager attempt, for the rest of the process."""
-    compiled = torch.compile(AdaptiveLoop.attempt, backend=backend)
+def compiled_or_eager(fn: Callable[..., R], backend: bool | str) -> Callable[..., R]:
+    """``fn`` through ``torch.compile`` with ``backend`` (True: the default one; False: ``fn``
+    itself), one wrapper per function and backend in a process: each kind of call (shapes, grad
+    mode, arguments' types and options) gets its own graph at its first call. After a failed
+    compilation (one warning that names the error), ``fn`` itself for the rest of the process."""
+    if not backend:
+        return fn
+    key = (fn, "inductor" if backend is True else backend)
+    if key not in _COMPILED:
+        compiled = torch.compile(fn, backend=key[1])
 
-    def attempt(*args: Any) -> Advance:
-        try:
-            return compiled(*args)
-        except torch._dynamo.exc.TorchDynamoException as error:  # the compiler's, not the field's
-            cause = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
-            warnings.warn(
-                f"torch.compile(backend={backend!r}) failed for an adaptive step ({cause}); stepping eagerly",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            _COMPILED[backend] = AdaptiveLoop.attempt
-            return AdaptiveLoop.attempt(*args)
+        def run(*args: Any) -> R:
+            try:
+                return compiled(*args)
+            except torch._dynamo.exc.TorchDynamoException as error:  # the compiler's, not the field's
+                cause = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
+                warnings.warn(
+                    f"torch.compile(backend={key[1]!r}) failed for {fn.__qualname__} ({cause}); running it eagerly",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                _COMPILED[key] = fn
+                return fn(*args)
 
-    return attempt
+        _COMPILED[key] = run
+    return _COMPILED[key]
 
 
 @outside_compile
@@ -663,6 +662,7 @@ __all__ = [
     "RungeKutta",
     "Scheme",
     "TableauSteps",
+    "compiled_or_eager",
     "rk_increment",
     "rk_step",
 ]
