@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -185,6 +186,7 @@ class Solver(ABC):
 
 
 F = TypeVar("F", bound=Callable[..., Any])
+R = TypeVar("R")
 
 
 def outside_compile(fn: F) -> F:
@@ -204,6 +206,37 @@ def outside_compile(fn: F) -> F:
         return disabled[0](*args, **kwargs)
 
     return run  # type: ignore[return-value]
+
+
+_COMPILED: dict[tuple[Callable, str], Callable] = {}  # by function and torch.compile backend
+
+
+def compiled_or_eager(fn: Callable[..., R], backend: bool | str) -> Callable[..., R]:
+    """``fn`` through ``torch.compile`` with ``backend`` (True: the default one; False: ``fn``
+    itself), one wrapper per function and backend in a process: each kind of call (shapes, grad
+    mode, arguments' types and options) gets its own graph at its first call. After a failed
+    compilation (one warning that names the error), ``fn`` itself for the rest of the process."""
+    if not backend:
+        return fn
+    key = (fn, "inductor" if backend is True else backend)
+    if key not in _COMPILED:
+        compiled = torch.compile(fn, backend=key[1])
+
+        def run(*args: Any) -> R:
+            try:
+                return compiled(*args)
+            except torch._dynamo.exc.TorchDynamoException as error:  # the compiler's, not the field's
+                cause = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
+                warnings.warn(
+                    f"torch.compile(backend={key[1]!r}) failed for {fn.__qualname__} ({cause}); running it eagerly",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                _COMPILED[key] = fn
+                return fn(*args)
+
+        _COMPILED[key] = run
+    return _COMPILED[key]
 
 
 S = TypeVar("S", bound=type[Solver])

@@ -36,9 +36,9 @@ import torch
 from torch import Tensor, nn
 
 from ..fields.base import FrozenField
-from .base import Problem, Solution, Stats
+from .base import Problem, Solution, Stats, compiled_or_eager
 from .fixed import wants_grad
-from .rk import Attempt, Scheme, compiled_or_eager, rk_increment
+from .rk import Attempt, Scheme, rk_increment
 from .tableaus import Tableau
 
 COUPLING = 0.999

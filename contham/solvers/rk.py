@@ -25,10 +25,9 @@ McCallum & Foster (`contham.solvers.reversible_rk`), or torchdiffeq's adjoint.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -36,11 +35,18 @@ from torch import Tensor
 from .._checks import check_backend, check_bool, check_int, check_nonnegative, check_positive
 from ..fields.base import FrozenField, NodeField
 from .adaptive import TORCHDIFFEQ_METHODS, TorchDiffEq
-from .base import IntegrationError, Problem, Solution, Solver, Stats, outside_compile, register_solver
+from .base import (
+    IntegrationError,
+    Problem,
+    Solution,
+    Solver,
+    Stats,
+    compiled_or_eager,
+    outside_compile,
+    register_solver,
+)
 from .fixed import FixedStepSolver, plan_steps, wants_grad
 from .tableaus import TABLEAUS, Tableau, get_tableau
-
-R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -616,37 +622,6 @@ for _name, _tableau in TABLEAUS.items():
         register_solver(_name)(RungeKutta)
 
 
-_COMPILED: dict[tuple[Callable, str], Callable] = {}  # by function and torch.compile backend
-
-
-def compiled_or_eager(fn: Callable[..., R], backend: bool | str) -> Callable[..., R]:
-    """``fn`` through ``torch.compile`` with ``backend`` (True: the default one; False: ``fn``
-    itself), one wrapper per function and backend in a process: each kind of call (shapes, grad
-    mode, arguments' types and options) gets its own graph at its first call. After a failed
-    compilation (one warning that names the error), ``fn`` itself for the rest of the process."""
-    if not backend:
-        return fn
-    key = (fn, "inductor" if backend is True else backend)
-    if key not in _COMPILED:
-        compiled = torch.compile(fn, backend=key[1])
-
-        def run(*args: Any) -> R:
-            try:
-                return compiled(*args)
-            except torch._dynamo.exc.TorchDynamoException as error:  # the compiler's, not the field's
-                cause = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
-                warnings.warn(
-                    f"torch.compile(backend={key[1]!r}) failed for {fn.__qualname__} ({cause}); running it eagerly",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-                _COMPILED[key] = fn
-                return fn(*args)
-
-        _COMPILED[key] = run
-    return _COMPILED[key]
-
-
 @outside_compile
 def _adaptive(solver: RungeKutta, problem: Problem) -> Solution:
     """An adaptive solve, with the gradients of ``problem``'s strategy. Its loop reads back on
@@ -662,7 +637,6 @@ __all__ = [
     "RungeKutta",
     "Scheme",
     "TableauSteps",
-    "compiled_or_eager",
     "rk_increment",
     "rk_step",
 ]
