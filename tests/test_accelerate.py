@@ -23,8 +23,9 @@ OPTIONS = {
     "compile": ({"compile": "aot_eager"}, 1e-5),  # dynamo + AOTAutograd, no code generation
 }
 # compile also compiles the ODENet's adaptive steps, whose decomposed group norms round otherwise
-# in float32 (in float64 one step's gradients agree to 2e-15: tests/test_runge_kutta.py checks 1e-10)
-LOOSER = {("thesis_odenet", "compile"): 1e-4}
+# in float32, and adaptive steps move with rounding (as for channels_last; in float64 the
+# gradients of a training step agree to 2e-15, tests/test_runge_kutta.py compares the steps)
+LOOSER = {("thesis_odenet", "compile"): 1e-3}
 # A dropout mask is drawn in memory order, so in NHWC layout it drops other elements: channels_last
 # is compared on the report network without its dropout (both runs).
 WITHOUT_DROPOUT = {"nominal": {"dropout": None}}
