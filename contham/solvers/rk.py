@@ -124,16 +124,20 @@ def _stages(f: Any, tableau: Tableau, t: Any, dt: Any, y: Tensor, k1: Tensor | N
 _NODES: dict[tuple, Tensor] = {}  # each tableau's c as a tensor, per device and dtype
 
 
+def _stage_nodes(tableau: Tableau, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``tableau``'s nodes c as a tensor, made once per dtype and device."""
+    key = (tableau.c, device, dtype)
+    if key not in _NODES:
+        _NODES[key] = torch.tensor(tableau.c, dtype=dtype, device=device)
+    return _NODES[key]
+
+
 def _stage_times(tableau: Tableau, t: Any, dt: Any) -> Any:
     """The stages' times ``t + c_i dt``: for tensors, two operations for all stages (each stage
     reads a view of their result), not two per stage."""
     if not (torch.is_tensor(t) and torch.is_tensor(dt)):
         return [t + c * dt for c in tableau.c]
-    key = (tableau.c, dt.device, dt.dtype)
-    if key not in _NODES:
-        _NODES[key] = torch.tensor(tableau.c, dtype=dt.dtype, device=dt.device)
-    nodes = _NODES[key].view(-1, *(1,) * dt.dim())
-    return t + nodes * dt
+    return t + _stage_nodes(tableau, dt.dtype, dt.device).view(-1, *(1,) * dt.dim()) * dt
 
 
 def _error(tableau: Tableau, ks: list[Tensor], dt: Any) -> Tensor:
@@ -363,6 +367,8 @@ class AdaptiveLoop:
     def __init__(self, solver: RungeKutta, problem: Problem, scheme: Scheme):
         self.solver, self.problem, self.scheme = solver, problem, scheme
         self.tableau: Tableau = solver.tableau
+        # made before any step: a compiled step that made them would be compiled again once they exist
+        _stage_nodes(self.tableau, problem.y0.dtype, problem.y0.device)
         y0 = problem.y0
         self.samples = y0.shape[0] if solver.per_sample else 1
         # one time and step size per sample, or one number for all
