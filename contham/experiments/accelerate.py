@@ -27,7 +27,8 @@ AMP_MODES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 @dataclass(frozen=True)
 class Accelerator:
-    """The accelerator options of one run (checked by `check_amp` and `contham._checks.check_backend`)."""
+    """The accelerator options of one run (``amp`` checked by `check_amp`, ``compile`` by the check
+    that `contham.solvers.RungeKutta` also uses)."""
 
     amp: str | None = None
     channels_last: bool = False
