@@ -221,8 +221,11 @@ def compiled_or_eager(fn: Callable[..., R], backend: bool | str) -> Callable[...
     key = (fn, "inductor" if backend is True else backend)
     if key not in _COMPILED:
         compiled = torch.compile(fn, backend=key[1])
+        failed: list[str] = []  # the cause, once a compilation failed
 
         def run(*args: Any) -> R:
+            if failed:
+                return fn(*args)
             try:
                 return compiled(*args)
             except torch._dynamo.exc.TorchDynamoException as error:  # the compiler's, not the field's
@@ -232,7 +235,7 @@ def compiled_or_eager(fn: Callable[..., R], backend: bool | str) -> Callable[...
                     RuntimeWarning,
                     stacklevel=2,
                 )
-                _COMPILED[key] = fn
+                failed.append(cause)
                 return fn(*args)
 
         _COMPILED[key] = run

@@ -125,7 +125,11 @@ _NODES: dict[tuple, Tensor] = {}  # each tableau's c as a tensor, per device and
 
 
 def _stage_nodes(tableau: Tableau, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """``tableau``'s nodes c as a tensor, made once per dtype and device."""
+    """``tableau``'s nodes c as a tensor, made once per dtype and device; while compiling, a
+    constant of the graph (a graph that read or filled the cache would be guarded on it, and
+    compiled again once it changes)."""
+    if torch.compiler.is_compiling():
+        return torch.tensor(tableau.c, dtype=dtype, device=device)
     key = (tableau.c, device, dtype)
     if key not in _NODES:
         _NODES[key] = torch.tensor(tableau.c, dtype=dtype, device=device)
@@ -367,8 +371,7 @@ class AdaptiveLoop:
     def __init__(self, solver: RungeKutta, problem: Problem, scheme: Scheme):
         self.solver, self.problem, self.scheme = solver, problem, scheme
         self.tableau: Tableau = solver.tableau
-        # made before any step: a compiled step that made them would be compiled again once they exist
-        _stage_nodes(self.tableau, problem.y0.dtype, problem.y0.device)
+        self.attempting = compiled_or_eager(AdaptiveLoop.attempt, solver.compile)  # `attempt`, compiled or not
         y0 = problem.y0
         self.samples = y0.shape[0] if solver.per_sample else 1
         # one time and step size per sample, or one number for all
@@ -556,7 +559,7 @@ class AdaptiveLoop:
     def step(self, sign: float, end: Tensor, p: Progress) -> Progress:
         """One step attempt towards ``end`` of every sample not there yet: `attempt` (compiled
         where the solver says so), then what the host keeps of it."""
-        a = compiled_or_eager(AdaptiveLoop.attempt, self.solver.compile)(self, self.field, sign, end, p, self.counts)
+        a = self.attempting(self, self.field, sign, end, p, self.counts)
         self.counts = a.counts
         self.count(a.calls)
         self.scheme.record(self.field, self.node, p.t, a.dt, a.accept)
