@@ -174,11 +174,9 @@ class Adjoint(Gradient):
         check_bool("seminorm", self.seminorm)
 
     def check(self, solver: Solver) -> None:
-        if not solver.has_adjoint:
-            raise ValueError(
-                "gradient='adjoint' needs a torchdiffeq method (e.g. solver='dopri5' or "
-                f"TorchDiffEq('rk4', options=...)); got the fixed-step solver={solver.name!r}"
-            )
+        refusal = solver.no_adjoint()
+        if refusal is not None:
+            raise ValueError(f"gradient='adjoint' {refusal}")
 
     def fixed_steps(self, solver: Any, schedule: Any, y: Tensor, stats: Stats) -> list[Tensor]:
         raise ValueError(f"gradient='adjoint' needs a torchdiffeq method; got the fixed-step solver={solver.name!r}")

@@ -401,8 +401,15 @@ def test_the_controller_and_options_are_checked():
         RungeKutta("dopri5", check_every=0)
     with pytest.raises(ValueError, match="has no error estimate: give it a step_size"):
         integrate(Dense(), torch.randn(2, 6, dtype=D), [0, 1], RungeKutta("rk4"))
-    with pytest.raises(ValueError, match="gradient='adjoint' needs a torchdiffeq method"):
-        integrate(Dense(), torch.randn(2, 6, dtype=D), [0, 1], "tsit5", gradient="adjoint")
+    refusals = [  # the adjoint is torchdiffeq's: each refusal names what it lacks
+        ("tsit5", "gradient='adjoint' runs torchdiffeq, which has no method 'tsit5'; use gradient='reversible'"),
+        (RungeKutta("dopri5", per_sample=True), "whose steps the whole batch shares; got per_sample=True"),
+        (RungeKutta("dopri5", controller=PIController(pcoeff=0.4)), r"integral controller; got PIController\("),
+    ]
+    for solver, refusal in refusals:
+        with pytest.raises(ValueError, match=refusal):
+            integrate(Dense(), torch.randn(2, 6, dtype=D), [0, 1], solver, gradient="adjoint")
+    assert RungeKutta("dopri5").no_adjoint() is None
     pi = RungeKutta("dopri5", rtol=1e-8, atol=1e-10, controller=PIController(icoeff=0.3, pcoeff=0.4))
     torch.manual_seed(0)
     f, y0 = Dense(), torch.randn(4, 6, dtype=D)

@@ -56,7 +56,6 @@ class TorchDiffEq(Solver):
         self.order = method_order(self.method)
         #: scipy's solvers run on NumPy arrays: no gradient flows through them
         self.differentiable = self.method != "scipy_solver"
-        self.has_adjoint = self.differentiable
 
     @classmethod
     def from_name(cls, name: str, rtol: float | None = None, atol: float | None = None) -> Solver:
@@ -65,6 +64,9 @@ class TorchDiffEq(Solver):
 
     def __repr__(self) -> str:
         return f"TorchDiffEq({self.method!r}, rtol={self.rtol:g}, atol={self.atol:g}, options={self.options!r})"
+
+    def no_adjoint(self) -> str | None:
+        return None if self.differentiable else "cannot differentiate scipy_solver (it runs on NumPy arrays)"
 
     @property
     def adaptive(self) -> bool:

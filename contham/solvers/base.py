@@ -149,8 +149,6 @@ class Solver(ABC):
     differentiable: bool = True
     #: True for methods whose steps are undone exactly (``gradient="reversible"``)
     reversible: bool = False
-    #: True for methods with a continuous adjoint (``gradient="adjoint"``)
-    has_adjoint: bool = False
     #: the Butcher tableau of an explicit Runge-Kutta method (None for others)
     tableau: Tableau | None = None
 
@@ -163,6 +161,15 @@ class Solver(ABC):
 
     def check_field(self, field: nn.Module) -> None:  # noqa: B027 (accepts every field)
         """Raise ``ValueError`` if this solver cannot integrate ``field``."""
+
+    def no_adjoint(self) -> str | None:
+        """Why ``gradient="adjoint"`` (torchdiffeq's continuous adjoint) cannot differentiate this
+        solver's solves, as the rest of a sentence that begins with the strategy's name; None
+        where it can."""
+        return (
+            "needs a torchdiffeq method (e.g. solver='dopri5' or TorchDiffEq('rk4', options=...)); "
+            f"got the fixed-step solver={self.name!r}"
+        )
 
     def check_start(self, problem: Problem) -> None:
         """Raise ``ValueError`` unless ``problem.y0`` is finite (a read-back to the host; solvers

@@ -236,9 +236,6 @@ class RungeKutta(Solver):
         if not isinstance(self.controller, PIController):
             raise ValueError(f"controller must be a PIController; got {self.controller!r}")
         self.name, self.order = self.tableau.name, self.tableau.order
-        # the adjoint is torchdiffeq's, for the methods and step rules it has
-        c = self.controller
-        self.has_adjoint = self.name in TORCHDIFFEQ_METHODS and not self.per_sample and (c.icoeff, c.pcoeff) == (1, 0)
 
     @classmethod
     def from_name(cls, name: str, rtol: float | None = None, atol: float | None = None) -> Solver:
@@ -254,6 +251,18 @@ class RungeKutta(Solver):
     def adaptive(self) -> bool:
         """True for methods with an error estimate (fixed steps need a ``step_size``)."""
         return self.tableau.adaptive
+
+    def no_adjoint(self) -> str | None:
+        """The adjoint is torchdiffeq's: it serves the methods, step rule and shared steps it has."""
+        instead = "use gradient='reversible' (exact, memory independent of the steps) or 'backprop'"
+        c = self.controller
+        if self.name not in TORCHDIFFEQ_METHODS:
+            return f"runs torchdiffeq, which has no method {self.name!r}; {instead}"
+        if self.per_sample:
+            return f"runs torchdiffeq, whose steps the whole batch shares; got per_sample=True: {instead}"
+        if (c.icoeff, c.pcoeff) != (1, 0):
+            return f"runs torchdiffeq, whose step rule is an integral controller; got {c!r}: {instead}"
+        return None
 
     def torchdiffeq_twin(self) -> TorchDiffEq:
         """torchdiffeq's solver of the same method, tolerances and step rule (for the adjoint)."""
