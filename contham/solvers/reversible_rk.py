@@ -56,7 +56,9 @@ class Coupled(Scheme):
         self.steps: list[tuple[Any, int | None, Any, Any, Tensor | None]] = []
 
     def start(self, f: Any, y0: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        return y0, y0, y0
+        # three tensors, not one thrice: a compiled step's graph is guarded on whether its inputs
+        # alias, so a first step on one tensor would compile a graph of its own
+        return y0, y0.clone(), y0.clone()
 
     def solution(self, state: Any) -> Tensor:
         return state[0]
@@ -89,8 +91,8 @@ class _Rebuild(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, solve: Any, y0: Tensor, *params: Tensor) -> Tensor:
-        with torch.no_grad():
-            (y, z), walk = solve(y0)
+        with torch.no_grad():  # y0 detached: every step, the first too, sees a state without a graph
+            (y, z), walk = solve(y0.detach())
         ctx.walk = walk
         ctx.save_for_backward(y, z)
         return y

@@ -399,9 +399,11 @@ class AdaptiveLoop:
         return v.to(dtype).reshape(self.shape)
 
     def times(self, t: Tensor, dt: Tensor, accept: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """A step's time, size and acceptance as the field and the state take them."""
-        dtype = self.problem.y0.dtype
-        return self.broadcast(t, dtype), self.broadcast(dt, dtype), self.broadcast(accept, torch.bool)
+        """A step's time, size and acceptance as the field and the state take them; the time and
+        the size new tensors, not views, as the reversed step's ``t + dt`` and ``-dt`` are (a
+        compiled increment's graph is guarded on whether its inputs are views)."""
+        t, dt = (v.reshape(self.shape).to(self.problem.y0.dtype, copy=True) for v in (t, dt))
+        return t, dt, self.broadcast(accept, torch.bool)
 
     def call(self, f: Any) -> Callable[[Tensor, Tensor], Tensor]:
         """``f`` counted, taking the loop's times."""
