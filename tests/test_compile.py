@@ -1,10 +1,16 @@
 """``torch.compile(..., fullgraph=True)``: forward and backward equal eager for the block paths
-(one adaptive step of the Runge-Kutta engine: tests/test_runge_kutta.py)."""
+(one adaptive step of the Runge-Kutta engine: tests/test_runge_kutta.py); a run's instruments
+inside a compiled model."""
+
+import contextlib
 
 import pytest
 import torch
+from torch import nn
+from torch._dynamo.utils import counters
 
-from contham import HamiltonianBlock, HamiltonianField, ODEBlock, TwoLayerField
+from contham import HamiltonianBlock, HamiltonianField, ODEBlock, ODENetField, TwoLayerField
+from contham.experiments import SavedTensors
 from contham.solvers import RungeKutta
 
 D = torch.float64
@@ -47,3 +53,24 @@ def test_fullgraph_compile_matches_eager(name, backend):
         assert block.last_stats is not None and block.last_stats.nfe_forward > 0
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_counting_saved_tensors_adds_no_compilation_to_a_compiled_model():
+    """A run's first batch counts the memory autograd saves (`SavedTensors`) in a compiled model
+    whose adaptive block runs between its graphs: the count equals eager's, and its hook, which
+    autograd calls there, is not compiled (it was, once per kind of tensor and address)."""
+    torch.manual_seed(0)
+    block = ODEBlock(ODENetField(4, groups=2), solver="dopri5", rtol=1e-3, atol=1e-3)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), block, nn.Flatten(), nn.Linear(4 * 25, 3))
+    x = torch.randn(2, 1, 5, 5)
+    with SavedTensors() as eager:
+        model(x).sum().backward()
+    frames = []
+    for counted in (False, True):
+        torch._dynamo.reset()
+        counters.clear()
+        compiled = torch.compile(model, backend="aot_eager")
+        with SavedTensors() if counted else contextlib.nullcontext() as saved:
+            compiled(x).sum().backward()
+        frames.append(counters["frames"]["total"])
+    assert saved.megabytes == eager.megabytes > 0 and frames[0] == frames[1] > 0

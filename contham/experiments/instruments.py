@@ -26,7 +26,9 @@ class SavedTensors:
 
     def __init__(self) -> None:
         self.storages: dict[int, int] = {}
-        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+        # not compiled: autograd calls the hook from the eager parts of a compiled model too,
+        # where torch.compile would otherwise compile it again for each kind of tensor and address
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(torch.compiler.disable(self._pack), lambda t: t)
 
     def _pack(self, t: Tensor) -> Tensor:
         storage = t.untyped_storage()
