@@ -427,18 +427,19 @@ def autograd_through_the_scheme(solver, f, y0, times):
 @pytest.mark.parametrize("method", ["dopri5", "tsit5", "bosh3", "adaptive_heun"])
 def test_reversible_gradients_equal_autograd_through_the_same_scheme(method, per_sample):
     torch.manual_seed(1)
-    f = Dense()
     y0 = torch.randn(3, 6, dtype=D, requires_grad=True)
+    w = torch.randn(6, 6, dtype=D)
     solver = RungeKutta(method, rtol=1e-5, atol=1e-7, per_sample=per_sample)
-    solution = integrate(f, y0, [0.0, 1.5], solver, gradient="reversible")
-    reference = autograd_through_the_scheme(solver, f, y0, [0.0, 1.5])
-    assert torch.equal(solution.y, reference)
-    inputs = [y0, *f.parameters()]
-    for a, b in zip(
-        torch.autograd.grad(solution.y.pow(2).sum(), inputs), torch.autograd.grad(reference.pow(2).sum(), inputs)
-    ):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
-    assert solution.stats.nfe_backward > 0
+    for f in (Dense(), lambda t, y: torch.tanh(y @ w)):  # a module, and a function without parameters
+        solution = integrate(f, y0, [0.0, 1.5], solver, gradient="reversible")
+        reference = autograd_through_the_scheme(solver, f, y0, [0.0, 1.5])
+        assert torch.equal(solution.y, reference)
+        inputs = [y0, *(f.parameters() if isinstance(f, nn.Module) else [])]
+        for a, b in zip(
+            torch.autograd.grad(solution.y.pow(2).sum(), inputs), torch.autograd.grad(reference.pow(2).sum(), inputs)
+        ):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+        assert solution.stats.nfe_backward > 0
 
 
 def test_reversible_fixed_steps_pass_gradcheck_and_have_the_methods_order():

@@ -152,8 +152,8 @@ class Walk:
         weights, added to ``totals``) on the samples of ``mask``."""
         f, time, step = at
         q, g_y, g_q = self.vjp(lambda v: self.increment(f, self.tableau, time + step, -step, v)[0], y, _only(mask, a_z))
-        for total, g in zip(totals, g_q):
-            total -= g
+        if totals:  # one launch for all parameters
+            torch._foreach_sub_(totals, g_q)
         return _where(pulled, z + q, z), a_y - g_y
 
     def uncouple(
@@ -164,8 +164,8 @@ class Walk:
         weights, added to ``totals``)."""
         (f, time, step), l = at, self.scheme.coupling  # noqa: E741 (the paper's name)
         p, g_z, g_p = self.vjp(lambda v: self.increment(f, self.tableau, time, step, v)[0], z, _only(mask, a_y))
-        for total, g in zip(totals, g_p):
-            total += g
+        if totals:
+            torch._foreach_add_(totals, g_p)
         y = _where(mask, (y - (1 - l) * z - p) / l, y)
         return y, _where(mask, l * a_y, a_y), _where(mask, a_z + (1 - l) * a_y + g_z, a_z)
 
