@@ -10,8 +10,9 @@ synchronised).
    not set the pace). Last, on CUDA, at the small batch: eager, captured and
    ``torch.compile(mode="reduce-overhead")`` (CUDA graphs of the pieces it traces: the backward
    call is a graph break), and the ODENet with its adaptive steps compiled
-   (`contham.compile_steps`), then with ``--root`` its MNIST epochs with ``compile=true``; last
-   because each compilation takes tens of seconds.
+   (`contham.compile_steps`), with the kernels of its step and the share of the step's time
+   the device is busy, eager and compiled; then with ``--root`` its MNIST epochs with
+   ``compile=true``; last because each compilation takes tens of seconds.
 2. Checks that fail loudly (``SystemExit``) when they do not hold:
    - on CUDA, a fixed-step network's training step under
      ``torch.cuda.set_sync_debug_mode("error")`` (no host synchronisation; the CPU path's reads
@@ -68,7 +69,7 @@ if not CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")  # the kernels run on CPU tensors, interpreted
 
 import hdnn  # noqa: E402
-from _timing import interleaved_medians  # noqa: E402
+from _timing import interleaved_medians, launches  # noqa: E402
 from _timing import training_step as forward_backward  # noqa: E402
 from blocks import SHAPES, block_models  # noqa: E402
 
@@ -207,6 +208,17 @@ def compiled(args: argparse.Namespace, device: torch.device) -> None:
     for name in args.networks:
         cells = [f"{batch / times[name, batch, m]:,.0f}" if (name, batch, m) in times else "-" for m in modes]
         print(f"| {name} | {' | '.join(cells)} |")
+    print(f"\nKernels per training step at batch {batch} and the device's busy time (from the profiler) over")
+    print("the step's median time above: below 1, the host sets the pace")
+    print("| network | steps | kernels | device busy | of the step's time |")
+    print("|---|---|---|---|---|")
+    for name in ADAPTIVE & set(args.networks):
+        for mode in ("eager", "compiled steps"):
+            if (name, batch, mode) in times:  # compiled at its warm-up: no compilation here
+                step = synchronised(training_step(name, batch, device, mode))
+                step()
+                kernels, busy = launches(step)
+                print(f"| {name} | {mode} | {kernels} | {busy * 1e3:.2f} ms | {busy / times[name, batch, mode]:.2f} |")
     if args.root:
         print("\nMNIST epochs with compile=true (the first one compiles): seconds training, each epoch")
         for model in ADAPTIVE & set(args.networks):

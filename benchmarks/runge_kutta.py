@@ -11,9 +11,10 @@ side in one run (interleaved, medians):
 2. one training step of the whole network (forward, cross-entropy, backward) with
    ``gradient="backprop"``, ``"adjoint"`` and ``"reversible"`` (McCallum & Foster), and with
    torchdiffeq's dopri5 and backprop: seconds, the ratio to backprop, NFE forward/backward and
-   the tensor operations of one step (the host's work: ``--batch 1`` times a step where the
+   the kernel launches of one step (the host's work: ``--batch 1`` times a step where the
    host sets the pace, as on a GPU); with ``--compile``, also backprop and reversible with the
-   adaptive steps compiled by inductor (`contham.compile_steps`; the warm-up round compiles);
+   adaptive steps compiled by inductor (`contham.compile_steps`; the warm-up round compiles;
+   inductor's CPU kernels stand for the GPU's, which it fuses alike);
 3. with ``--outputs N ...``: one forward solve with N output times on [0, 1] (read from the dense
    output), contham's dopri5 vs torchdiffeq's;
 4. the loop's own cost on a small problem (``y' = A y``, 10 states, ``A`` skew as in torchdiffeq's
@@ -38,7 +39,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _timing import classifier_step, interleaved_medians
+from _timing import classifier_step, interleaved_medians, launches
+from torch._inductor import config as inductor
 from torch.utils._python_dispatch import TorchDispatchMode
 from torchdiffeq_problems import load
 
@@ -212,28 +214,23 @@ def training_steps(args: argparse.Namespace) -> None:
     ode = next(m for m in models["torchdiffeq backprop"].modules() if isinstance(m, ODEBlock))
     ode.solver = TorchDiffEq("dopri5", rtol=args.tol, atol=args.tol)
     if args.compile:
+        inductor.cpp.enable_kernel_profile = True  # the compiled kernels' launches counted
         for gradient in ("backprop", "reversible"):
             models[f"{gradient}, compiled steps"] = copy.deepcopy(models[gradient])
             compile_steps(models[f"{gradient}, compiled steps"], True)
     for model in models.values():
         model.load_state_dict(models["backprop"].state_dict())
     steps = {name: classifier_step(m, x, labels) for name, m in models.items()}
-    operations = {}
-    for name, step in steps.items():
-        if "compiled" not in name:  # the compiled kernels run outside the dispatcher that counts
-            with Operations() as ops:
-                step()
-            operations[name] = ops.count
-
-    times = interleaved_medians(steps, args.repeats)
+    times = interleaved_medians(steps, args.repeats)  # its warm-up round compiles
+    counts = {name: launches(step)[0] for name, step in steps.items()}
     print(f"\nTraining step of thesis_odenet, batch {args.batch}, dopri5 at tol {args.tol:g} (contham's unless named;")
-    print("operations: tensor operations of the step, views excluded; on a GPU each launches a kernel)")
-    print("| gradient | NFE forward | NFE backward | operations | s per step | vs backprop |")
+    print("launches: the step's outermost tensor operations, views excluded, and inductor's fused kernels;")
+    print("on a GPU each launches a kernel)")
+    print("| gradient | NFE forward | NFE backward | launches | s per step | vs backprop |")
     print("|---|---|---|---|---|---|")
     for name, model in models.items():
         stats = collect_stats(model)[0]
-        count = operations.get(name, "-")
-        print(f"| {name} | {stats.nfe_forward} | {stats.nfe_backward} | {count} | {times[name]:.3f} | "
+        print(f"| {name} | {stats.nfe_forward} | {stats.nfe_backward} | {counts[name]} | {times[name]:.3f} | "
               f"{times[name] / times['backprop']:.2f}x |")  # fmt: skip
 
 
