@@ -19,6 +19,7 @@ from contham.gradients import Adjoint, Reversible
 from contham.models import build
 from contham.solvers import (
     TABLEAUS,
+    AdaptiveLoop,
     PIController,
     RungeKutta,
     Tableau,
@@ -158,6 +159,27 @@ def test_output_times_inside_a_step_are_interpolated_not_stepped_to(method):
     assert many.stats.nfe_forward == two.stats.nfe_forward  # the same steps: 16 outputs cost nothing
     assert torch.equal(many.y, two.y)
     assert float((many.ys - exact).abs().max()) < (1e-5 if method == "bosh3" else 2e-6)
+
+
+def test_a_step_returns_its_dense_output_only_where_outputs_are_interpolated(monkeypatch):
+    """Without output times inside the interval a step returns no dense output, which a compiled
+    step's backward pass would otherwise fill with zero gradients (a launch each)."""
+    returned = []
+    attempt = AdaptiveLoop.attempt
+
+    def recording(self, *args):
+        advance = attempt(self, *args)
+        returned.append(advance.dense is not None)
+        return advance
+
+    monkeypatch.setattr(AdaptiveLoop, "attempt", recording)
+    f, y0 = Dense(), torch.randn(4, 6, dtype=D, requires_grad=True)
+    kept = {}
+    for times in ([0.0, 1.0], [0.0, 0.5, 1.0]):
+        returned.clear()
+        integrate(f, y0, times, RungeKutta("dopri5", rtol=1e-6, atol=1e-8)).ys.sum().backward()
+        kept[len(times)] = set(returned)
+    assert kept == {2: {False}, 3: {True}}
 
 
 @pytest.mark.parametrize("per_sample", [False, True])

@@ -363,7 +363,7 @@ class Progress(NamedTuple):
 class Advance(NamedTuple):
     """One step attempt of an `AdaptiveLoop`: where each sample is now, the counters, the field
     calls made, the signed step size and acceptance per sample, and the dense output (None:
-    the scheme has none)."""
+    the scheme has none, or the interval no output times)."""
 
     progress: Progress
     counts: Tensor
@@ -388,6 +388,9 @@ class AdaptiveLoop:
         self.every = solver.check_every or (1 if y0.device.type == "cpu" else 8)
         self.stats = Stats(solver.name, steps_accepted=0, steps_rejected=0)
         self.outputs: list[int] = []  # indices of the output times in the interval some sample has not passed
+        # whether the interval has output times: only then does a step return its dense output
+        # (a compiled step's graph would give it gradients, zeros, in every backward pass)
+        self.interpolating = False
         self.recent: list[tuple[Tensor, Tensor, tuple]] = []  # the steps since the last check: t, dt, dense output
         self.dense: dict[int, Tensor] = {}  # the outputs' values so far
         # the solution at every output time, written in place where no graph is recorded (else None)
@@ -450,6 +453,7 @@ class AdaptiveLoop:
             sign = 1.0 if span > 0 else -1.0
             inner = p.times[1:-1] if dense else []
             self.outputs = [j for j, s in enumerate(inner, 1) if 0 < sign * (s - a) <= sign * span]
+            self.interpolating = bool(self.outputs)
             state, h, k1 = self.segment(f, a, a + span, state, h, k1)
             if i in ends:
                 out.append(state)
@@ -607,7 +611,9 @@ class AdaptiveLoop:
         state = self.scheme.select(mask, attempt.new, p.state)
         k1 = None if attempt.fsal is None or k1 is None else torch.where(mask, attempt.fsal, k1)
         progress = Progress(t, h, state, k1, last, p.done | (accept & reach))
-        return Advance(progress, counts, calls + attempt.calls, dt, accept, attempt.dense)
+        return Advance(
+            progress, counts, calls + attempt.calls, dt, accept, attempt.dense if self.interpolating else None
+        )
 
     def norm(self, x: Tensor) -> Tensor:
         """Root mean square per sample ``(samples,)`` (of everything when the batch shares steps)."""
