@@ -179,7 +179,7 @@ class Adjoint(Gradient):
             raise ValueError(f"gradient='adjoint' {refusal}")
 
     def fixed_steps(self, solver: Any, schedule: Any, y: Tensor, stats: Stats) -> list[Tensor]:
-        raise ValueError(f"gradient='adjoint' needs a torchdiffeq method; got the fixed-step solver={solver.name!r}")
+        raise ValueError(f"gradient='adjoint' {solver.no_adjoint()}")
 
     def adaptive(self, solver: Any, problem: Problem) -> Solution:
         """torchdiffeq's adjoint solve of the same method, tolerances and step rule."""
