@@ -196,7 +196,8 @@ def throughput(args: argparse.Namespace, device: torch.device) -> None:
 def compiled(args: argparse.Namespace, device: torch.device) -> None:
     """The captured step against ``torch.compile(mode="reduce-overhead")`` at the small batch, and
     an adaptive solve's steps compiled (the last section: each compilation takes tens of seconds);
-    with ``--root``, the MNIST epochs of the adaptive networks with ``compile=true``."""
+    with ``--root``, the MNIST epochs of the adaptive networks with ``compile=true``; last, the
+    adaptive networks' kernels per step and the device's busy share, eager and compiled."""
     if not CUDA:
         print("\ntorch.compile(mode='reduce-overhead') and compiled steps: CUDA only here")
         return
@@ -208,6 +209,11 @@ def compiled(args: argparse.Namespace, device: torch.device) -> None:
     for name in args.networks:
         cells = [f"{batch / times[name, batch, m]:,.0f}" if (name, batch, m) in times else "-" for m in modes]
         print(f"| {name} | {' | '.join(cells)} |")
+    if args.root:
+        print("\nMNIST epochs with compile=true (the first one compiles): seconds training, each epoch")
+        for model in ADAPTIVE & set(args.networks):
+            seconds = [entry["seconds"] for entry in epochs(model, {"root": args.root}, device, epochs=2, compile=True)]
+            print(f"| {model} | {' | '.join(f'{s:.2f} s' for s in seconds)} |")
     print(f"\nKernels per training step at batch {batch} and the device's busy time (from the profiler) over")
     print("the step's median time above: below 1, the host sets the pace")
     print("| network | steps | kernels | device busy | of the step's time |")
@@ -219,11 +225,6 @@ def compiled(args: argparse.Namespace, device: torch.device) -> None:
                 step()
                 kernels, busy = launches(step)
                 print(f"| {name} | {mode} | {kernels} | {busy * 1e3:.2f} ms | {busy / times[name, batch, mode]:.2f} |")
-    if args.root:
-        print("\nMNIST epochs with compile=true (the first one compiles): seconds training, each epoch")
-        for model in ADAPTIVE & set(args.networks):
-            seconds = [entry["seconds"] for entry in epochs(model, {"root": args.root}, device, epochs=2, compile=True)]
-            print(f"| {model} | {' | '.join(f'{s:.2f} s' for s in seconds)} |")
 
 
 def epochs(model: str, data: dict, device: torch.device, **fields) -> list[dict]:
