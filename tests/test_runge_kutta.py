@@ -548,6 +548,58 @@ def test_reversible_memory_does_not_grow_with_the_number_of_steps():
     assert tolerances[0] == tolerances[1]
 
 
+class Operations(TorchDispatchMode):
+    """Counts the tensor operations run inside it."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+class AsCalled(nn.Module):
+    """A field called as it is: a wrapper without `prepared`."""
+
+    def __init__(self, field: nn.Module):
+        super().__init__()
+        self.field = field
+
+    def forward(self, t, y):
+        return self.field(t, y)
+
+
+@pytest.mark.parametrize("per_sample", [False, True])
+@pytest.mark.parametrize("gradient", ["backprop", "reversible"])
+def test_a_solve_prepares_the_odenet_field_once(monkeypatch, gradient, per_sample):
+    """`ODENetField.prepared`: the engine has what the weights alone determine (each
+    convolution's kernels and time-channel map) computed once per solve, not at every field
+    call (a backward pass that rebuilds the steps reads the field afresh): the values of a solve
+    of the field called as it is, bit for bit, its gradients to rounding, fewer operations."""
+    torch.manual_seed(0)
+    f = ODENetField(4, groups=2).double()
+    y0 = torch.randn(3, 4, 5, 5, dtype=D, requires_grad=True)
+    preparations = []
+    prepare = ODENetField.prepared
+    monkeypatch.setattr(ODENetField, "prepared", lambda self, like: preparations.append(1) or prepare(self, like))
+    solver = RungeKutta("dopri5", rtol=1e-5, atol=1e-5, per_sample=per_sample)
+    runs = {}
+    for name, field in (("prepared", f), ("as called", AsCalled(f))):
+        preparations.clear()
+        with Operations() as ops:
+            sol = integrate(field, y0, [0.0, 1.0], solver, gradient=gradient)
+            grads = torch.autograd.grad(sol.y.pow(2).sum(), [y0, *f.parameters()])
+        runs[name] = sol, grads, ops.count, len(preparations)
+    (ours, our_grads, our_ops, prepared), (theirs, their_grads, their_ops, called) = runs.values()
+    assert torch.equal(ours.ys, theirs.ys) and ours.stats == theirs.stats
+    for a, b in zip(our_grads, their_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    rebuilt = ours.stats.nfe_backward if gradient == "reversible" else 0  # backprop's backward calls nothing
+    assert our_ops < their_ops and called == ours.stats.nfe_forward + rebuilt and prepared == 1 + rebuilt
+
+
 def test_the_thesis_odenet_trains_with_reversible_gradients():
     torch.manual_seed(5)
     net = build("thesis_odenet", image_size=8, gradient="reversible", rtol=1e-2, atol=1e-2).double()

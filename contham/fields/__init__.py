@@ -2,7 +2,17 @@
 the literature, and the ODENet field of the thesis; the activation table and the field registry."""
 
 from .activations import ACTIVATIONS, Activation, resolve_activation
-from .base import CheckedField, FrozenField, NodeField, SplitField, TimedField, linear_op, linear_op_t, other_half
+from .base import (
+    CheckedField,
+    FrozenField,
+    NodeField,
+    SplitField,
+    TimedField,
+    linear_op,
+    linear_op_t,
+    other_half,
+    prepared,
+)
 from .hamiltonian import HamiltonianField, SigmaTerm, SigmaTermField
 from .kicks import KickTerms
 from .odenet import ConcatConv2d, ODENetField
@@ -41,6 +51,7 @@ __all__ = [
     "linear_op",
     "linear_op_t",
     "other_half",
+    "prepared",
     "register_field",
     "resolve_activation",
 ]

@@ -264,6 +264,14 @@ class SplitField(NodeField):
         """``f_z`` with the given weights."""
 
 
+def prepared(field: Any, like: Tensor) -> Any:
+    """``field.prepared(like)`` where the field offers it (the field on states shaped like
+    ``like``, with what its weights alone determine computed once: for a solve's many calls),
+    else the field itself."""
+    prepare = getattr(field, "prepared", None)
+    return field if prepare is None else prepare(like)
+
+
 class FrozenField:
     """A `NodeField` with fixed weights, callable like the field (``f(t, y)``, and
     ``dy``/``dz``/``split``/``merge`` for split fields)."""

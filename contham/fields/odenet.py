@@ -7,6 +7,8 @@ extra constant channel, and ``GN`` is GroupNorm with ``min(32, C)`` groups.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -32,12 +34,21 @@ class ConcatConv2d(nn.Module):
 
     def forward(self, t: float | Tensor, x: Tensor) -> Tensor:
         """The convolution of ``[t, x]``."""
+        return self.prepared(x)(t, x)
+
+    def prepared(self, like: Tensor) -> Callable[[float | Tensor, Tensor], Tensor]:
+        """`forward` on inputs shaped like ``like``, with what the weights alone determine (the
+        two kernels, the time channel's map) computed once, for many calls."""
         conv = self.conv
         w_time, w_x = conv.weight.split((1, conv.in_channels - 1), 1)  # one gradient op for both, not two scatters
-        ones = x.new_ones(1, 1, *x.shape[2:])
+        ones = like.new_ones(1, 1, *like.shape[2:])
         time = F.conv2d(ones, w_time, None, conv.stride, conv.padding)
-        out = F.conv2d(x, w_x, conv.bias, conv.stride, conv.padding)
-        return out.addcmul_(time, t) if isinstance(t, Tensor) else out.add_(time * t)  # one kernel for a tensor t
+
+        def convolve(t: float | Tensor, x: Tensor) -> Tensor:
+            out = F.conv2d(x, w_x, conv.bias, conv.stride, conv.padding)
+            return out.addcmul_(time, t) if isinstance(t, Tensor) else out.add_(time * t)  # one kernel for a tensor t
+
+        return convolve
 
 
 class ODENetField(nn.Module):
@@ -66,9 +77,21 @@ class ODENetField(nn.Module):
 
     def forward(self, t: float | Tensor, y: Tensor) -> Tensor:
         """``f(t, y)``."""
-        out = self.conv1(t, self.activation(self.norm1(y)))
-        out = self.conv2(t, self.activation(self.norm2(out)))
-        return self.norm3(out)
+        return self.prepared(y)(t, y)
+
+    def prepared(self, like: Tensor) -> Callable[[float | Tensor, Tensor], Tensor]:
+        """``f`` on states shaped like ``like``, with what the weights alone determine (each
+        convolution's kernels and time map) computed once: a solve calls it once, then the
+        result at every step (in the grad mode of the call: gradients reach the weights through
+        it). The values are `forward`'s, bit for bit."""
+        conv1, conv2 = self.conv1.prepared(like), self.conv2.prepared(like)  # 3x3, padding 1: the same maps
+
+        def f(t: float | Tensor, y: Tensor) -> Tensor:
+            out = conv1(t, self.activation(self.norm1(y)))
+            out = conv2(t, self.activation(self.norm2(out)))
+            return self.norm3(out)
+
+        return f
 
     def check_input(self, y: Tensor) -> None:
         """Raise ``ValueError`` unless ``y`` is a ``(batch, channels, H, W)`` state of the field's dtype

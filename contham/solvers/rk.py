@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from .._checks import check_backend, check_bool, check_int, check_nonnegative, check_positive
-from ..fields.base import FrozenField, NodeField
+from ..fields.base import FrozenField, NodeField, prepared
 from .adaptive import TORCHDIFFEQ_METHODS, TorchDiffEq
 from .base import (
     IntegrationError,
@@ -440,6 +440,7 @@ class AdaptiveLoop:
         pinned = isinstance(field, NodeField)  # else a wrapper that exposes its field's nodes
         weights = field.step_weights() if pinned and any(node is not None for _, _, node in segments) else []
         state = self.scheme.start(p.field, p.y0)
+        stepping = prepared(field, p.y0)  # once per solve, in this grad mode
         # field calls, accepted and rejected steps per sample, in doubles (exact) to be read back with the times
         self.counts = torch.zeros(3, self.samples, dtype=torch.float64, device=p.y0.device)
         self.finite = torch.isfinite(torch.linalg.vector_norm(p.y0.detach(), float("inf"))).double().reshape(1)
@@ -448,8 +449,10 @@ class AdaptiveLoop:
             if i > 1 and node != segments[i - 2][2]:
                 k1 = None  # the weights jump here: the field is read afresh on the new side
             self.node = node if weights else None
-            f = FrozenField(field, weights[node]) if weights and node is not None else self.inside(field, a, a + span)
-            self.field = f
+            frozen = FrozenField(field, weights[node]) if weights and node is not None else None
+            # the field as the steps call it, and as a backward pass that rebuilds them reads it afresh
+            f = frozen if frozen is not None else self.inside(stepping, a, a + span)
+            self.stepping, self.field = f, frozen if frozen is not None else self.inside(field, a, a + span)
             sign = 1.0 if span > 0 else -1.0
             inner = p.times[1:-1] if dense else []
             self.outputs = [j for j, s in enumerate(inner, 1) if 0 < sign * (s - a) <= sign * span]
@@ -574,7 +577,7 @@ class AdaptiveLoop:
     def step(self, sign: float, end: Tensor, p: Progress) -> Progress:
         """One step attempt towards ``end`` of every sample not there yet: `attempt` (compiled
         where the solver says so), then what the host keeps of it."""
-        a = self.attempting(self, self.field, sign, end, p, self.counts)
+        a = self.attempting(self, self.stepping, sign, end, p, self.counts)
         self.counts = a.counts
         self.count(a.calls)
         self.scheme.record(self.field, self.node, p.t, a.dt, a.accept)
