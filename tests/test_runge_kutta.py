@@ -571,25 +571,38 @@ class AsCalled(nn.Module):
         return self.field(t, y)
 
 
-@pytest.mark.parametrize("per_sample", [False, True])
-@pytest.mark.parametrize("gradient", ["backprop", "reversible"])
-def test_a_solve_prepares_the_odenet_field_once(monkeypatch, gradient, per_sample):
-    """`ODENetField.prepared`: the engine has what the weights alone determine (each
-    convolution's kernels and time-channel map) computed once per solve, not at every field
-    call (a backward pass that rebuilds the steps reads the field afresh): the values of a solve
-    of the field called as it is, bit for bit, its gradients to rounding, fewer operations."""
+@pytest.mark.parametrize(
+    "method, gradient, per_sample",
+    [
+        ("dopri5", "backprop", False),
+        ("dopri5", "backprop", True),
+        ("dopri5", "reversible", False),
+        ("dopri5", "reversible", True),
+        ("rk4", "backprop", False),
+    ],
+)
+def test_a_solve_prepares_the_odenet_field_once(monkeypatch, method, gradient, per_sample):
+    """`ODENetField.prepared`: the adaptive engine and the fixed steps have what the weights
+    alone determine (each convolution's kernels and time-channel map) computed once per solve,
+    not at every field call (a backward pass that rebuilds the steps reads the field afresh):
+    the values of a solve of the field called as it is, bit for bit, its gradients to rounding,
+    fewer operations."""
     torch.manual_seed(0)
     f = ODENetField(4, groups=2).double()
     y0 = torch.randn(3, 4, 5, 5, dtype=D, requires_grad=True)
     preparations = []
     prepare = ODENetField.prepared
     monkeypatch.setattr(ODENetField, "prepared", lambda self, like: preparations.append(1) or prepare(self, like))
-    solver = RungeKutta("dopri5", rtol=1e-5, atol=1e-5, per_sample=per_sample)
+    solver, steps = (
+        (RungeKutta(method, rtol=1e-5, atol=1e-5, per_sample=per_sample), {})
+        if method == "dopri5"
+        else (method, {"step_size": 0.25})
+    )
     runs = {}
     for name, field in (("prepared", f), ("as called", AsCalled(f))):
         preparations.clear()
         with Operations() as ops:
-            sol = integrate(field, y0, [0.0, 1.0], solver, gradient=gradient)
+            sol = integrate(field, y0, [0.0, 1.0], solver, gradient=gradient, **steps)
             grads = torch.autograd.grad(sol.y.pow(2).sum(), [y0, *f.parameters()])
         runs[name] = sol, grads, ops.count, len(preparations)
     (ours, our_grads, our_ops, prepared), (theirs, their_grads, their_ops, called) = runs.values()

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from .._checks import check_choice
-from ..fields.base import FrozenField, SplitField, other_half
+from ..fields.base import FrozenField, SplitField, other_half, prepared
 from ..fields.time import TimeNodes
 from . import tableaus
 from .base import Gradient, IntegrationError, Kick, Problem, Solution, Solver, Stats, Step, register_solver
@@ -136,10 +136,11 @@ class FixedStepSolver(Solver):
         steps carry the state in the form `enter` gives it and `leave` takes it back from."""
         field: Any = schedule.field  # a NodeField wherever a step names a node
         frozen = [FrozenField(field, w) for w in field.step_weights()] if schedule.pinned else []
+        stepping = field if schedule.pinned else prepared(field, y)  # the field as the steps without a node call it
         state = self.enter(field, y)
         out = []
         for i, (s, h, node) in enumerate(schedule.steps, 1):
-            state = self.advance(field if node is None else frozen[node], s, h, state)
+            state = self.advance(stepping if node is None else frozen[node], s, h, state)
             if i in schedule.row:
                 out.append(schedule.write(i, self.leave(field, state)))
         return out
