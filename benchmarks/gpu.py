@@ -10,9 +10,9 @@ synchronised).
    not set the pace). Last, on CUDA, at the small batch: eager, captured and
    ``torch.compile(mode="reduce-overhead")`` (CUDA graphs of the pieces it traces: the backward
    call is a graph break), and the ODENet with its adaptive steps compiled
-   (`contham.compile_steps`), with the kernels of its step and the share of the step's time
-   the device is busy, eager and compiled; then with ``--root`` its MNIST epochs with
-   ``compile=true``; last because each compilation takes tens of seconds.
+   (`contham.compile_steps`), then with ``--root`` its MNIST epochs with ``compile=true``, and
+   the kernels of its step and the share of the step's time the device is busy, eager and
+   compiled; last because each compilation takes tens of seconds.
 2. Checks that fail loudly (``SystemExit``) when they do not hold:
    - on CUDA, a fixed-step network's training step under
      ``torch.cuda.set_sync_debug_mode("error")`` (no host synchronisation; the CPU path's reads

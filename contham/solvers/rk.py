@@ -449,10 +449,12 @@ class AdaptiveLoop:
             if i > 1 and node != segments[i - 2][2]:
                 k1 = None  # the weights jump here: the field is read afresh on the new side
             self.node = node if weights else None
-            frozen = FrozenField(field, weights[node]) if weights and node is not None else None
             # the field as the steps call it, and as a backward pass that rebuilds them reads it afresh
-            f = frozen if frozen is not None else self.inside(stepping, a, a + span)
-            self.stepping, self.field = f, frozen if frozen is not None else self.inside(field, a, a + span)
+            if weights and node is not None:
+                self.stepping = self.field = FrozenField(field, weights[node])
+            else:
+                self.stepping, self.field = self.inside(stepping, a, a + span), self.inside(field, a, a + span)
+            f = self.stepping
             sign = 1.0 if span > 0 else -1.0
             inner = p.times[1:-1] if dense else []
             self.outputs = [j for j, s in enumerate(inner, 1) if 0 < sign * (s - a) <= sign * span]
