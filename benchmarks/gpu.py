@@ -433,6 +433,14 @@ def kernels_equal_autograd(device: torch.device) -> None:
     print("Triton kernels = step-by-step autograd (1e-10 float64, 1e-5 float32; stored and reversible): passed")
 
 
+def peak_bandwidth() -> float:
+    """The GPU's peak memory bandwidth in GB/s from its properties: two transfers per memory clock
+    (double data rate) over the bus's width; NaN on the CPU or where torch does not report them."""
+    properties = torch.cuda.get_device_properties() if CUDA else None
+    clock_khz, bus_bits = (getattr(properties, name, 0) for name in ("memory_clock_rate", "memory_bus_width"))
+    return 2 * clock_khz * 1e3 * bus_bits / 8 / 1e9 if clock_khz and bus_bits else float("nan")
+
+
 def bandwidth(args: argparse.Namespace, device: torch.device) -> None:
     field = HamiltonianField(8, "J1", "tanh", n_nodes=8, dt=0.1).to(device)
     block = HamiltonianBlock(field, "euler")
@@ -451,7 +459,7 @@ def bandwidth(args: argparse.Namespace, device: torch.device) -> None:
                                 args.repeats)  # fmt: skip
     # at the least, a forward pass without a graph reads the state once and writes it once
     rate = 2 * x.element_size() * rows * 8 / times["forward"] / 1e9
-    peak = {"NVIDIA H200": 4800.0}.get(torch.cuda.get_device_name() if CUDA else "", float("nan"))  # spec sheet
+    peak = peak_bandwidth()
     print(f"\nTriton kernels on the per-pixel state ({rows / 784:g} images, {rows:,} rows of 8 features, 8 layers)")
     print(f"forward {1e3 * times['forward']:.2f} ms, forward and backward {1e3 * times['forward and backward']:.2f} ms")
     known = f", {100 * rate / peak:.0f} % of the GPU's {peak:,.0f} GB/s" if peak == peak else ""

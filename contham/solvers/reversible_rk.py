@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..fields.base import FrozenField
+from ..fields.base import FrozenField, prepared
 from .base import Problem, Solution, Stats, compiled_or_eager
 from .fixed import wants_grad
 from .rk import Attempt, Scheme, rk_increment
@@ -129,12 +129,15 @@ class Walk:
         steps, rebuilds = _taken(self.scheme.steps)
         with torch.enable_grad():
             weights = self.field.step_weights() if any(node is not None for _, node, *_ in steps) else []
+            # each field the steps recorded, prepared once for the pass, with gradients to the weights
+            fields = {id(f): f for f, node, *_ in steps if node is None}
+            ready = {key: prepared(f, y) for key, f in fields.items()}
         a_z = torch.zeros_like(a_y)
         totals = [torch.zeros_like(p) for p in self.params]
         walked = None  # the samples whose last step is behind (None: all, or none yet)
         for (f, node, t, dt, accept), rebuild in zip(reversed(steps), reversed(rebuilds)):
-            if node is not None:  # the weights again, now in autograd's graph
-                f = FrozenField(self.field, weights[node])
+            # the weights again, now in autograd's graph
+            f = ready[id(f)] if node is None else FrozenField(self.field, weights[node])
             time, step, mask = self.times(t, dt, accept)
             if rebuild:  # the forward pass kept z only before each sample's last step
                 pulled = mask if walked is None else walked & mask
@@ -175,8 +178,11 @@ class Walk:
             x = x.detach().requires_grad_(True)
             out = fn(x)
             wrt = (x, *self.params)
-            # a field that depends on neither (y' = g(t)) leaves nothing to differentiate
-            grads = torch.autograd.grad(out, wrt, v, allow_unused=True) if out.requires_grad else (None,) * len(wrt)
+            # a field that depends on neither (y' = g(t)) leaves nothing to differentiate; the graph
+            # is kept for the prepared field's part, which every step's product passes through
+            grads: tuple[Tensor | None, ...] = (None,) * len(wrt)
+            if out.requires_grad:
+                grads = torch.autograd.grad(out, wrt, v, allow_unused=True, retain_graph=True)
         g_x, *g_params = (torch.zeros_like(a) if g is None else g for g, a in zip(grads, (x, *self.params)))
         return out.detach(), g_x, g_params
 
