@@ -136,7 +136,7 @@ class Walk:
         totals = [torch.zeros_like(p) for p in self.params]
         walked = None  # the samples whose last step is behind (None: all, or none yet)
         for (f, node, t, dt, accept), rebuild in zip(reversed(steps), reversed(rebuilds)):
-            # the weights again, now in autograd's graph
+            # the field with its weights in autograd's graph: prepared for the pass, or a node's
             f = ready[id(f)] if node is None else FrozenField(self.field, weights[node])
             time, step, mask = self.times(t, dt, accept)
             if rebuild:  # the forward pass kept z only before each sample's last step
