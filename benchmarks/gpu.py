@@ -7,12 +7,9 @@ synchronised).
    whole step replayed from one CUDA graph (`contham.experiments.graphs.Captured`, as the
    training loop's ``cuda_graphs`` does it); a case whose warm-up fails is left out with its
    reason; with the per-image cost of the small batch against the large one (1.0: the host does
-   not set the pace). Last, on CUDA, at the small batch: eager, captured and
-   ``torch.compile(mode="reduce-overhead")`` (CUDA graphs of the pieces it traces: the backward
-   call is a graph break), and the ODENet with its adaptive steps compiled
-   (`contham.compile_steps`), then with ``--root`` its MNIST epochs with ``compile=true``, and
-   the kernels of its step and the share of the step's time the device is busy, eager and
-   compiled; last because each compilation takes tens of seconds.
+   not set the pace). Last, on CUDA, the fixed-step networks at the small batch: eager, captured
+   and ``torch.compile(mode="reduce-overhead")`` (CUDA graphs of the pieces it traces: the
+   backward call is a graph break); last because each compilation takes tens of seconds.
 2. Checks that fail loudly (``SystemExit``) when they do not hold:
    - on CUDA, a fixed-step network's training step under
      ``torch.cuda.set_sync_debug_mode("error")`` (no host synchronisation; the CPU path's reads
@@ -37,7 +34,11 @@ synchronised).
    against the papers' ``Net`` and H1 layer (`benchmarks/hdnn.py`'s steps);
 6. with ``--root`` (a torchvision root holding MNIST): seconds of one MNIST epoch per network
    through ``RunConfig`` and ``run`` with the defaults (``cuda_graphs=auto``) and with
-   ``cuda_graphs=false`` (``--small``: the offline digits instead, without ``--root``).
+   ``cuda_graphs=false`` (``--small``: the offline digits instead, without ``--root``);
+7. the adaptive networks (the ODENet): the training step at the small batch, eager and with the
+   solves' steps compiled (`contham.compile_steps`; ``--small``: by aot_eager), its kernels and
+   the share of its time the device is busy; with ``--root`` (``--small``: the digits) two
+   epochs with ``compile`` (the first one compiles).
 
 A section that fails (an error, or a check) is reported where it failed and the next one runs,
 so that one run measures all that works; the script then exits with status 1 and lists the
@@ -113,14 +114,15 @@ def applies(name: str, mode: str) -> bool:
     return mode in ("eager", "compiled steps") if name in ADAPTIVE else mode != "compiled steps"
 
 
-def training_step(name: str, batch: int, device: torch.device, mode: str):
+def training_step(name: str, batch: int, device: torch.device, mode: str, backend: bool | str = True):
     """One SGD training step of network ``name`` on a fixed random batch of its own data: eager,
     replayed from one CUDA graph ("graph"), compiled ("reduce-overhead"), or eager around
-    adaptive solves whose steps are compiled ("compiled steps", `contham.compile_steps`)."""
+    adaptive solves whose steps are compiled with ``backend`` ("compiled steps",
+    `contham.compile_steps`)."""
     shape = input_shape(*default_data(name))
     model = build(name).to(device)
     if mode == "compiled steps":
-        compile_steps(model, True)
+        compile_steps(model, backend)
     x = torch.randn(batch, shape["in_channels"], shape["image_size"], shape["image_size"], device=device)
     labels = torch.randint(0, shape["num_classes"], (batch,), device=device)
     if mode == "graph":  # fused, with the lr on the device, as the training loop makes it for capture
@@ -164,12 +166,14 @@ def runnable(cases: dict, calls: int) -> dict:
     return kept
 
 
-def step_times(args: argparse.Namespace, device: torch.device, batches: list[int], modes: list[str]) -> dict:
+def step_times(
+    args: argparse.Namespace, device: torch.device, batches: list[int], modes: list[str], networks: list[str]
+) -> dict:
     """Seconds per training step by (network, batch, mode), interleaved medians; the cases that
     fail their warm-up are left out."""
     cases = {
-        (name, batch, mode): synchronised(training_step(name, batch, device, mode))
-        for name in args.networks
+        (name, batch, mode): synchronised(training_step(name, batch, device, mode, args.backend))
+        for name in networks
         for batch in batches
         for mode in modes
         if applies(name, mode)
@@ -180,7 +184,7 @@ def step_times(args: argparse.Namespace, device: torch.device, batches: list[int
 def throughput(args: argparse.Namespace, device: torch.device) -> None:
     modes = ["eager", "graph"] if CUDA else ["eager"]
     small, large = args.batches
-    times = step_times(args, device, args.batches, modes)
+    times = step_times(args, device, args.batches, modes, args.networks)
     print(f"\nTraining step, images per second ({device}, median of {args.repeats})")
     print(f"| network | mode | batch {small} | batch {large} | per image, {small} / {large} |")
     print("|---|---|---|---|---|")
@@ -193,38 +197,55 @@ def throughput(args: argparse.Namespace, device: torch.device) -> None:
                 print(f"| {name} | {mode} | {cells[0]} | {cells[1]} | {ratio} |")
 
 
-def compiled(args: argparse.Namespace, device: torch.device) -> None:
-    """The captured step against ``torch.compile(mode="reduce-overhead")`` at the small batch, and
-    an adaptive solve's steps compiled (the last section: each compilation takes tens of seconds);
-    with ``--root``, the MNIST epochs of the adaptive networks with ``compile=true``; last, the
-    adaptive networks' kernels per step and the device's busy share, eager and compiled."""
-    if not CUDA:
-        print("\ntorch.compile(mode='reduce-overhead') and compiled steps: CUDA only here")
+def adaptive(args: argparse.Namespace, device: torch.device) -> None:
+    """The adaptive networks' training step at the small batch, eager and with the solves' steps
+    compiled (`contham.compile_steps`: inductor; ``--small``: aot_eager, the same path without
+    inductor's compile time), the kernels each step launches and the share of the step's time
+    the device is busy; then with ``--root`` (``--small``: the digits) two epochs with
+    ``compile`` (the first one compiles)."""
+    networks = [name for name in args.networks if name in ADAPTIVE]
+    batch, modes = args.batches[0], ["eager", "compiled steps"]
+    times = step_times(args, device, [batch], modes, networks)  # its warm-up compiles
+    print(f"\nAdaptive networks' training step at batch {batch} (compiled steps: backend {args.backend}); kernels")
+    print("and the device's busy time from the profiler, over the step's median time: below 1, the host sets the pace")
+    print("| network | steps | images per second | kernels | device busy | of the step's time |")
+    print("|---|---|---|---|---|---|")
+    for name in networks:
+        for mode in modes:
+            if (name, batch, mode) in times:  # compiled at its warm-up: no compilation here
+                step = synchronised(training_step(name, batch, device, mode, args.backend))
+                step()
+                kernels, busy = launches(step)
+                t = times[name, batch, mode]
+                print(f"| {name} | {mode} | {batch / t:,.0f} | {kernels} | {busy * 1e3:.2f} ms | {busy / t:.2f} |")
+    if args.root is None and not args.small:
+        print("MNIST epochs with compile: give --root (a torchvision root that holds MNIST)")
         return
-    batch, modes = args.batches[0], ["eager", "graph", "reduce-overhead", "compiled steps"]
-    times = step_times(args, device, [batch], modes)
+    data: dict = {"root": args.root} if args.root else {"dataset": "digits"}
+    if args.small:
+        data.update(fraction=0.1, test_fraction=0.1)
+    name = data.get("dataset", "MNIST")
+    print(f"\nEpochs with compile={args.backend} (the first one compiles; {name}): seconds training")
+    for model in networks:
+        seconds = [entry["seconds"] for entry in epochs(model, data, device, epochs=2, compile=args.backend)]
+        print(f"| {model} | {' | '.join(f'{s:.2f} s' for s in seconds)} |")
+
+
+def compiled(args: argparse.Namespace, device: torch.device) -> None:
+    """The captured step against ``torch.compile(mode="reduce-overhead")`` at the small batch (the
+    last section: each compilation takes tens of seconds)."""
+    if not CUDA:
+        print("\ntorch.compile(mode='reduce-overhead'): CUDA only here")
+        return
+    batch, modes = args.batches[0], ["eager", "graph", "reduce-overhead"]
+    networks = [name for name in args.networks if name not in ADAPTIVE]
+    times = step_times(args, device, [batch], modes, networks)
     print(f"\nTraining step at batch {batch}, images per second (median of {args.repeats})")
     print(f"| network | {' | '.join(modes)} |")
     print("|---" * (len(modes) + 1) + "|")
-    for name in args.networks:
+    for name in networks:
         cells = [f"{batch / times[name, batch, m]:,.0f}" if (name, batch, m) in times else "-" for m in modes]
         print(f"| {name} | {' | '.join(cells)} |")
-    if args.root:
-        print("\nMNIST epochs with compile=true (the first one compiles): seconds training, each epoch")
-        for model in ADAPTIVE & set(args.networks):
-            seconds = [entry["seconds"] for entry in epochs(model, {"root": args.root}, device, epochs=2, compile=True)]
-            print(f"| {model} | {' | '.join(f'{s:.2f} s' for s in seconds)} |")
-    print(f"\nKernels per training step at batch {batch} and the device's busy time (from the profiler) over")
-    print("the step's median time above: below 1, the host sets the pace")
-    print("| network | steps | kernels | device busy | of the step's time |")
-    print("|---|---|---|---|---|")
-    for name in ADAPTIVE & set(args.networks):
-        for mode in ("eager", "compiled steps"):
-            if (name, batch, mode) in times:  # compiled at its warm-up: no compilation here
-                step = synchronised(training_step(name, batch, device, mode))
-                step()
-                kernels, busy = launches(step)
-                print(f"| {name} | {mode} | {kernels} | {busy * 1e3:.2f} ms | {busy / times[name, batch, mode]:.2f} |")
 
 
 def epochs(model: str, data: dict, device: torch.device, **fields) -> list[dict]:
@@ -490,6 +511,7 @@ SECTIONS: dict[str, Callable[[argparse.Namespace, torch.device], None]] = {
     "profiles": block_profiles,
     "hdnn": hdnn_steps,
     "epochs": epoch_seconds,
+    "adaptive": adaptive,
     "compiled": compiled,
 }
 """The script's sections, in the order they run (``--only`` picks some)."""
@@ -509,6 +531,7 @@ def main() -> None:
         parser.error(f"--reference {args.reference} holds no examples/run_MNIST.py (DecodEPFL/HamiltonianNet's)")
     # the per-pixel state's rows: 2,500 MNIST images; on the CPU the interpreter runs each block of rows in turn
     args.batches, args.rows = ([4, 16], 49) if args.small else ([128, 1024], 2500 * 784)
+    args.backend = "aot_eager" if args.small else True  # compiled steps' backend: True, torch.compile's default
     device = torch.device("cuda" if CUDA else "cpu")
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # each line out as it comes (into a pipe)
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name() if CUDA else 'CPU'}")

@@ -123,14 +123,21 @@ def test_gpu_benchmark_runs_small_on_the_cpu_and_checks_the_kernels(tmp_path):
 
 
 def test_gpu_benchmark_reports_a_failing_section_runs_the_next_and_exits_with_1(tmp_path):
-    """One run measures all that works: here the epoch times fail (the root holds no MNIST)."""
-    args = ["--small", "--repeats", 1, "--only", "epochs", "hdnn", "--networks", "hdnn_mnist", "--root", tmp_path]
+    """One run measures all that works: here the epoch times fail (the root holds no MNIST), and
+    the adaptive section after its table of the ODENet's steps (compiled by aot_eager here)."""
+    args = ["--small", "--repeats", 1, "--only", "epochs", "adaptive", "hdnn", "--networks", "hdnn_mnist",
+            "thesis_odenet", "--root", tmp_path]  # fmt: skip
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks/gpu.py"), *map(str, args)],
                             capture_output=True, text=True)  # fmt: skip
     assert result.returncode == 1
-    assert "[epochs: " in result.stdout and "2-D H-DNN training step" in result.stdout.split("[epochs: ")[1]
-    failed, listed = result.stderr.splitlines()[-2:]
-    assert failed == "FAILED:" and listed.startswith("epochs: dataset='mnist' not found") and listed in result.stdout
+    assert "[epochs: " in result.stdout and "2-D H-DNN training step" in result.stdout.split("[adaptive: ")[1]
+    steps = result.stdout.split("(compiled steps: backend aot_eager)")[1].split("\n\n")[0].splitlines()[4:]
+    cells = [[cell.strip() for cell in row.split("|")[1:5]] for row in steps]
+    assert [row[:2] for row in cells] == [["thesis_odenet", "eager"], ["thesis_odenet", "compiled steps"]]
+    assert all(int(row[3]) > 0 for row in cells)  # the kernels (on the CPU: operations) of each step
+    failed, *listed = result.stderr.splitlines()[-3:]
+    assert failed == "FAILED:" and [line.split(": ")[0] for line in listed] == ["epochs", "adaptive"]
+    assert all("dataset='mnist' not found" in line and line in result.stdout for line in listed)
     assert "Traceback" in result.stderr and "Training step" not in result.stdout  # --only: no other section
 
 
