@@ -206,8 +206,9 @@ def adaptive(args: argparse.Namespace, device: torch.device) -> None:
     networks = [name for name in args.networks if name in ADAPTIVE]
     batch, modes = args.batches[0], ["eager", "compiled steps"]
     times = step_times(args, device, [batch], modes, networks)  # its warm-up compiles
-    print(f"\nAdaptive networks' training step at batch {batch} (compiled steps: backend {args.backend}); kernels")
-    print("and the device's busy time from the profiler, over the step's median time: below 1, the host sets the pace")
+    print(f"\nAdaptive networks' training step at batch {batch} (compiled steps: backend {args.backend}), median of")
+    print(f"{args.repeats}; kernels and the device's busy time from the profiler, over the step's median time: below")
+    print("1, the host sets the pace")
     print("| network | steps | images per second | kernels | device busy | of the step's time |")
     print("|---|---|---|---|---|---|")
     for name in networks:
@@ -224,8 +225,8 @@ def adaptive(args: argparse.Namespace, device: torch.device) -> None:
     data: dict = {"root": args.root} if args.root else {"dataset": "digits"}
     if args.small:
         data.update(fraction=0.1, test_fraction=0.1)
-    name = data.get("dataset", "MNIST")
-    print(f"\nEpochs with compile={args.backend} (the first one compiles; {name}): seconds training")
+    source = data.get("dataset", "MNIST")
+    print(f"\nEpochs with compile={args.backend} (the first one compiles; {source}): seconds training")
     for model in networks:
         seconds = [entry["seconds"] for entry in epochs(model, data, device, epochs=2, compile=args.backend)]
         print(f"| {model} | {' | '.join(f'{s:.2f} s' for s in seconds)} |")

@@ -131,7 +131,7 @@ def test_gpu_benchmark_reports_a_failing_section_runs_the_next_and_exits_with_1(
                             capture_output=True, text=True)  # fmt: skip
     assert result.returncode == 1
     assert "[epochs: " in result.stdout and "2-D H-DNN training step" in result.stdout.split("[adaptive: ")[1]
-    steps = result.stdout.split("(compiled steps: backend aot_eager)")[1].split("\n\n")[0].splitlines()[4:]
+    steps = result.stdout.split("(compiled steps: backend aot_eager)")[1].split("\n\n")[0].splitlines()[5:]
     cells = [[cell.strip() for cell in row.split("|")[1:5]] for row in steps]
     assert [row[:2] for row in cells] == [["thesis_odenet", "eager"], ["thesis_odenet", "compiled steps"]]
     assert all(int(row[3]) > 0 for row in cells)  # the kernels (on the CPU: operations) of each step
