@@ -579,6 +579,7 @@ class AsCalled(nn.Module):
         ("dopri5", "reversible", False),
         ("dopri5", "reversible", True),
         ("rk4", "backprop", False),
+        ("rk4", "reversible", False),
     ],
 )
 def test_a_solve_prepares_the_odenet_field_once(monkeypatch, method, gradient, per_sample):

@@ -136,7 +136,7 @@ class FixedStepSolver(Solver):
         steps carry the state in the form `enter` gives it and `leave` takes it back from."""
         field: Any = schedule.field  # a NodeField wherever a step names a node
         frozen = [FrozenField(field, w) for w in field.step_weights()] if schedule.pinned else []
-        stepping = field if schedule.pinned else prepared(field, y)  # the field as the steps without a node call it
+        stepping = prepared(field, y)  # the field as the steps without a node call it
         state = self.enter(field, y)
         out = []
         for i, (s, h, node) in enumerate(schedule.steps, 1):

@@ -264,14 +264,15 @@ def fixed_steps(tableau: Tableau, schedule: Any, y0: Tensor, stats: Stats, coupl
     def forward(scheme: Coupled, y: Tensor) -> tuple[list[Tensor], Tensor]:
         """y at the outputs, and z before the last step."""
         weights = field.step_weights() if schedule.pinned else []
+        stepping = prepared(field, y)  # once per solve; the backward pass prepares the field it records
         z, out, last = y, [], None
         for i, (s, h, node) in enumerate(steps, 1):
-            f = field if node is None else FrozenField(field, weights[node])
+            f = stepping if node is None else FrozenField(field, weights[node])
             if last is not None:  # z+ of the step before, which only this step reads
                 z = scheme.pull(*last)
             y1 = scheme.couple(y, z, rk_increment(f, tableau, s, h, z)[0])
             last, y = (f, tableau, s, h, y1, z), y1
-            scheme.record(f, node, s, h, None)
+            scheme.record(field if node is None else f, node, s, h, None)
             if i in schedule.row:
                 out.append(schedule.write(i, y))
         return out, z
