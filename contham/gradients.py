@@ -34,6 +34,7 @@ from .solvers import reversible_rk
 from .solvers.base import SOLVERS, Gradient, Problem, Solution, Solver, Stats
 from .solvers.fixed import wants_grad
 from .solvers.fused import FusedPlan, fused_steps, reversible_fused_steps
+from .solvers.reads import grad_inputs
 from .solvers.reversible import reversible_steps
 from .solvers.reversible_rk import COUPLING
 from .solvers.tableaus import TABLEAUS
@@ -188,7 +189,7 @@ class Adjoint(Gradient):
     def odeint(self, func: nn.Module, y0: Tensor, ts: Tensor, stats: Stats, **kwargs: Any) -> Tensor:
         if stats.steps_accepted is not None:  # an adaptive method: the adjoint solve's steps are counted too
             stats.steps_accepted_backward, stats.steps_rejected_backward = 0, 0
-        params = tuple(p for p in func.parameters() if p.requires_grad)
+        params = grad_inputs(func.field, ts[0], y0)  # the field's, not the counting wrapper's
         backward: dict[str, Any] = {}
         if self.rtol is not None:
             backward["adjoint_rtol"] = self.rtol

@@ -31,6 +31,7 @@ from .fixed import (
     Verlet,
     plan_steps,
 )
+from .reads import grad_inputs
 from .rk import AdaptiveLoop, PIController, RungeKutta, Scheme, TableauSteps, rk_increment, rk_step
 from .tableaus import TABLEAUS, Tableau, get_tableau, register_tableau
 
@@ -63,6 +64,7 @@ __all__ = [
     "Tableau",
     "TableauSteps",
     "get_tableau",
+    "grad_inputs",
     "register_tableau",
     "rk_increment",
     "rk_step",

@@ -33,11 +33,11 @@ from dataclasses import replace
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..fields.base import FrozenField, prepared
 from .base import Problem, Solution, Stats, compiled_or_eager
-from .fixed import wants_grad
+from .reads import grad_inputs
 from .rk import Attempt, Scheme, rk_increment
 from .tableaus import Tableau
 
@@ -214,18 +214,27 @@ def _only(mask: Tensor | None, v: Tensor) -> Tensor:
     return v if mask is None else torch.where(mask, v, torch.zeros_like(v))
 
 
-def _params(field: Any) -> tuple[Tensor, ...]:
-    return tuple(p for p in field.parameters() if p.requires_grad) if isinstance(field, nn.Module) else ()
+def inputs(field: Any, t0: float, y0: Tensor) -> tuple[Tensor, ...] | None:
+    """The tensors besides y0 that the gradients of a solve from ``(t0, y0)`` go to
+    (`grad_inputs`), or None where no backward pass is to come."""
+    params = grad_inputs(field, t0, y0)
+    return params if torch.is_grad_enabled() and (y0.requires_grad or params) else None
 
 
 def reversible(
-    field: Any, y0: Tensor, tableau: Tableau, forward: Any, coupling: float, increment: Callable = rk_increment
+    field: Any,
+    y0: Tensor,
+    params: tuple[Tensor, ...],
+    tableau: Tableau,
+    forward: Any,
+    coupling: float,
+    increment: Callable = rk_increment,
 ) -> Tensor:
     """The final y of ``forward(scheme, y0)``, which runs a `Coupled` scheme from y0 and returns
     the final y and each sample's z before its last step, the ``times`` function of `Walk` and
     the `Stats` to count the backward calls in; the backward pass rebuilds the pair, with
-    ``increment`` (`rk_increment`, or a compiled version of it)."""
-    params = _params(field)
+    ``increment`` (`rk_increment`, or a compiled version of it), and takes the gradients of y0
+    and of ``params``, the tensors besides y0 the field's value depends on."""
 
     def solve(start: Tensor) -> tuple[tuple[Tensor, Tensor], Walk]:
         scheme = Coupled(coupling)
@@ -237,7 +246,8 @@ def reversible(
 
 def adaptive_solve(solver: Any, problem: Problem, coupling: float) -> Solution:
     """An adaptive solve of the Runge-Kutta engine ``solver`` by the reversible scheme."""
-    if not wants_grad(problem.field, problem.y0):
+    params = inputs(problem.field, problem.times[0], problem.y0)
+    if params is None:
         loop = solver.loop(problem, Coupled(coupling))
         return loop.solution([y for y, _, _ in loop.run()])
     if len(problem.times) > 2:
@@ -251,7 +261,7 @@ def adaptive_solve(solver: Any, problem: Problem, coupling: float) -> Solution:
         return (y, before), loop.times, loop.stats
 
     increment = compiled_or_eager(rk_increment, solver.compile)
-    y = reversible(problem.field, problem.y0, solver.tableau, forward, coupling, increment)
+    y = reversible(problem.field, problem.y0, params, solver.tableau, forward, coupling, increment)
     return loops[0].solution([y])
 
 
@@ -278,7 +288,8 @@ def fixed_steps(tableau: Tableau, schedule: Any, y0: Tensor, stats: Stats, coupl
         return out, z
 
     stats.nfe_backward = 0  # counted as the backward pass runs
-    if not wants_grad(field, y0):
+    params = inputs(field, steps[0][0], y0)
+    if params is None:
         return forward(Coupled(coupling), y0)[0]
     if not schedule.final_only:
         raise ValueError("gradient='reversible' keeps only the final state: pass two times")
@@ -287,4 +298,4 @@ def fixed_steps(tableau: Tableau, schedule: Any, y0: Tensor, stats: Stats, coupl
         out, z = forward(scheme, y)
         return (out[-1], z), lambda t, h, accept: (t, h, None), stats
 
-    return [reversible(field, y0, tableau, final, coupling)]
+    return [reversible(field, y0, params, tableau, final, coupling)]
