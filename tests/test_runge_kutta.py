@@ -464,6 +464,19 @@ def test_reversible_gradients_equal_autograd_through_the_same_scheme(method, per
         assert solution.stats.nfe_backward > 0
 
 
+@pytest.mark.parametrize("steps", [{}, {"step_size": 0.1}], ids=["adaptive", "fixed steps"])
+def test_differentiating_reversible_gradients_again_raises(steps):
+    """The walk's products carry no graph: a second backward pass through them raises (it
+    returned part of the second derivative, silently)."""
+    torch.manual_seed(0)
+    f = Dense(3)
+    y0 = torch.randn(2, 3, dtype=D, requires_grad=True)
+    out = integrate(f, y0, [0.0, 1.0], RungeKutta("dopri5"), gradient="reversible", **steps).y
+    (g,) = torch.autograd.grad(out.pow(2).sum(), y0, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        g.pow(2).sum().backward()
+
+
 def test_reversible_fixed_steps_pass_gradcheck_and_have_the_methods_order():
     torch.manual_seed(2)
     f = Dense(3)

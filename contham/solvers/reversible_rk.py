@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from ..fields.base import FrozenField, prepared
 from .base import Problem, Solution, Stats, compiled_or_eager
@@ -87,7 +88,9 @@ class Coupled(Scheme):
 
 
 class _Rebuild(torch.autograd.Function):
-    """``y`` at the end of a reversible solve; the backward pass walks its steps back."""
+    """``y`` at the end of a reversible solve; the backward pass walks its steps back. Its
+    gradients cannot be differentiated again (the walk's products are taken without a graph):
+    a second backward pass raises instead of returning part of the second derivative."""
 
     @staticmethod
     def forward(ctx: Any, solve: Any, y0: Tensor, *params: Tensor) -> Tensor:
@@ -98,6 +101,7 @@ class _Rebuild(torch.autograd.Function):
         return y
 
     @staticmethod
+    @once_differentiable
     def backward(ctx: Any, grad: Tensor) -> Any:
         y, z = ctx.saved_tensors
         a_y, a_z, totals = ctx.walk.back(y, z, grad)
