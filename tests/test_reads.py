@@ -107,3 +107,31 @@ def test_a_compiled_model_probes_outside_its_graph():
         results.append((out, *torch.autograd.grad(out.pow(2).sum(), [x, w, field.a])))
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_the_probe_leaves_batch_statistics_alone_and_gives_t_as_the_steps_do():
+    """The call runs in eval mode (no batch statistics updated), each module's mode put back,
+    with t as the solve's steps give it: a number for fixed steps (no copy to the device, which a
+    captured step could not make), a tensor for the adaptive engine."""
+    calls = []
+
+    class Normed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm, self.drop = nn.BatchNorm1d(3).double(), nn.Dropout(0.5)
+
+        def forward(self, t, y):
+            calls.append((type(t), self.norm.training))
+            return torch.tanh(self.norm(y))
+
+    field = Normed()
+    field.drop.eval()
+    mean = field.norm.running_mean.clone()
+    y0 = torch.randn(4, 3, dtype=D, requires_grad=True)
+    assert grad_inputs(field, 0.25, y0) == tuple(field.norm.parameters())
+    assert calls == [(float, False)] and torch.equal(field.norm.running_mean, mean)
+    assert field.training and field.norm.training and not field.drop.training
+    for steps, kind in (({"step_size": 0.5}, float), ({}, torch.Tensor)):
+        calls.clear()
+        integrate(field, y0, [0.0, 1.0], "rk4" if steps else "dopri5", gradient="reversible", **steps)
+        assert calls[0] == (kind, False) and all(c == (kind, True) for c in calls[1:])

@@ -6,6 +6,8 @@ it reads, such as one a plain function closes over or a context set on a module 
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -43,20 +45,35 @@ def _tensors(value: Any) -> list[Tensor]:
     return [tensor for item in items for tensor in _tensors(item)]
 
 
+@contextlib.contextmanager
+def _evaluating(field: Any) -> Iterator[None]:
+    """``field``'s modules in eval mode, each put back as it was."""
+    modules = list(field.modules()) if isinstance(field, nn.Module) else []
+    modes = [m.training for m in modules]
+    try:
+        for m in modules:
+            m.training = False
+        yield
+    finally:
+        for m, mode in zip(modules, modes):
+            m.training = mode
+
+
 @outside_compile  # a probe, run as it is where a compiled model calls it
 def grad_inputs(field: Any, t: float | Tensor, y: Tensor) -> tuple[Tensor, ...]:
     """The tensors besides the state that a solve of ``field`` from ``(t, y)`` sends gradients
     to: its parameters that require grad, then the other tensors requiring grad it reads in a
-    call at ``(t, y)`` (one call, without gradients, with t a 0-d tensor of y's dtype; tensors
-    the field reads only at other times are not seen). Empty where gradients are disabled."""
+    call at ``(t, y)`` (one call, without gradients, with its modules in eval mode: no batch
+    statistics updated, no dropout; tensors the field reads only at other times are not seen).
+    Empty where gradients are disabled."""
     if not torch.is_grad_enabled():
         return ()
     params = [p for p in field.parameters() if p.requires_grad] if isinstance(field, nn.Module) else []
+    state = y.detach()  # before the mode: not read
     # without gradients, what the call computes requires none: the tensors requiring grad it
     # passes to torch functions were made before it, its parameters and views of them aside
-    time, state = torch.as_tensor(t, dtype=y.dtype, device=y.device), y.detach()  # before the mode: not read
-    with torch.no_grad(), _Reads() as reads:
-        field(time, state)
+    with _evaluating(field), torch.no_grad(), _Reads() as reads:
+        field(t, state)
     owned = {p.untyped_storage().data_ptr() for p in params}
     read = [v for v in reads.tensors.values() if v.untyped_storage().data_ptr() not in owned]
     return (*params, *read)

@@ -218,9 +218,10 @@ def _only(mask: Tensor | None, v: Tensor) -> Tensor:
     return v if mask is None else torch.where(mask, v, torch.zeros_like(v))
 
 
-def inputs(field: Any, t0: float, y0: Tensor) -> tuple[Tensor, ...] | None:
+def inputs(field: Any, t0: float | Tensor, y0: Tensor) -> tuple[Tensor, ...] | None:
     """The tensors besides y0 that the gradients of a solve from ``(t0, y0)`` go to
-    (`grad_inputs`), or None where no backward pass is to come."""
+    (`grad_inputs`; t0 as the solve's steps give the field its times), or None where no
+    backward pass is to come."""
     params = grad_inputs(field, t0, y0)
     return params if torch.is_grad_enabled() and (y0.requires_grad or params) else None
 
@@ -250,7 +251,7 @@ def reversible(
 
 def adaptive_solve(solver: Any, problem: Problem, coupling: float) -> Solution:
     """An adaptive solve of the Runge-Kutta engine ``solver`` by the reversible scheme."""
-    params = inputs(problem.field, problem.times[0], problem.y0)
+    params = inputs(problem.field, problem.y0.new_full((), problem.times[0]), problem.y0)  # the loop's kind of t
     if params is None:
         loop = solver.loop(problem, Coupled(coupling))
         return loop.solution([y for y, _, _ in loop.run()])
