@@ -32,7 +32,7 @@ STRATEGIES = {
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
-@pytest.mark.parametrize("read", ["closed over", "set on the module"])
+@pytest.mark.parametrize("read", ["closed over", "set on the module", "a module's method"])
 @pytest.mark.parametrize("y0_grad", [False, True], ids=["y0 constant", "y0 trained"])
 def test_a_tensor_the_field_reads_gets_the_gradient_it_would_as_a_parameter(strategy, read, y0_grad):
     torch.manual_seed(0)
@@ -46,6 +46,8 @@ def test_a_tensor_the_field_reads_gets_the_gradient_it_would_as_a_parameter(stra
     else:
         field = Held(W, parameter=False)
         field.a = reference.a
+        if read == "a module's method":  # not a module: its parameter a is read like W
+            field = field.forward
     options = STRATEGIES[strategy]
     inputs = [reference.a, *([y0] if y0_grad else [])]
     loss = integrate(reference, y0, [0.0, 1.0], **options).y.pow(2).sum()
@@ -132,6 +134,7 @@ def test_the_probe_leaves_batch_statistics_alone_and_gives_t_as_the_steps_do():
     assert calls == [(float, False)] and torch.equal(field.norm.running_mean, mean)
     assert field.training and field.norm.training and not field.drop.training
     for steps, kind in (({"step_size": 0.5}, float), ({}, torch.Tensor)):
-        calls.clear()
-        integrate(field, y0, [0.0, 1.0], "rk4" if steps else "dopri5", gradient="reversible", **steps)
-        assert calls[0] == (kind, False) and all(c == (kind, True) for c in calls[1:])
+        for f in (field, field.forward):  # a module, or its method
+            calls.clear()
+            integrate(f, y0, [0.0, 1.0], "rk4" if steps else "dopri5", gradient="reversible", **steps)
+            assert calls[0] == (kind, False) and all(c == (kind, True) for c in calls[1:])

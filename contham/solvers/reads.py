@@ -47,8 +47,10 @@ def _tensors(value: Any) -> list[Tensor]:
 
 @contextlib.contextmanager
 def _evaluating(field: Any) -> Iterator[None]:
-    """``field``'s modules in eval mode, each put back as it was."""
-    modules = list(field.modules()) if isinstance(field, nn.Module) else []
+    """The modules of ``field``, or of the module whose method it is, in eval mode, each put
+    back as it was."""
+    owner = getattr(field, "__self__", field)
+    modules = list(owner.modules()) if isinstance(owner, nn.Module) else []
     modes = [m.training for m in modules]
     try:
         for m in modules:
