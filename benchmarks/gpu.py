@@ -20,7 +20,7 @@ synchronised).
      and the H-DNN 2-D protocol with its inner classifier fits (final metrics, 1e-5);
    - the fused blocks' Triton kernels (`contham.solvers.fused_triton`), stored and reversible,
      against step-by-step autograd: 1e-10 in float64 and 1e-5 in float32 (on the CPU through
-     Triton's interpreter);
+     Triton's interpreter), and on CUDA the blocks run on them (their shared memory fits);
 3. the kernels' effective memory bandwidth on the per-pixel MNIST H-DNN state (8 features, 8
    layers; bytes the forward and backward passes must move at the least, over their time), and a
    two-layer block's training pass there with the kicks' inputs stored against rebuilt
@@ -90,7 +90,7 @@ from contham.experiments.checkpoints import seed_everything  # noqa: E402
 from contham.experiments.graphs import GRAPHS, WARMUP, Captured  # noqa: E402
 from contham.models import build, default_data  # noqa: E402
 from contham.models.hdnn import HDNN2d  # noqa: E402
-from contham.solvers.fused_triton import triton_steps  # noqa: E402
+from contham.solvers.fused_triton import supports, triton_steps  # noqa: E402
 
 NETWORKS = ["resnet20", "nominal", "thesis_hamiltonian", "hdnn_mnist", "thesis_resnet2", "thesis_odenet"]
 EPOCH_NETWORKS = ["thesis_resnet2", "thesis_hamiltonian", "hdnn_mnist", "thesis_odenet"]
@@ -441,6 +441,8 @@ def kernels_equal_autograd(device: torch.device) -> None:
         for fused, plain in kernel_blocks(dtype, device):
             x = torch.randn(77, fused.field.features, dtype=dtype, device=device)
             plan = fused.schedule.fused
+            if not supports(plan, dtype, device):  # on CUDA: the kernels fit the device's shared memory
+                raise SystemExit(f"FAILED: the Triton kernels do not run {type(fused.field).__name__} ({dtype})")
             for rebuild in (False, True) if plan.split else (False,):  # stored, and reversible
                 outs = []
                 kernels = functools.partial(triton_steps, plan, rebuild=rebuild)

@@ -2,6 +2,12 @@
 gradients as step-by-step autograd (1e-10 relative in float64, 1e-5 in float32). conftest.py sets
 TRITON_INTERPRET=1 before anything imports Triton."""
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import triton
@@ -10,6 +16,8 @@ from test_fused import CASES, IDS, pair
 from contham.fields import ACTIVATIONS
 from contham.solvers.fused_triton import ACTIVATIONS as KERNEL_ACTIVATIONS
 from contham.solvers.fused_triton import BLOCK, supports, triton_steps
+
+CPU = torch.device("cpu")
 
 
 def results(run, block, x, weight):
@@ -28,7 +36,22 @@ def test_kernels_run_the_dtypes_their_triton_builds_right(monkeypatch):
     cases["3.10.0+git5d1a2b"] = cases["3.5.1"]
     for version, dtypes in cases.items():
         monkeypatch.setattr(triton, "__version__", version)
-        assert {d for d in (torch.float16, torch.bfloat16, torch.float32, torch.float64) if supports(plan, d)} == dtypes
+        states = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+        assert {d for d in states if supports(plan, d, CPU)} == dtypes
+
+
+def test_kernels_compile_for_gpus_and_run_where_their_shared_memory_fits():
+    """The kernels compiled for GPUs (Triton's CUDA backend, not the interpreter) at the largest
+    tiles in float64: on an H100 or H200 (compute capability 9.0, 227 KiB of shared memory per
+    block) they fit and run; on an RTX 3090 or A10 (8.6, 99 KiB) the first one does not, and the
+    fused path runs the block instead of a launch that would fail."""
+    script = Path(__file__).with_name("kernels_ahead_of_time.py")
+    env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, str(script), "90:232448:float64", "86:101376:float64"],
+                            env=env, capture_output=True, text=True, check=True)  # fmt: skip
+    hopper, ampere = map(json.loads, result.stdout.splitlines())
+    assert hopper["runs"] and len(hopper["shared"]) == 4 and max(hopper["shared"]) <= 232448
+    assert not ampere["runs"] and ampere["shared"][0] > 101376 and len(ampere["shared"]) == 1
 
 
 @pytest.mark.parametrize("make, solver", CASES, ids=IDS)
@@ -36,7 +59,7 @@ def test_kernels_run_the_dtypes_their_triton_builds_right(monkeypatch):
 def test_kernels_equal_autograd_in_float64(make, solver, sigma):
     fused, plain = pair(make, sigma, solver)
     plan = fused.schedule.fused
-    assert supports(plan, torch.float64)
+    assert supports(plan, torch.float64, CPU)
     # more rows than one program's block, the last one partial: several programs' partial sums
     x = torch.randn(2 * BLOCK + 7, fused.field.features, dtype=torch.float64)
     weight = torch.randn_like(x)

@@ -280,4 +280,4 @@ def _on_kernels(plan: FusedPlan, x: Tensor) -> bool:
         return False
     from .fused_triton import supports
 
-    return supports(plan, x.dtype)
+    return supports(plan, x.dtype, x.device)

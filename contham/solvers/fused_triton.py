@@ -24,6 +24,7 @@ keeps its annotations evaluated (no ``from __future__ import annotations``): the
 Triton 3.1 and 3.2 recognise a ``tl.constexpr`` parameter by its evaluated annotation only.
 """
 
+import functools
 import re
 import weakref
 from typing import Any
@@ -162,12 +163,58 @@ def _padded(n: int) -> int:
     return max(16, triton.next_power_of_2(n))
 
 
-def supports(plan: FusedPlan, dtype: torch.dtype) -> bool:
-    """True when the kernels can run ``plan`` on a state of ``dtype`` (one of `kernel_dtypes`),
-    a named activation they compute and halves and widths of at most `MAX_FEATURES`."""
+def supports(plan: FusedPlan, dtype: torch.dtype, device: torch.device) -> bool:
+    """True when the kernels can run ``plan`` on a state of ``dtype`` on ``device``: one of
+    `kernel_dtypes`, a named activation they compute, halves and widths of at most
+    `MAX_FEATURES`, and on CUDA kernels that `fit` the device."""
     field = plan.field
     sizes = [size for shape in field.kick_shapes().values() for size in shape]
-    return dtype in kernel_dtypes() and field.activation.name in ACTIVATIONS and max(sizes) <= MAX_FEATURES
+    if not (dtype in kernel_dtypes() and field.activation.name in ACTIVATIONS and max(sizes) <= MAX_FEATURES):
+        return False
+    return device.type != "cuda" or fit(*tiles(plan), ACTIVATIONS[field.activation.name], dtype, device)
+
+
+def tiles(plan: FusedPlan) -> tuple[int, int]:
+    """The padded half ``F`` and width ``W`` of the kernels' tiles for ``plan``."""
+    shapes = plan.field.kick_shapes().values()
+    return _padded(max(features for _, features in shapes)), _padded(max(width for width, _ in shapes))
+
+
+@functools.cache
+def fit(F: int, W: int, act: int, dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether the kernels of these tiles (the forward pass storing the kicks' operands or not,
+    the backward pass reading them or rebuilding them) fit in the shared memory a block may take
+    on the CUDA ``device``, where they hold ``tl.dot``'s operands: a launch that asks for more
+    fails (Triton's ``OutOfResources``). The largest tiles in float64 take 144 KiB (Triton 3.8), more
+    than GPUs of compute capability 7.5, 8.6 and 8.9 give a block (64 and 99 KiB); the fused
+    path runs those. Compiles the kernels (for the first launch, which then finds them
+    compiled), the backward ones first: they take the most."""
+    limit = shared_memory_limit(device)
+    needs = (compiled(kernel, device, *args).metadata.shared for kernel, args in _variants(F, W, act, dtype))
+    return all(need <= limit for need in needs)
+
+
+def shared_memory_limit(device: torch.device) -> int:
+    """The shared memory (bytes) a block may take on the CUDA ``device``, the limit Triton checks
+    at a launch."""
+    return triton.runtime.driver.active.utils.get_device_properties(device.index)["max_shared_mem"]
+
+
+def compiled(kernel: Any, device: torch.device, *args: Any) -> Any:
+    """``kernel`` compiled for ``device`` and ``args`` (a torch dtype for a pointer), not launched."""
+    with torch.cuda.device(device):
+        return kernel.warmup(*args, grid=(1,))
+
+
+def _variants(F: int, W: int, act: int, dtype: torch.dtype) -> list[tuple[Any, tuple[Any, ...]]]:
+    """The kernels and arguments of every launch of these tiles; counts 2 (not 1, which Triton
+    makes a constant, and specialising on a multiple of 16 leaves the shared memory as it is)."""
+    i32, n = torch.int32, 2
+    tables = (dtype, dtype, dtype, i32, i32, i32, dtype)  # KP, BP, MP, KU, KV, KJ, COEF
+    backward = [(_backward, (dtype, dtype, dtype, dtype, *tables, dtype, dtype, dtype, n, n, n, n, F, W, BLOCK, act,
+                             rebuild)) for rebuild in (False, True)]  # fmt: skip
+    forward = [(_forward, (dtype, dtype, dtype, *tables, n, n, n, F, W, BLOCK, act, keep)) for keep in (True, False)]
+    return backward + forward
 
 
 def kernel_dtypes() -> set[torch.dtype]:
@@ -212,8 +259,7 @@ class Packed:
         operands = field.kick_operands(params)
         # per term: its width and the features of a half (M has K's shape: the halves are equal)
         self.shapes = field.kick_shapes()
-        self.F = _padded(max(features for _, features in self.shapes.values()))
-        self.W = _padded(max(width for width, _ in self.shapes.values()))
+        self.F, self.W = tiles(plan)
         self.KP = x.new_zeros(2, n, self.W, self.F)
         self.MP, self.BP = torch.zeros_like(self.KP), x.new_zeros(2, n, self.W)
         for u, (K, b, M) in operands.items():
