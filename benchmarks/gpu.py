@@ -22,7 +22,8 @@ synchronised).
      against step-by-step autograd: 1e-10 in float64 and 1e-5 in float32 (on the CPU through
      Triton's interpreter), and on CUDA the blocks run on them (their shared memory fits);
 3. the kernels' effective memory bandwidth on the per-pixel MNIST H-DNN state (8 features, 8
-   layers; bytes the forward and backward passes must move at the least, over their time), and a
+   layers, in its column form; bytes the forward pass must move at the least, over its time), the
+   rate of their products on the padded tiles and its FLOP per byte of state moved, and a
    two-layer block's training pass there with the kicks' inputs stored against rebuilt
    (``gradient="reversible"``);
 4. the report's conv blocks against 6 ResNet basic blocks (`benchmarks/blocks.py`'s blocks:
@@ -90,7 +91,7 @@ from contham.experiments.checkpoints import seed_everything  # noqa: E402
 from contham.experiments.graphs import GRAPHS, WARMUP, Captured  # noqa: E402
 from contham.models import build, default_data  # noqa: E402
 from contham.models.hdnn import HDNN2d  # noqa: E402
-from contham.solvers.fused_triton import supports, triton_steps  # noqa: E402
+from contham.solvers.fused_triton import supports, tiles, triton_steps  # noqa: E402
 
 NETWORKS = ["resnet20", "nominal", "thesis_hamiltonian", "hdnn_mnist", "thesis_resnet2", "thesis_odenet"]
 EPOCH_NETWORKS = ["thesis_resnet2", "thesis_hamiltonian", "hdnn_mnist", "thesis_odenet"]
@@ -470,7 +471,8 @@ def bandwidth(args: argparse.Namespace, device: torch.device) -> None:
     block = HamiltonianBlock(field, "euler")
     plan = block.schedule.fused
     rows = args.rows
-    x = torch.randn(rows, 8, device=device, requires_grad=True)
+    # in the column form the MNIST H-DNN hands over (one feature after another)
+    x = torch.randn(8, rows, device=device).t().requires_grad_()
 
     def forward() -> None:
         with torch.no_grad():
@@ -488,6 +490,11 @@ def bandwidth(args: argparse.Namespace, device: torch.device) -> None:
     print(f"forward {1e3 * times['forward']:.2f} ms, forward and backward {1e3 * times['forward and backward']:.2f} ms")
     known = f", {100 * rate / peak:.0f} % of the GPU's {peak:,.0f} GB/s" if peak == peak else ""
     print(f"forward: {rate:,.1f} GB/s at the least{known}")
+    # the kernels' products on the padded tiles: per row and kick, K v and M^T w, 2 W F multiply-adds each
+    F, W = tiles(plan)
+    flops = 4 * W * F * len(plan.kicks) * rows
+    print(f"forward: {flops / times['forward'] / 1e9:,.0f} GFLOP/s of products on the padded {W} x {F} tiles "
+          f"({flops / (2 * x.element_size() * rows * 8):.0f} FLOP per byte of state moved)")  # fmt: skip
     split = HamiltonianBlock(TwoLayerField(8, "tanh", n_nodes=8, dt=0.1).to(device)).schedule.fused
 
     def backward(rebuild: bool):

@@ -3,7 +3,7 @@ of time, as a launch on such a GPU would) and says whether contham runs them the
 `contham.solvers.fused_triton.supports` with these compilations in place of the device's and the
 device's shared memory per block given. Run by tests/test_fused_triton.py without the interpreter.
 
-    python tests/kernels_ahead_of_time.py CAPABILITY:LIMIT:DTYPE ...   # e.g. 90:232448:float64
+    python tests/kernels_ahead_of_time.py CAPABILITY:LIMIT:DTYPE:STATE ...   # e.g. 90:232448:float64:split
 
 Prints one JSON line per case: whether the kernels run there, and the shared memory of each kernel
 compiled (bytes; the backward kernels first, and none after one that does not fit).
@@ -18,7 +18,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource, make_backend
 
-from contham import HamiltonianBlock, HamiltonianField
+from contham import HamiltonianBlock, HamiltonianField, TwoLayerField
 from contham.solvers import fused_triton
 
 POINTERS = {torch.float32: "*fp32", torch.float64: "*fp64", torch.int32: "*i32"}
@@ -55,11 +55,18 @@ def limited_to(limit: int):
     return shared_memory_limit
 
 
+BLOCKS = {
+    "split": lambda: TwoLayerField(2 * fused_triton.MAX_FEATURES, "tanh", width=fused_triton.MAX_FEATURES, n_nodes=2),
+    "whole": lambda: HamiltonianField(16, "J1", "sigmoid", n_nodes=2),
+}
+"""The fields of the cases: a split state at the largest tiles the kernels take (halves of 64
+features, 64 wide: the most shared memory), and a whole state at the smallest (16)."""
+
+
 def main() -> None:
-    # an H1 block whose tiles are the largest the kernels take (64 features, 64 wide)
-    plan = HamiltonianBlock(HamiltonianField(fused_triton.MAX_FEATURES, "J1", "tanh", n_nodes=2)).schedule.fused
     for case in sys.argv[1:]:
-        capability, limit, dtype = case.split(":")
+        capability, limit, dtype, state = case.split(":")
+        plan = HamiltonianBlock(BLOCKS[state]()).schedule.fused
         shared: list[int] = []
         fused_triton.compiled = ahead_of_time(int(capability), shared)
         fused_triton.shared_memory_limit = limited_to(int(limit))

@@ -41,17 +41,19 @@ def test_kernels_run_the_dtypes_their_triton_builds_right(monkeypatch):
 
 
 def test_kernels_compile_for_gpus_and_run_where_their_shared_memory_fits():
-    """The kernels compiled for GPUs (Triton's CUDA backend, not the interpreter) at the largest
-    tiles in float64: on an H100 or H200 (compute capability 9.0, 227 KiB of shared memory per
-    block) they fit and run; on an RTX 3090 or A10 (8.6, 99 KiB) the first one does not, and the
-    fused path runs the block instead of a launch that would fail."""
+    """The kernels compiled for GPUs (Triton's CUDA backend, not the interpreter): at the largest
+    tiles of a split state in float64, on an H100 or H200 (compute capability 9.0, 227 KiB of
+    shared memory per block) all four fit and run; on an RTX 3090 or A10 (8.6, 99 KiB) the first
+    one does not, and the fused path runs the block instead of a launch that would fail. The
+    three kernels of a whole state compile too."""
     script = Path(__file__).with_name("kernels_ahead_of_time.py")
     env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
-    result = subprocess.run([sys.executable, str(script), "90:232448:float64", "86:101376:float64"],
-                            env=env, capture_output=True, text=True, check=True)  # fmt: skip
-    hopper, ampere = map(json.loads, result.stdout.splitlines())
+    cases = ["90:232448:float64:split", "86:101376:float64:split", "90:232448:float32:whole"]
+    result = subprocess.run([sys.executable, str(script), *cases], env=env, capture_output=True, text=True, check=True)
+    hopper, ampere, whole = map(json.loads, result.stdout.splitlines())
     assert hopper["runs"] and len(hopper["shared"]) == 4 and max(hopper["shared"]) <= 232448
     assert not ampere["runs"] and ampere["shared"][0] > 101376 and len(ampere["shared"]) == 1
+    assert whole["runs"] and len(whole["shared"]) == 3
 
 
 @pytest.mark.parametrize("make, solver", CASES, ids=IDS)
@@ -68,6 +70,28 @@ def test_kernels_equal_autograd_in_float64(make, solver, sigma):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
     with torch.no_grad():
         torch.testing.assert_close(triton_steps(plan, x), plain(x), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("case, rebuild", [(0, False), (4, False), (4, True)], ids=["H1-J1", "two-layer", "reversible"])
+def test_kernels_read_and_write_states_in_any_layout(case, rebuild):
+    """The kernels read the state where it lies and write the result in the same layout: row form,
+    column form (the per-pixel states of the MNIST H-DNN, one feature after another), a slice of
+    a wider tensor; the gradient of a sum arrives expanded (stride 0) and is read as it is."""
+    fused, plain = pair(*CASES[case][:1], "tanh", CASES[case][1])
+    plan = fused.schedule.fused
+    n, features = BLOCK + 5, fused.field.features
+    layouts = {
+        "rows": torch.randn(n, features, dtype=torch.float64),
+        "columns": torch.randn(features, n, dtype=torch.float64).t(),
+        "slice": torch.randn(n, features + 3, dtype=torch.float64)[:, 2 : 2 + features],
+    }
+    for name, x in layouts.items():
+        xg = x.detach().requires_grad_()  # the same layout (a clone of the slice would be contiguous)
+        out = triton_steps(plan, xg, rebuild=rebuild)
+        assert out.stride() == (x.stride() if name != "slice" else (features, 1)), name
+        ours = (out, *torch.autograd.grad(out.sum(), (xg, *fused.field.parameters())))
+        for a, b in zip(ours, results(plain, plain, x, torch.ones_like(x))):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize(

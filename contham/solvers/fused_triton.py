@@ -5,8 +5,11 @@ A program owns a block of ``BLOCK`` columns of the column-form state (a column i
 user's batch) and keeps both halves of it on chip for the whole block: for each kick it reads the
 kick's weights (a few KiB, served from cache), computes ``w = sigma(K v + b)`` and adds
 ``c h sign M^T w`` to the half it moves. The state never goes back to memory between kicks, so a
-block's forward pass reads and writes the state once, whatever its depth. For the backward pass
-it stores, per kick, the half the kick read and w, as the fused path does.
+block's forward pass reads and writes the state once, whatever its depth: the kernels read it
+where it lies (any strides: the row form, or the column form in which the MNIST H-DNN hands over
+its per-pixel states) and write the result in the same layout, its real features only (the
+padding below exists on chip only), so no copy is made before or after. For the backward pass
+the forward kernel stores, per kick, the real rows of the half the kick read and of w.
 
 The backward kernel walks the kicks back over the same column blocks with the adjoints on chip
 (the formulas of `contham.solvers.fused`). For ``gradient="reversible"`` on a split plan the
@@ -85,16 +88,32 @@ def _sigma_prime(w, ACT: tl.constexpr):
 
 
 @triton.jit
-def _forward(S, V, WS, KP, BP, MP, KU, KV, KJ, COEF, n_kicks, N, n_nodes,
-             F: tl.constexpr, W: tl.constexpr, BLOCK: tl.constexpr, ACT: tl.constexpr, KEEP: tl.constexpr):  # fmt: skip
+def _load(P, rows, cols, s_row, s_col, mask):
+    """The ``(rows, BLOCK)`` tile at ``P`` of a column-form half (row r of column c at
+    ``r s_row + c s_col``), zero where ``mask`` is not."""
+    return tl.load(P + rows[:, None].to(tl.int64) * s_row + cols[None, :].to(tl.int64) * s_col, mask=mask, other=0.0)
+
+
+@triton.jit
+def _store(P, rows, cols, s_row, s_col, value, mask):
+    """Store a `_load` tile where ``mask`` is."""
+    tl.store(P + rows[:, None].to(tl.int64) * s_row + cols[None, :].to(tl.int64) * s_col, value, mask=mask)
+
+
+@triton.jit
+def _forward(Y, Z, y_row, y_col, OY, OZ, o_row, o_col, V, WS, KP, BP, MP, KU, KV, KJ, COEF, n_kicks, N, n_nodes, half,
+             width, F: tl.constexpr, W: tl.constexpr, BLOCK: tl.constexpr, ACT: tl.constexpr, KEEP: tl.constexpr,
+             SPLIT: tl.constexpr):  # fmt: skip
     cols = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     fs, ws = tl.arange(0, F), tl.arange(0, W)
     live = (cols < N)[None, :]
-    at_f = fs[:, None].to(tl.int64) * N + cols[None, :]  # (F, BLOCK) in an (F, N) slab
-    at_w = ws[:, None].to(tl.int64) * N + cols[None, :]  # (W, BLOCK) in a (W, N) slab
+    in_f, in_w = live & (fs < half)[:, None], live & (ws < width)[:, None]  # the tiles' real rows
     at_k = ws[:, None] * F + fs[None, :]  # (W, F) in a kick's weights
-    y = tl.load(S + at_f, mask=live, other=0.0)
-    z = tl.load(S + F * N + at_f, mask=live, other=0.0)
+    y = _load(Y, fs, cols, y_row, y_col, in_f)
+    if SPLIT:
+        z = _load(Z, fs, cols, y_row, y_col, in_f)
+    else:  # a whole state: no kick reads or moves z
+        z = tl.zeros_like(y)
     for k in range(n_kicks):
         u, v, j, c = tl.load(KU + k), tl.load(KV + k), tl.load(KJ + k), tl.load(COEF + k)
         slab = (u * n_nodes + j).to(tl.int64)
@@ -105,16 +124,17 @@ def _forward(S, V, WS, KP, BP, MP, KU, KV, KJ, COEF, n_kicks, N, n_nodes,
         y = tl.where(u == 0, y + kick, y)
         z = tl.where(u == 0, z, z + kick)
         if KEEP:
-            tl.store(V + tl.cast(k, tl.int64) * F * N + at_f, read, mask=live)
-            tl.store(WS + tl.cast(k, tl.int64) * W * N + at_w, w, mask=live)
-    tl.store(S + at_f, y, mask=live)
-    tl.store(S + F * N + at_f, z, mask=live)
+            _store(V + tl.cast(k, tl.int64) * half * N, fs, cols, N, 1, read, in_f)
+            _store(WS + tl.cast(k, tl.int64) * width * N, ws, cols, N, 1, w, in_w)
+    _store(OY, fs, cols, o_row, o_col, y, in_f)
+    if SPLIT:
+        _store(OZ, fs, cols, o_row, o_col, z, in_f)
 
 
 @triton.jit
-def _backward(A, S, V, WS, KP, BP, MP, KU, KV, KJ, COEF, GK, GB, GM, n_kicks, N, n_nodes, n_blocks,
-              F: tl.constexpr, W: tl.constexpr, BLOCK: tl.constexpr, ACT: tl.constexpr,
-              REBUILD: tl.constexpr):  # fmt: skip
+def _backward(AY, AZ, a_row, a_col, DY, DZ, d_row, d_col, SY, SZ, s_row, s_col, V, WS, KP, BP, MP, KU, KV, KJ, COEF,
+              GK, GB, GM, n_kicks, N, n_nodes, n_blocks, half, width, F: tl.constexpr, W: tl.constexpr,
+              BLOCK: tl.constexpr, ACT: tl.constexpr, REBUILD: tl.constexpr, SPLIT: tl.constexpr):  # fmt: skip
     pid = tl.program_id(0)
     fs, ws = tl.arange(0, F), tl.arange(0, W)
     at_k = ws[:, None] * F + fs[None, :]
@@ -122,13 +142,15 @@ def _backward(A, S, V, WS, KP, BP, MP, KU, KV, KJ, COEF, GK, GB, GM, n_kicks, N,
     for block in range(pid, n_blocks, tl.num_programs(0)):
         cols = block * BLOCK + tl.arange(0, BLOCK)
         live = (cols < N)[None, :]
-        at_f = fs[:, None].to(tl.int64) * N + cols[None, :]
-        at_w = ws[:, None].to(tl.int64) * N + cols[None, :]
-        a_y = tl.load(A + at_f, mask=live, other=0.0)
-        a_z = tl.load(A + F * N + at_f, mask=live, other=0.0)
-        if REBUILD:  # the final state, undone kick by kick on chip
-            y = tl.load(S + at_f, mask=live, other=0.0)
-            z = tl.load(S + F * N + at_f, mask=live, other=0.0)
+        in_f, in_w = live & (fs < half)[:, None], live & (ws < width)[:, None]
+        a_y = _load(AY, fs, cols, a_row, a_col, in_f)
+        if SPLIT:
+            a_z = _load(AZ, fs, cols, a_row, a_col, in_f)
+        else:
+            a_z = tl.zeros_like(a_y)
+        if REBUILD:  # the final state (of a split plan), undone kick by kick on chip
+            y = _load(SY, fs, cols, s_row, s_col, in_f)
+            z = _load(SZ, fs, cols, s_row, s_col, in_f)
         for back in range(n_kicks):
             k = n_kicks - 1 - back
             u, v, j, c = tl.load(KU + k), tl.load(KV + k), tl.load(KJ + k), tl.load(COEF + k)
@@ -143,9 +165,9 @@ def _backward(A, S, V, WS, KP, BP, MP, KU, KV, KJ, COEF, GK, GB, GM, n_kicks, N,
                 undo = tl.dot(tl.trans(M), w, input_precision="ieee") * c
                 y = tl.where(u == 0, y - undo, y)
                 z = tl.where(u == 0, z, z - undo)
-            else:
-                w = tl.load(WS + tl.cast(k, tl.int64) * W * N + at_w, mask=live, other=0.0)
-                read = tl.load(V + tl.cast(k, tl.int64) * F * N + at_f, mask=live, other=0.0)
+            else:  # the padding rows of w were not stored: zero (their rows of K, b and M are)
+                w = _load(WS + tl.cast(k, tl.int64) * width * N, ws, cols, N, 1, in_w)
+                read = _load(V + tl.cast(k, tl.int64) * half * N, fs, cols, N, 1, in_f)
             g = tl.dot(M, a_u, input_precision="ieee") * c * _sigma_prime(w, ACT)  # dL/d(K v + b)
             to = (mine + slab) * W * F + at_k
             tl.store(GM + to, tl.load(GM + to) + tl.dot(w, tl.trans(a_u), input_precision="ieee") * c)
@@ -155,8 +177,9 @@ def _backward(A, S, V, WS, KP, BP, MP, KU, KV, KJ, COEF, GK, GB, GM, n_kicks, N,
             into_v = tl.dot(tl.trans(K), g, input_precision="ieee")
             a_y = tl.where(v == 0, a_y + into_v, a_y)
             a_z = tl.where(v == 0, a_z, a_z + into_v)
-        tl.store(A + at_f, a_y, mask=live)
-        tl.store(A + F * N + at_f, a_z, mask=live)
+        _store(DY, fs, cols, d_row, d_col, a_y, in_f)
+        if SPLIT:
+            _store(DZ, fs, cols, d_row, d_col, a_z, in_f)
 
 
 def _padded(n: int) -> int:
@@ -171,7 +194,8 @@ def supports(plan: FusedPlan, dtype: torch.dtype, device: torch.device) -> bool:
     sizes = [size for shape in field.kick_shapes().values() for size in shape]
     if not (dtype in kernel_dtypes() and field.activation.name in ACTIVATIONS and max(sizes) <= MAX_FEATURES):
         return False
-    return device.type != "cuda" or fit(*tiles(plan), ACTIVATIONS[field.activation.name], dtype, device)
+    act = ACTIVATIONS[field.activation.name]
+    return device.type != "cuda" or fit(*tiles(plan), act, plan.split, dtype, device)
 
 
 def tiles(plan: FusedPlan) -> tuple[int, int]:
@@ -181,16 +205,16 @@ def tiles(plan: FusedPlan) -> tuple[int, int]:
 
 
 @functools.cache
-def fit(F: int, W: int, act: int, dtype: torch.dtype, device: torch.device) -> bool:
-    """Whether the kernels of these tiles (the forward pass storing the kicks' operands or not,
-    the backward pass reading them or rebuilding them) fit in the shared memory a block may take
-    on the CUDA ``device``, where they hold ``tl.dot``'s operands: a launch that asks for more
-    fails (Triton's ``OutOfResources``). The largest tiles in float64 take 144 KiB (Triton 3.8), more
-    than GPUs of compute capability 7.5, 8.6 and 8.9 give a block (64 and 99 KiB); the fused
-    path runs those. Compiles the kernels (for the first launch, which then finds them
-    compiled), the backward ones first: they take the most."""
+def fit(F: int, W: int, act: int, split: bool, dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether the kernels of these tiles and state (the forward pass storing the kicks'
+    operands or not, the backward pass reading them or, for a split state, rebuilding them) fit
+    in the shared memory a block may take on the CUDA ``device``, where they hold ``tl.dot``'s
+    operands: a launch that asks for more fails (Triton's ``OutOfResources``). The largest tiles
+    in float64 take 144 KiB (Triton 3.8), more than GPUs of compute capability 7.5, 8.6 and 8.9
+    give a block (64 and 99 KiB); the fused path runs those. Compiles the kernels (for the first
+    launch, which then finds them compiled), the backward ones first: they take the most."""
     limit = shared_memory_limit(device)
-    needs = (compiled(kernel, device, *args).metadata.shared for kernel, args in _variants(F, W, act, dtype))
+    needs = (compiled(kernel, device, *args).metadata.shared for kernel, args in _variants(F, W, act, split, dtype))
     return all(need <= limit for need in needs)
 
 
@@ -206,14 +230,17 @@ def compiled(kernel: Any, device: torch.device, *args: Any) -> Any:
         return kernel.warmup(*args, grid=(1,))
 
 
-def _variants(F: int, W: int, act: int, dtype: torch.dtype) -> list[tuple[Any, tuple[Any, ...]]]:
-    """The kernels and arguments of every launch of these tiles; counts 2 (not 1, which Triton
-    makes a constant, and specialising on a multiple of 16 leaves the shared memory as it is)."""
+def _variants(F: int, W: int, act: int, split: bool, dtype: torch.dtype) -> list[tuple[Any, tuple[Any, ...]]]:
+    """The kernels and arguments of every launch of these tiles; counts and strides 2 (not 1,
+    which Triton makes a constant; specialising on a multiple of 16 leaves the shared memory as
+    it is)."""
     i32, n = torch.int32, 2
+    io = (dtype, dtype, n, n)  # a state's halves and strides
     tables = (dtype, dtype, dtype, i32, i32, i32, dtype)  # KP, BP, MP, KU, KV, KJ, COEF
-    backward = [(_backward, (dtype, dtype, dtype, dtype, *tables, dtype, dtype, dtype, n, n, n, n, F, W, BLOCK, act,
-                             rebuild)) for rebuild in (False, True)]  # fmt: skip
-    forward = [(_forward, (dtype, dtype, dtype, *tables, n, n, n, F, W, BLOCK, act, keep)) for keep in (True, False)]
+    backward = [(_backward, (*io, *io, *io, dtype, dtype, *tables, dtype, dtype, dtype, n, n, n, n, n, n, F, W, BLOCK,
+                             act, rebuild, split)) for rebuild in (False, True)[: 1 + split]]  # fmt: skip
+    forward = [(_forward, (*io, *io, dtype, dtype, *tables, n, n, n, n, n, F, W, BLOCK, act, keep, split))
+               for keep in (True, False)]  # fmt: skip
     return backward + forward
 
 
@@ -260,6 +287,8 @@ class Packed:
         # per term: its width and the features of a half (M has K's shape: the halves are equal)
         self.shapes = field.kick_shapes()
         self.F, self.W = tiles(plan)
+        self.half = max(features for _, features in self.shapes.values())
+        self.width = max(width for width, _ in self.shapes.values())
         self.KP = x.new_zeros(2, n, self.W, self.F)
         self.MP, self.BP = torch.zeros_like(self.KP), x.new_zeros(2, n, self.W)
         for u, (K, b, M) in operands.items():
@@ -273,50 +302,48 @@ class Packed:
         self.KU, self.KV, self.KJ, self.COEF = kick_table(plan, x)
         self.act = ACTIVATIONS[field.activation.name]
 
-    def slab(self, x: Tensor) -> Tensor:
-        """The halves of the row-form ``x`` in one zero-padded ``(2, F, batch)`` tensor."""
-        S = x.new_zeros(2, self.F, x.shape[0])
-        for h, part in self.plan.halves(x).items():
-            S[self.index[h], : part.shape[0]] = part
-        return S
-
-    def whole(self, S: Tensor, like: Tensor) -> Tensor:
-        """The row-form state of a slab (the inverse of `slab`)."""
-        halves = self.plan.halves(like)
-        return self.plan.whole({h: S[self.index[h], : p.shape[0]] for h, p in halves.items()})
+    def halves(self, x: Tensor) -> tuple[Any, ...]:
+        """The row-form ``x`` as the kernels take a state: its column-form halves (views; the whole
+        state twice if it has no halves) and their row and column strides."""
+        parts = self.plan.halves(x)
+        first, *rest = (parts[h] for h in sorted(parts, key=self.index.__getitem__))
+        return first, rest[0] if rest else first, first.stride(0), first.stride(1)
 
     def forward(self, x: Tensor, keep: bool) -> tuple[Tensor, Tensor, Tensor]:
-        """The final state and, with ``keep``, the half each kick read and its w."""
-        S, N, kicks = self.slab(x), x.shape[0], len(self.plan.kicks)
-        # without keep the kernel never touches V and WS: S stands in (no null pointer handed to it)
-        V = x.new_empty(kicks, self.F, N) if keep else S
-        WS = x.new_empty(kicks, self.W, N) if keep else S
+        """The final state and, with ``keep``, the half each kick read and its w (their real rows,
+        ``(kicks, half, batch)`` and ``(kicks, width, batch)``)."""
+        out, N, kicks = torch.empty_like(x), x.shape[0], len(self.plan.kicks)
+        # without keep the kernel never touches V and WS: out stands in (no null pointer handed to it)
+        V = x.new_empty(kicks, self.half, N) if keep else out
+        WS = x.new_empty(kicks, self.width, N) if keep else out
         grid = (triton.cdiv(N, BLOCK),)
-        _forward[grid](S, V, WS, self.KP, self.BP, self.MP, self.KU, self.KV, self.KJ, self.COEF,
-                       kicks, N, self.n, self.F, self.W, BLOCK, self.act, keep)  # fmt: skip
-        return self.whole(S, x), V, WS
+        _forward[grid](*self.halves(x), *self.halves(out), V, WS, self.KP, self.BP, self.MP, self.KU, self.KV,
+                       self.KJ, self.COEF, kicks, N, self.n, self.half, self.width, self.F, self.W, BLOCK, self.act,
+                       keep, self.plan.split)  # fmt: skip
+        return out, V, WS
 
     def backward(self, grad: Tensor, kept: tuple[Tensor, ...]) -> tuple[Tensor, list[Tensor | None]]:
         """The gradients of the initial state and of the node parameters from those of the final
         state: ``kept`` is what `forward` kept (``V``, ``WS``), or the final state alone (a split
         plan's reversible pass: the kernel undoes the kicks from it)."""
-        A, N, n_blocks = self.slab(grad), grad.shape[0], triton.cdiv(grad.shape[0], BLOCK)
+        dx, N, n_blocks = torch.empty_like(grad), grad.shape[0], triton.cdiv(grad.shape[0], BLOCK)
         rebuild = len(kept) == 1
-        # the kernel never touches the slabs of the other mode: A stands in (no null pointer)
-        S, V, WS = (self.slab(kept[0]), A, A) if rebuild else (A, *kept)
+        # the kernel never touches the tensors of the other mode: grad stands in (no null pointer)
+        S, V, WS = (kept[0], grad, grad) if rebuild else (grad, *kept)
         programs = min(n_blocks, 4 * _processors(grad.device))
         GK = grad.new_zeros(programs, *self.KP.shape)
         GM, GB = torch.zeros_like(GK), grad.new_zeros(programs, *self.BP.shape)
-        _backward[(programs,)](A, S, V, WS, self.KP, self.BP, self.MP, self.KU, self.KV, self.KJ, self.COEF, GK, GB,
-                               GM, len(self.plan.kicks), N, self.n, n_blocks, self.F, self.W, BLOCK, self.act,
-                               rebuild)  # fmt: skip
+        _backward[(programs,)](*self.halves(grad), *self.halves(dx), *self.halves(S), V, WS, self.KP, self.BP,
+                               self.MP, self.KU, self.KV, self.KJ, self.COEF, GK, GB, GM, len(self.plan.kicks), N,
+                               self.n, n_blocks, self.half, self.width, self.F, self.W, BLOCK, self.act, rebuild,
+                               self.plan.split)  # fmt: skip
         GK, GM, GB = GK.sum(0), GM.sum(0), GB.sum(0)
         grads = {}
         for u, (width, features) in self.shapes.items():
             i = self.index[u]
             gM = None if u in self.identity else GM[i, :, :width, :features]
             grads[u] = (GK[i, :, :width, :features], GB[i, :, :width], gM)
-        return self.whole(A, grad), self.plan.field.kick_grads(grads)
+        return dx, self.plan.field.kick_grads(grads)
 
 
 def _processors(device: torch.device) -> int:
@@ -339,7 +366,7 @@ class _TritonSteps(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad: Tensor) -> Any:
-        dx, grads = ctx.packed.backward(grad.contiguous(), ctx.saved_tensors)
+        dx, grads = ctx.packed.backward(grad, ctx.saved_tensors)
         return (None, None, dx, *grads)
 
 
