@@ -27,6 +27,7 @@ def integrate(
     rtol: float | None = None,
     atol: float | None = None,
     max_nfe: int = 100_000,
+    check_finite: bool = True,
 ) -> Solution:
     """Solve ``y' = field(t, y)``, ``y(t[0]) = y0`` and return the states at the times ``t``.
 
@@ -49,6 +50,11 @@ def integrate(
         rtol: relative tolerance of an adaptive method named by string.
         atol: absolute tolerance of an adaptive method named by string.
         max_nfe: field calls allowed per pass; more raises `IntegrationError`.
+        check_finite: raise ``ValueError`` if y0 holds NaN or inf. A fixed-step solve reads
+            that back to the host (on CUDA a synchronisation, which no CUDA graph can capture):
+            `ODEBlock` turns it off, so that a network's training step stays on the device (a
+            non-finite input then shows in the loss). Adaptive solves of contham's engine check
+            whatever this says, on the device, with the read-back their loop makes anyway.
 
     The node times of piecewise and linear fields (``field.nodes.breaks``) become step
     boundaries: no step of a fixed-step or adaptive solver straddles a jump of the weights
@@ -68,7 +74,7 @@ def integrate(
     low, high = min(times[0], times[-1]), max(times[0], times[-1])
     breaks = [s for s in (nodes.breaks if nodes is not None else ()) if low < s < high]
     problem = Problem(field, y0, times, breaks, nodes, gradient, step_size, max_nfe)
-    if isinstance(y0, Tensor) and not torch.compiler.is_compiling():
+    if check_finite and isinstance(y0, Tensor) and not torch.compiler.is_compiling():
         solver.check_start(problem)
     return solver.solve(problem)
 

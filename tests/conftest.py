@@ -64,10 +64,12 @@ def ctrl_c_in_epoch(monkeypatch):
 
 
 class ContHamHostSyncs(TorchFunctionMode):
-    """Counts the calls that copy a tensor's value to the host (a device sync on CUDA) made from
-    contham's own code."""
+    """Counts the calls made from contham's own code that copy a tensor's value to the host, or
+    host data into a new tensor (``torch.tensor``): on CUDA each synchronises with the host, and
+    none can be captured in a CUDA graph."""
 
-    NAMES = {"item", "tolist", "numpy", "cpu", "__bool__", "__float__", "__int__", "__index__", "nonzero", "unique"}
+    NAMES = {"item", "tolist", "numpy", "cpu", "__bool__", "__float__", "__int__", "__index__", "nonzero", "unique",
+             "tensor", "as_tensor"}  # fmt: skip
     ROOT = str(Path(contham.__file__).parent)
 
     def __init__(self):
@@ -84,6 +86,6 @@ class ContHamHostSyncs(TorchFunctionMode):
 
 @pytest.fixture
 def host_syncs():
-    """``with host_syncs() as syncs:`` records in ``syncs.calls`` each copy of a tensor's value to
-    the host (a device sync on CUDA) that contham's own code makes."""
+    """``with host_syncs() as syncs:`` records in ``syncs.calls`` each copy between the host and a
+    tensor (a device sync on CUDA) that contham's own code makes."""
     return ContHamHostSyncs

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import contham
-from contham import IntegrationError, integrate
+from contham import IntegrationError, ODEBlock, integrate
 from contham.fields import AntisymmetricField, HamiltonianField, ODENetField, SymmetricField, TwoLayerField
 from contham.solvers import TorchDiffEq
 
@@ -197,3 +197,19 @@ def test_bad_input_errors():
     for call, message in cases:
         with pytest.raises(ValueError, match=message):
             call()
+
+
+def test_a_block_reads_nothing_back_to_check_its_input(host_syncs):
+    """``check_finite=False`` (as `ODEBlock` solves): a fixed-step solve makes no read-back to
+    the host, and a non-finite y0 comes out non-finite instead of raising; `Solution.ts` is made
+    only when read."""
+    f, y = HamiltonianField(4), torch.randn(2, 4)
+    with host_syncs() as syncs:
+        solution = integrate(f, y * math.nan, [0, 1], "rk4", step_size=0.5, check_finite=False)
+        out = ODEBlock(f, solver="rk4", step_size=0.5)(y * math.nan)
+    assert syncs.calls == [] and solution.ys.isnan().all() and out.isnan().all()
+    with host_syncs() as syncs:
+        assert solution.ts.tolist() == [0.0, 1.0]
+    assert [call.split(" at ")[0] for call in syncs.calls] == ["tensor"]
+    with pytest.raises(ValueError, match="y0 must be finite"):  # an adaptive solve still checks, on the device
+        ODEBlock(f, solver="dopri5")(y * math.nan)

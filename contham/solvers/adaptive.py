@@ -153,4 +153,4 @@ def _solve(solver: TorchDiffEq, problem: Problem) -> Solution:
         ys = problem.gradient.odeint(func, y0, ts, stats, **kwargs)
     except AssertionError as err:  # torchdiffeq reports dt underflow and max_num_steps this way
         raise IntegrationError(f"{solver.name} failed: {err}") from err
-    return Solution(ts, ys, stats)
+    return Solution(problem.times, ys, stats)

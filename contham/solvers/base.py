@@ -60,11 +60,18 @@ class Stats:
 
 @dataclass
 class Solution:
-    """``ys[i]`` is the state at ``ts[i]``; ``y`` the final state; ``stats`` the statistics."""
+    """``ys[i]`` is the state at ``times[i]`` (``ts[i]``); ``y`` the final state; ``stats`` the
+    statistics."""
 
-    ts: Tensor
+    times: list[float]
     ys: Tensor
     stats: Stats
+
+    @property
+    def ts(self) -> Tensor:
+        """The output times, float64 on the states' device; made when read (a solve inside a
+        training step copies nothing from the host, which on CUDA would synchronise with it)."""
+        return torch.tensor(self.times, dtype=torch.float64, device=self.ys.device)
 
     @property
     def y(self) -> Tensor:

@@ -119,8 +119,7 @@ class FixedStepSolver(Solver):
             rows[0] = y0
         schedule = Schedule(problem.field, self, steps, outputs, rows)
         ys = self.run(schedule, y0, problem.gradient, stats)
-        ts = torch.tensor(problem.times, dtype=torch.float64, device=y0.device)
-        return Solution(ts, torch.stack([y0, *ys]) if rows is None else rows, stats)
+        return Solution(problem.times, torch.stack([y0, *ys]) if rows is None else rows, stats)
 
     def run(self, schedule: Schedule, y: Tensor, gradient: Gradient, stats: Stats) -> list[Tensor]:
         """The states after the output steps (``schedule.row``) from ``y``, computed as ``gradient`` says

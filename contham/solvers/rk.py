@@ -131,8 +131,8 @@ def _stage_nodes(tableau: Tableau, dtype: torch.dtype, device: torch.device) -> 
     if torch.compiler.is_compiling():
         return torch.tensor(tableau.c, dtype=dtype, device=device)
     key = (tableau.c, device, dtype)
-    if key not in _NODES:
-        _NODES[key] = torch.tensor(tableau.c, dtype=dtype, device=device)
+    if key not in _NODES:  # filled on the device: no copy from the host (a synchronisation on CUDA)
+        _NODES[key] = torch.stack([torch.full((), c, dtype=dtype, device=device) for c in tableau.c])
     return _NODES[key]
 
 
@@ -472,11 +472,10 @@ class AdaptiveLoop:
         """The `Solution` from the solutions at the output times after the first (`run`'s, or
         computed from them): the rows written in place where there are, else ``ys`` stacked."""
         p = self.problem
-        ts = torch.tensor(p.times, dtype=torch.float64, device=p.y0.device)
         if self.rows is None:
-            return Solution(ts, torch.stack([p.y0, *ys]), self.stats)
+            return Solution(p.times, torch.stack([p.y0, *ys]), self.stats)
         self.rows[-1] = ys[-1]
-        return Solution(ts, self.rows, self.stats)
+        return Solution(p.times, self.rows, self.stats)
 
     def interpolate(self, sign: float, went: list[float], arrived: list[float], now: Tensor) -> None:
         """Each output time the steps since the last check crossed, from the dense output of the
