@@ -13,7 +13,9 @@ synchronised).
 2. Checks that fail loudly (``SystemExit``) when they do not hold:
    - on CUDA, a fixed-step network's training step under
      ``torch.cuda.set_sync_debug_mode("error")`` (no host synchronisation; the CPU path's reads
-     are counted by tests/test_training.py);
+     are counted by tests/test_training.py), and an adaptive solve of a field with weights
+     linear in t synchronising once per interval between node times (its checks) and never in
+     its field calls;
    - on CUDA, the training loop with ``cuda_graphs=true`` (it raises if a warm-up step
      synchronises) against ``cuda_graphs=false``: per-epoch histories equal to 1e-5 relative,
      two networks, five epochs on the digits (the partial batches' graphs are captured in epoch 4),
@@ -61,6 +63,7 @@ import sys
 import tempfile
 import time
 import traceback
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -80,6 +83,7 @@ from contham import (  # noqa: E402
     Backprop,
     HamiltonianBlock,
     HamiltonianField,
+    ODEBlock,
     SymmetricField,
     TwoLayerField,
     compile_steps,
@@ -91,6 +95,7 @@ from contham.experiments.checkpoints import seed_everything  # noqa: E402
 from contham.experiments.graphs import GRAPHS, WARMUP, Captured  # noqa: E402
 from contham.models import build, default_data  # noqa: E402
 from contham.models.hdnn import HDNN2d  # noqa: E402
+from contham.solvers import RungeKutta  # noqa: E402
 from contham.solvers.fused_triton import supports, tiles, triton_steps  # noqa: E402
 
 NETWORKS = ["resnet20", "nominal", "thesis_hamiltonian", "hdnn_mnist", "thesis_resnet2", "thesis_odenet"]
@@ -273,6 +278,24 @@ def no_host_sync(device: torch.device) -> None:
     finally:
         torch.cuda.set_sync_debug_mode("default")
     print("\nno host sync in the training step of thesis_hamiltonian: passed")
+    # an adaptive solve reads the host at its checks only, also with weights linear in t (found on the device)
+    field = HamiltonianField(8, "J1", "tanh", n_nodes=4, dt=0.25, time_mode="linear")
+    block = ODEBlock(field, 1.0, RungeKutta("dopri5", check_every=100)).to(device)  # more steps than an interval takes
+    y = torch.randn(64, 8, device=device)
+    block(y)
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            block(y)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    syncs = [f"{w.filename}:{w.lineno}" for w in caught if "synchroniz" in str(w.message)]
+    if len(syncs) != 4:  # one check per interval between node times, which are step boundaries
+        raise SystemExit(f"FAILED: an adaptive solve of a linear-in-t field synchronised {len(syncs)} times, "
+                         f"not 4: {syncs}")  # fmt: skip
+    print("an adaptive solve (dopri5) of a field with weights linear in t: one host sync per interval, passed")
 
 
 def digits_loop(model: str, cuda_graphs: bool, device: torch.device) -> Loop:

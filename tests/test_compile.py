@@ -90,3 +90,21 @@ def test_counting_saved_tensors_adds_no_compilation_to_a_compiled_model():
             compiled(x).sum().backward()
         frames.append(counters["frames"]["total"])
     assert saved.megabytes == eager.megabytes > 0 and frames[0] == frames[1] > 0
+
+
+@pytest.mark.parametrize("mode", ["piecewise", "linear"])
+def test_a_field_with_nodes_at_a_tensor_time_compiles_whole(mode):
+    """In a compiled graph a tensor time is located on its device (`NodeField.located`; the CPU
+    path's read-back would break the graph): the compiled field equals eager, derivative in t
+    included."""
+    field = HamiltonianField(4, n_nodes=3, dt=0.2, time_mode=mode).double()
+    compiled = torch.compile(lambda t, y: field(t, y), fullgraph=True, backend="eager")
+    y = torch.randn(3, 4, dtype=D)
+    for s in (-0.1, 0.0, 0.1, 0.2, 0.33, 0.4, 0.7):
+        outs = []
+        for f in (field, compiled):
+            t = torch.tensor(s, dtype=D, requires_grad=True)
+            out = f(t, y)
+            outs.append((out, *torch.autograd.grad(out.square().sum(), t, materialize_grads=True)))
+        for a, b in zip(*outs):
+            torch.testing.assert_close(a, b, rtol=1e-14, atol=1e-14)

@@ -207,6 +207,33 @@ def test_time_modes_read_weights():
     assert HamiltonianField(2).nodes.mode == "constant"
 
 
+@pytest.mark.parametrize("mode", ["piecewise", "linear"])
+def test_weights_at_a_tensor_time_are_found_on_its_device(mode, host_syncs):
+    """A tensor time (as adaptive solvers give it; off the CPU `params_at` takes this path) is
+    located without a read-back to the host, and gives the weights of the same time as a number:
+    at, just below and between node times, before node 0 and after the last (float64: bit for
+    bit). Linear weights keep their derivative in t between nodes, and have none at a node time
+    or where they are clamped, as on the CPU's path."""
+    f = HamiltonianField(4, "J1", n_nodes=4, dt=0.3, time_mode=mode).double()
+    below = [math.nextafter(j * 0.3, -math.inf) for j in range(5)]
+    times = [j * 0.3 for j in range(-1, 6)] + below + torch.linspace(-0.5, 1.5, 41).tolist()
+    for s in times:
+        t = torch.tensor(s, dtype=torch.float64, requires_grad=True)
+        with host_syncs() as syncs:
+            located = f.located(t)
+        assert syncs.calls == []
+        for a, b in zip(located, f.params_at(s)):
+            assert torch.equal(a, b), s
+        if mode == "linear":
+            (slope,) = torch.autograd.grad(located[0].sum(), t)
+            j = min(f.nodes.locate(s)[0], 2)
+            inside = 0 <= s < f.nodes.times[-1] and s not in f.nodes.times  # none at a node, as on the CPU
+            expected = float((f.K[j + 1] - f.K[j]).sum()) / 0.3 if inside else 0.0
+            assert slope.item() == pytest.approx(expected, rel=1e-12, abs=1e-12), s
+    with pytest.raises(ValueError, match="one time per call; got t of shape \\(3, 1\\)"):
+        f.located(torch.zeros(3, 1, dtype=torch.float64))
+
+
 def test_node_axis_layout():
     f = HamiltonianField(6, "J1", width=8, kernel_size=3, n_nodes=5)
     assert f.K.shape == (5, 8, 6, 3, 3) and f.b.shape == (5, 8)

@@ -150,9 +150,14 @@ class NodeField(nn.Module, ABC):
         return list(zip(*(p.unbind(0) for p in self.node_params())))
 
     def params_at(self, t: float | Tensor) -> Params:
-        """The weights at time ``t`` according to the node layout."""
+        """The weights at time ``t`` according to the node layout (`TimeNodes.locate`). A
+        tensor ``t`` off the CPU, or in a compiled graph, is located on its device (`located`:
+        a read-back would synchronise with the device, or break the graph); on the CPU reading
+        it is free, and fewer operations."""
         if self.nodes.mode == "constant":
             return self.node(0)
+        if isinstance(t, Tensor) and (t.device.type != "cpu" or torch.compiler.is_compiling()):
+            return self.located(t)
         j, w = self.nodes.locate(float(t.detach()) if isinstance(t, Tensor) else float(t))
         if w == 0.0:
             return self.node(j)
@@ -160,6 +165,29 @@ class NodeField(nn.Module, ABC):
         if isinstance(t, Tensor):  # keep df/dt in the graph: solvers may differentiate through t
             weight = ((t - j * self.nodes.dt) / self.nodes.dt).to(self.node(j)[0].dtype)
         return tuple(torch.lerp(a, b, weight) for a, b in zip(self.node(j), self.node(j + 1)))
+
+    def located(self, t: Tensor) -> Params:
+        """The weights at the one time in ``t``, found on its device: nothing is read back to the
+        host (an adaptive solve on a GPU calls its field at times it keeps there). The node is
+        counted from the node times at or before t, as `TimeNodes.locate` counts it; linear
+        weights keep their derivative in t (solvers may differentiate through t)."""
+        if t.numel() != 1:
+            raise ValueError(
+                f"a field with weights at nodes takes one time per call; got t of shape {tuple(t.shape)} "
+                "(per-sample steps need a field without nodes)"
+            )
+        nodes, params = self.nodes, self.node_params()
+        times = torch.arange(nodes.n, dtype=torch.float64, device=t.device) * nodes.dt  # j * dt, as locate
+        j = (times <= t.detach().double().reshape(())).sum(dtype=torch.long) - 1
+        if nodes.mode == "piecewise":
+            return _gathered(params, j.clamp(0, nodes.n - 1))
+        inner = j.clamp(0, nodes.n - 2)
+        (start,) = _gathered((times,), inner)
+        weight = ((t.reshape(()) - start.to(t.dtype)) / nodes.dt).to(params[0].dtype)
+        # before node 0 its weights, from the last node on the last one's (weight 0 or 1: exact);
+        # at a node time that node's, without a derivative in t, as `params_at` gives it for a number
+        weight = torch.where((j < 0) | (weight == 0), 0.0, torch.where(j >= nodes.n - 1, 1.0, weight))
+        return tuple(torch.lerp(a, b, weight) for a, b in zip(_gathered(params, inner), _gathered(params, inner + 1)))
 
     def at_node(self, j: int) -> FrozenField:
         """This field with its weights pinned to node ``j`` (used by fixed-step solvers)."""
@@ -190,6 +218,12 @@ class NodeField(nn.Module, ABC):
         kind = f"conv {self.kernel_size}x{self.kernel_size}" if self.conv else "dense"
         nodes = self.nodes
         return f"features={self.features}, {kind}, n_nodes={nodes.n}, dt={nodes.dt:g}, time_mode={nodes.mode!r}"
+
+
+def _gathered(params: Params, j: Tensor) -> Params:
+    """Node ``j`` (a 0-d tensor) of each node-axis weight, gathered on the device (indexing by
+    a 0-d tensor would read it back)."""
+    return tuple(p.index_select(0, j.reshape(1)).squeeze(0) for p in params)
 
 
 def _per_node(fn: Any) -> Any:
