@@ -14,8 +14,8 @@ synchronised).
    - on CUDA, a fixed-step network's training step under
      ``torch.cuda.set_sync_debug_mode("error")`` (no host synchronisation; the CPU path's reads
      are counted by tests/test_training.py), and an adaptive solve of a field with weights
-     linear in t synchronising once per interval between node times (its checks) and never in
-     its field calls;
+     linear in t synchronising at the loop's checks only (after its first step and one or two
+     per interval between node times), never in its field calls;
    - on CUDA, the training loop with ``cuda_graphs=true`` (it raises if a warm-up step
      synchronises) against ``cuda_graphs=false``: per-epoch histories equal to 1e-5 relative,
      two networks, five epochs on the digits (the partial batches' graphs are captured in epoch 4),
@@ -95,7 +95,7 @@ from contham.experiments.checkpoints import seed_everything  # noqa: E402
 from contham.experiments.graphs import GRAPHS, WARMUP, Captured  # noqa: E402
 from contham.models import build, default_data  # noqa: E402
 from contham.models.hdnn import HDNN2d  # noqa: E402
-from contham.solvers import RungeKutta  # noqa: E402
+from contham.solvers import RungeKutta, rk  # noqa: E402
 from contham.solvers.fused_triton import supports, tiles, triton_steps  # noqa: E402
 
 NETWORKS = ["resnet20", "nominal", "thesis_hamiltonian", "hdnn_mnist", "thesis_resnet2", "thesis_odenet"]
@@ -292,10 +292,14 @@ def no_host_sync(device: torch.device) -> None:
         finally:
             torch.cuda.set_sync_debug_mode("default")
     syncs = [f"{w.filename}:{w.lineno}" for w in caught if "synchroniz" in str(w.message)]
-    if len(syncs) != 4:  # one check per interval between node times, which are step boundaries
+    # the loop's checks only: after the first step, and one or two per interval between node times (step
+    # boundaries), none in the field's calls (about 200)
+    loop = str(Path(rk.__file__))
+    if len(syncs) > 9 or any(not place.startswith(loop) for place in syncs):
         raise SystemExit(f"FAILED: an adaptive solve of a linear-in-t field synchronised {len(syncs)} times, "
-                         f"not 4: {syncs}")  # fmt: skip
-    print("an adaptive solve (dopri5) of a field with weights linear in t: one host sync per interval, passed")
+                         f"not only at the loop's checks: {syncs}")  # fmt: skip
+    print(f"an adaptive solve (dopri5) of a field with weights linear in t: {len(syncs)} host syncs, all at the "
+          f"loop's checks ({block.last_stats.nfe_forward} field calls), passed")  # fmt: skip
 
 
 def digits_loop(model: str, cuda_graphs: bool, device: torch.device) -> Loop:

@@ -274,20 +274,32 @@ def test_fixed_step_outputs_are_written_into_the_solution_in_place(solver, gradi
 
 
 def test_step_control_reads_the_host_once_per_check_every_steps(host_syncs):
+    """One read-back per check: after the first step, then after ``check_every`` steps or, if
+    sooner, when the samples could reach the end at their step sizes: at most one check per solve
+    more than one per ``check_every`` steps, and few step attempts after the end."""
     torch.manual_seed(0)
     f, y0 = Dense(), torch.randn(4, 6, dtype=D)
-    for every in (1, 4):
-        for times in ([0.0, 3.0], torch.linspace(0.0, 3.0, 16).tolist()):  # output times read from dense output
+    for times in ([0.0, 3.0], torch.linspace(0.0, 3.0, 16).tolist()):  # output times read from dense output
+        calls = {}
+        for every in (1, 4):
             with host_syncs() as syncs:
                 sol = integrate(f, y0, times, RungeKutta("dopri5", rtol=1e-8, atol=1e-10, check_every=every))
             steps = sol.stats.steps_accepted + sol.stats.steps_rejected
             assert steps > 8
             # one per check, which also reads the statistics, whether y0 was finite and the steps' times
-            assert len(syncs.calls) == math.ceil(steps / every), syncs.calls
-    field = ODENetField(4)
-    with host_syncs() as syncs:
-        ODEBlock(field, solver=RungeKutta("dopri5", rtol=1e-3, atol=1e-3, check_every=100))(torch.randn(2, 4, 5, 5))
-    assert len(syncs.calls) == 1, syncs.calls  # the ODENet field itself reads nothing back
+            assert math.ceil(steps / every) <= len(syncs.calls) <= 1 + math.ceil(steps / every), syncs.calls
+            assert every > 1 or len(syncs.calls) == steps
+            calls[every] = sol.stats.nfe_forward
+        assert calls[4] == calls[1]  # no field call after the end
+    block, x = ODEBlock(ODENetField(4), solver="dopri5"), torch.randn(2, 4, 5, 5)
+    calls = {}
+    for every in (1, 100):
+        block.solver = RungeKutta("dopri5", rtol=1e-3, atol=1e-3, check_every=every)
+        with host_syncs() as syncs:
+            block(x)
+        calls[every] = block.last_stats.nfe_forward
+    assert len(syncs.calls) == 2, syncs.calls  # after the first step and at the end: the field reads nothing back
+    assert calls[100] <= calls[1] + 6  # one attempt after the end at most, not the rest of 100 (6 calls each)
     for bad in (math.nan, math.inf, -math.inf):
         with pytest.raises(ValueError, match="y0 must be finite"):
             integrate(f, torch.tensor([[0.0, 1.0, bad, 2.0, 0.0, 0.0]], dtype=D), [0.0, 1.0], "dopri5")

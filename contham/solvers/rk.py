@@ -5,7 +5,8 @@ An adaptive solve keeps its time, step size, accept/reject decision and counters
 is a fixed sequence of kernels whatever its outcome (a rejected step leaves the state as it was,
 through ``torch.where``), so the host only asks "has every sample arrived?" once every
 ``check_every`` steps (default: every step on the CPU, where asking costs nothing; every 8 on a
-GPU). torchdiffeq instead decides each step on the host.
+GPU), or sooner where the samples could arrive sooner at their step sizes (the attempts after the
+end would cost their field calls for nothing). torchdiffeq instead decides each step on the host.
 
 With ``per_sample=True`` each sample of the batch (axis 0) has its own step size, error norm,
 accept/reject and counters: one stiff sample no longer drags the batch, and a sample's result is
@@ -204,7 +205,9 @@ class RungeKutta(Solver):
         controller: the step-size rule.
         first_step: the first step size; None: the heuristic.
         check_every: steps between the host's checks for the end of the solve; None: 1 on the
-            CPU, 8 elsewhere. Steps taken by samples already at the end change nothing.
+            CPU, 8 elsewhere. Steps taken by samples already at the end change nothing; the
+            first check comes after one step, and a check comes sooner where the samples could
+            reach the end sooner at their step sizes.
         per_sample: give each sample (axis 0) its own step sizes.
         compile: run each step attempt (its field calls, error estimate and step control, and
             their backward pass; with ``gradient="reversible"`` each increment of its backward
@@ -386,6 +389,7 @@ class AdaptiveLoop:
         # one time and step size per sample, or one number for all
         self.shape = (self.samples,) + (1,) * (y0.dim() - 1) if solver.per_sample else ()
         self.every = solver.check_every or (1 if y0.device.type == "cpu" else 8)
+        self.sizes: list[float] | None = None  # each sample's next step size, as of the last check
         self.stats = Stats(solver.name, steps_accepted=0, steps_rejected=0)
         self.outputs: list[int] = []  # indices of the output times in the interval some sample has not passed
         # whether the interval has output times: only then does a step return its dense output
@@ -552,8 +556,11 @@ class AdaptiveLoop:
             k1 = None  # each step reads the field at its start
         done = torch.zeros(self.samples, dtype=torch.bool, device=y.device)
         p = Progress(t, h, state, k1, torch.ones_like(h), done)
+        # the host knows the step sizes that carry over from the last interval's last check; a first
+        # step size is learned at a check after one step
+        attempts = 1 if self.sizes is None else self.until_end(b, [a] * self.samples, self.sizes, None)
         while True:
-            for _ in range(self.every):
+            for _ in range(attempts):
                 p = self.step(sign, end, p)
             # the one read-back per check_every steps: whether y0 was finite, each sample's state of
             # progress (done, time, next step size), the statistics, and where the steps since the
@@ -567,6 +574,7 @@ class AdaptiveLoop:
                 self.interpolate(sign, back[1 + 6 * n :], times, p.t)
             if not back[0]:
                 raise ValueError("y0 must be finite; it contains NaN or inf")
+            self.sizes = sizes
             if all(finished):
                 return p.state, p.h, p.k1
             if any(not d and v + sign * s == v for d, v, s in zip(finished, times, sizes)):  # the step underflowed
@@ -574,6 +582,14 @@ class AdaptiveLoop:
                     f"{self.solver.name}: the step size underflowed before t={b:g} "
                     "(the dynamics may be stiff or not finite); loosen rtol/atol"
                 )
+            attempts = self.until_end(b, times, sizes, finished)
+
+    def until_end(self, b: float, times: list[float], sizes: list[float], finished: list[float] | None) -> int:
+        """Step attempts before the next check: ``check_every``, or fewer where the samples not at
+        the end (all with ``finished`` None) reach it sooner at their current step sizes (steps
+        after a sample's end change nothing, but cost their field calls)."""
+        left = [abs(b - v) / s for v, s, d in zip(times, sizes, finished or [0.0] * len(times)) if not d and s > 0]
+        return max(1, min(self.every, math.ceil(max(left, default=self.every))))
 
     def step(self, sign: float, end: Tensor, p: Progress) -> Progress:
         """One step attempt towards ``end`` of every sample not there yet: `attempt` (compiled
