@@ -511,7 +511,8 @@ def bandwidth(args: argparse.Namespace, device: torch.device) -> None:
     times = interleaved_medians({"forward": synchronised(forward), "forward and backward": synchronised(both)},
                                 args.repeats)  # fmt: skip
     # at the least, a forward pass without a graph reads the state once and writes it once
-    rate = 2 * x.element_size() * rows * 8 / times["forward"] / 1e9
+    moved = 2 * x.element_size() * rows * 8
+    rate = moved / times["forward"] / 1e9
     peak = peak_bandwidth()
     print(f"\nTriton kernels on the per-pixel state ({rows / 784:g} images, {rows:,} rows of 8 features, 8 layers)")
     print(f"forward {1e3 * times['forward']:.2f} ms, forward and backward {1e3 * times['forward and backward']:.2f} ms")
@@ -521,7 +522,7 @@ def bandwidth(args: argparse.Namespace, device: torch.device) -> None:
     F, W = tiles(plan)
     flops = 4 * W * F * len(plan.kicks) * rows
     print(f"forward: {flops / times['forward'] / 1e9:,.0f} GFLOP/s of products on the padded {W} x {F} tiles "
-          f"({flops / (2 * x.element_size() * rows * 8):.0f} FLOP per byte of state moved)")  # fmt: skip
+          f"({flops / moved:.0f} FLOP per byte of state moved)")  # fmt: skip
     split = HamiltonianBlock(TwoLayerField(8, "tanh", n_nodes=8, dt=0.1).to(device)).schedule.fused
 
     def backward(rebuild: bool):

@@ -198,10 +198,16 @@ def supports(plan: FusedPlan, dtype: torch.dtype, device: torch.device) -> bool:
     return device.type != "cuda" or fit(*tiles(plan), act, plan.split, dtype, device)
 
 
+def extent(plan: FusedPlan) -> tuple[int, int]:
+    """The features of a half and the largest width of ``plan``'s kick terms."""
+    shapes = plan.field.kick_shapes().values()
+    return max(features for _, features in shapes), max(width for width, _ in shapes)
+
+
 def tiles(plan: FusedPlan) -> tuple[int, int]:
     """The padded half ``F`` and width ``W`` of the kernels' tiles for ``plan``."""
-    shapes = plan.field.kick_shapes().values()
-    return _padded(max(features for _, features in shapes)), _padded(max(width for width, _ in shapes))
+    half, width = extent(plan)
+    return _padded(half), _padded(width)
 
 
 @functools.cache
@@ -286,9 +292,8 @@ class Packed:
         operands = field.kick_operands(params)
         # per term: its width and the features of a half (M has K's shape: the halves are equal)
         self.shapes = field.kick_shapes()
-        self.F, self.W = tiles(plan)
-        self.half = max(features for _, features in self.shapes.values())
-        self.width = max(width for width, _ in self.shapes.values())
+        self.half, self.width = extent(plan)
+        self.F, self.W = _padded(self.half), _padded(self.width)
         self.KP = x.new_zeros(2, n, self.W, self.F)
         self.MP, self.BP = torch.zeros_like(self.KP), x.new_zeros(2, n, self.W)
         for u, (K, b, M) in operands.items():
