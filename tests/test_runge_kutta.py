@@ -15,7 +15,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from contham import ODEBlock, ODENetField, compile_steps, integrate
 from contham.experiments import SavedTensors
 from contham.fields import TwoLayerField
-from contham.gradients import Adjoint, Reversible
+from contham.gradients import Adjoint, Backprop, Reversible
 from contham.models import build
 from contham.solvers import (
     TABLEAUS,
@@ -32,7 +32,7 @@ from contham.solvers import (
 from contham.solvers.base import Problem, Stats
 from contham.solvers.fixed import Schedule, plan_steps
 from contham.solvers.reversible_rk import COUPLING, Coupled
-from contham.solvers.rk import Progress, rk_increment
+from contham.solvers.rk import Progress, Scheme, rk_increment
 from contham.solvers.tableaus import RK4, midpoint_weights
 
 D = torch.float64
@@ -324,6 +324,25 @@ def test_an_adaptive_step_compiles_without_a_graph_break():
     assert compiled.calls == eager.calls == 7  # tsit5: its first stage (not known yet) and six more
     torch.testing.assert_close(compiled.progress, eager.progress)
     torch.testing.assert_close(compiled.counts, eager.counts)
+
+
+@pytest.mark.parametrize("per_sample", [False, True], ids=["shared", "per-sample"])
+@pytest.mark.parametrize("scheme", [Scheme(), Coupled(COUPLING)], ids=["plain", "reversible"])
+def test_an_adaptive_step_keeps_every_tensor_on_its_device(scheme, per_sample):
+    """One step attempt, forward and backward, on a device that is not the CPU (``meta``:
+    shapes without data): a tensor of the tableau or the step control made on the CPU and
+    combined with the state's fails there as on CUDA, which CI does not have."""
+    meta, n = torch.device("meta"), 3 if per_sample else 1
+    f, y0 = Dense().to(meta), torch.randn(3, 6, dtype=D, device=meta, requires_grad=True)
+    problem = Problem(f, y0, [0.0, 1.0], [], None, Backprop(), None, 10**6)
+    loop = RungeKutta("dopri5", rtol=1e-6, atol=1e-8, per_sample=per_sample).loop(problem, scheme)
+    start = Progress(torch.zeros(n, dtype=D, device=meta), torch.full((n,), 0.1, dtype=D, device=meta),
+                     scheme.start(f, y0), None, torch.ones(n, dtype=D, device=meta),
+                     torch.zeros(n, dtype=torch.bool, device=meta))  # fmt: skip
+    counts = torch.zeros(3, n, dtype=torch.float64, device=meta)
+    advance = loop.attempt(f, 1.0, torch.ones((), dtype=D, device=meta), start, counts)
+    grads = torch.autograd.grad(scheme.solution(advance.progress.state).sum(), [y0, *f.parameters()])
+    assert advance.counts.is_meta and advance.progress.h.is_meta and all(g.is_meta for g in grads)
 
 
 COMPILED: list[int] = []  # graph sizes, one per compilation by the backend below
