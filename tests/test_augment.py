@@ -9,7 +9,7 @@ import torch
 import torchvision
 from torchvision.transforms.v2 import functional as TF
 
-from contham.augment import BatchPreprocess
+from contham.augment import THESIS_CROP, BatchPreprocess
 from contham.data import DATASETS, ImageSet, balanced_subset, load_dataset, load_image_set, load_images, transform
 
 
@@ -118,3 +118,18 @@ def test_cifar_is_decoded_once_and_cached_next_to_the_root(tmp_path, monkeypatch
     assert torch.equal(again, images)
     augmented = load_image_set("cifar10", tmp_path, train=True)
     assert augmented[0][0].shape == (3, 32, 32) and augmented.preprocess.random
+
+
+@pytest.mark.parametrize("name, preprocessing", [("mnist", "thesis"), ("cifar10", "report"), ("mnist", "plain")])
+@pytest.mark.parametrize("train", [True, False], ids=["train", "test"])
+def test_a_batch_is_preprocessed_on_its_device(name, preprocessing, train):
+    """The images and the drawn augmentation go to the device and the preprocessing runs there: on
+    a device that is not the CPU (``meta``: shapes without data), a tensor made on the CPU and
+    combined with the batch would fail, as on CUDA, which the tests' machines do not have."""
+    info = DATASETS[name]
+    images = torch.randint(0, 256, (6, info.channels, info.image_size, info.image_size), dtype=torch.uint8)
+    images_set = ImageSet(images, torch.arange(6) % 10, preprocess(name, preprocessing, train=train))
+    params = images_set.preprocess.draw(4, torch.Generator().manual_seed(0))
+    x, y = images_set.batch(torch.tensor([5, 0, 2, 3]), torch.device("meta"), params)
+    size = THESIS_CROP if preprocessing == "thesis" else info.image_size
+    assert x.is_meta and y.is_meta and x.shape == (4, info.channels, size, size)
