@@ -327,12 +327,12 @@ def test_an_adaptive_step_compiles_without_a_graph_break():
 
 
 @pytest.mark.parametrize("per_sample", [False, True], ids=["shared", "per-sample"])
-@pytest.mark.parametrize("scheme", [Scheme(), Coupled(COUPLING)], ids=["plain", "reversible"])
-def test_an_adaptive_step_keeps_every_tensor_on_its_device(scheme, per_sample):
+@pytest.mark.parametrize("make", [Scheme, partial(Coupled, COUPLING)], ids=["plain", "reversible"])
+def test_an_adaptive_step_keeps_every_tensor_on_its_device(make, per_sample):
     """One step attempt, forward and backward, on a device that is not the CPU (``meta``:
     shapes without data): a tensor of the tableau or the step control made on the CPU and
     combined with the state's fails there as on CUDA, which CI does not have."""
-    meta, n = torch.device("meta"), 3 if per_sample else 1
+    meta, n, scheme = torch.device("meta"), 3 if per_sample else 1, make()
     f, y0 = Dense().to(meta), torch.randn(3, 6, dtype=D, device=meta, requires_grad=True)
     problem = Problem(f, y0, [0.0, 1.0], [], None, Backprop(), None, 10**6)
     loop = RungeKutta("dopri5", rtol=1e-6, atol=1e-8, per_sample=per_sample).loop(problem, scheme)
