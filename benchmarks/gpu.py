@@ -63,7 +63,6 @@ import sys
 import tempfile
 import time
 import traceback
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -92,7 +91,7 @@ from contham import (  # noqa: E402
 from contham.data import input_shape, load_image_set  # noqa: E402
 from contham.experiments import Loop, RunConfig, Settings, run  # noqa: E402
 from contham.experiments.checkpoints import seed_everything  # noqa: E402
-from contham.experiments.graphs import GRAPHS, WARMUP, Captured  # noqa: E402
+from contham.experiments.graphs import GRAPHS, WARMUP, Captured, synchronisations  # noqa: E402
 from contham.models import build, default_data  # noqa: E402
 from contham.models.hdnn import HDNN2d  # noqa: E402
 from contham.solvers import RungeKutta, rk  # noqa: E402
@@ -284,14 +283,7 @@ def no_host_sync(device: torch.device) -> None:
     y = torch.randn(64, 8, device=device)
     block(y)
     torch.cuda.synchronize()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            block(y)
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-    syncs = [f"{w.filename}:{w.lineno}" for w in caught if "synchroniz" in str(w.message)]
+    syncs = [found.rsplit(", in ", 1)[1] for found in synchronisations(lambda: block(y))[1]]
     # the loop's checks only: after the first step, and one or two per interval between node times (step
     # boundaries), none in the field's calls (about 200)
     loop = str(Path(rk.__file__))

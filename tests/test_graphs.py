@@ -231,3 +231,25 @@ def test_the_2d_protocol_replays_its_inner_fits_with_the_eager_history(monkeypat
     for key, value in results[False].items():
         if not any(word in key for word in measured):
             assert results[True][key] == value, key
+
+
+def test_synchronisations_are_listed_with_their_line_and_the_debug_mode_put_back(monkeypatch):
+    """`synchronisations` (CUDA's sync debug mode stood in for: the CPU has none) lists each
+    synchronisation warning with the line that made it, leaves other warnings out, and puts the
+    mode back, also when the call raises."""
+    modes = [0]
+    monkeypatch.setattr(torch.cuda, "get_sync_debug_mode", lambda: modes[-1])
+    monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", modes.append)
+
+    def step():
+        warnings.warn("something else", stacklevel=1)
+        warnings.warn("called a synchronizing CUDA operation", stacklevel=1)  # as the debug mode words it
+        return 7
+
+    out, syncs = graph_module.synchronisations(step)
+    line = step.__code__.co_firstlineno + 2
+    assert out == 7 and syncs == [f"called a synchronizing CUDA operation, in {__file__}:{line}"]
+    assert modes == [0, "warn", 0]
+    with pytest.raises(ZeroDivisionError):
+        graph_module.synchronisations(lambda: 1 / 0)
+    assert modes[-1] == 0

@@ -60,17 +60,9 @@ class CudaGraphs:
     def warm(self, fn: Callable[[], Any]) -> tuple[Any, str | None]:
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
-        mode = torch.cuda.get_sync_debug_mode()
-        with warnings.catch_warnings(record=True) as caught, torch.cuda.stream(stream):
-            warnings.simplefilter("always")
-            torch.cuda.set_sync_debug_mode("warn")
-            try:
-                out = fn()
-            finally:
-                torch.cuda.set_sync_debug_mode(mode)
+        with torch.cuda.stream(stream):
+            out, syncs = synchronisations(fn)
         torch.cuda.current_stream().wait_stream(stream)
-        # the warning's place is the Python line whose operation synchronised
-        syncs = [f"{w.message}, in {w.filename}:{w.lineno}" for w in caught if "synchroniz" in str(w.message)]
         return out, syncs[0] if syncs else None
 
     def capture(self, fn: Callable[[], Any]) -> Callable[[], Any]:
@@ -83,6 +75,21 @@ class CudaGraphs:
             return output
 
         return replay
+
+
+def synchronisations(fn: Callable[[], Any]) -> tuple[Any, list[str]]:
+    """``fn()`` run with CUDA's sync debug mode at "warn": its result and each host
+    synchronisation it made, as ``"<message>, in <file>:<line>"`` (the Python line whose
+    operation synchronised). The mode is put back after."""
+    mode = torch.cuda.get_sync_debug_mode()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            out = fn()
+        finally:
+            torch.cuda.set_sync_debug_mode(mode)
+    return out, [f"{w.message}, in {w.filename}:{w.lineno}" for w in caught if "synchroniz" in str(w.message)]
 
 
 GRAPHS: dict[str, Callable[[], GraphFamily]] = {"cuda": CudaGraphs}

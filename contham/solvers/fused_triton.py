@@ -190,12 +190,10 @@ def supports(plan: FusedPlan, dtype: torch.dtype, device: torch.device) -> bool:
     """True when the kernels can run ``plan`` on a state of ``dtype`` on ``device``: one of
     `kernel_dtypes`, a named activation they compute, halves and widths of at most
     `MAX_FEATURES`, and on CUDA kernels that `fit` the device."""
-    field = plan.field
-    sizes = [size for shape in field.kick_shapes().values() for size in shape]
-    if not (dtype in kernel_dtypes() and field.activation.name in ACTIVATIONS and max(sizes) <= MAX_FEATURES):
+    name, (half, width) = plan.field.activation.name, extent(plan)
+    if not (dtype in kernel_dtypes() and name in ACTIVATIONS and max(half, width) <= MAX_FEATURES):
         return False
-    act = ACTIVATIONS[field.activation.name]
-    return device.type != "cuda" or fit(*tiles(plan), act, plan.split, dtype, device)
+    return device.type != "cuda" or fit(_padded(half), _padded(width), ACTIVATIONS[name], plan.split, dtype, device)
 
 
 def extent(plan: FusedPlan) -> tuple[int, int]:
